@@ -1,0 +1,37 @@
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip -q --disable-pip-version-check
+STAMP := $(VENV)/.npzfix-setup
+TORCH ?= torch==2.13.0
+DEMO ?= demo_data
+# pip prints one harmless line per package for this machine's local index mirrors
+QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip 2>&1 | $(QUIET)
+	$(PIP) install "$(TORCH)" 2>&1 | $(QUIET)
+	$(PIP) install -r requirements.txt 2>&1 | $(QUIET)
+	SAM2_BUILD_CUDA=0 $(PIP) install --no-build-isolation --no-deps sam2==1.1.0 2>&1 | $(QUIET)
+	$(PIP) install --no-deps --no-build-isolation -e . 2>&1 | $(QUIET)
+	$(PY) -c "import torch, sam2, dagster, cv2, pycocotools, pandas, npzfix_core; print('setup ok: torch', torch.__version__, 'dagster', dagster.__version__)"
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m npzfix_dagster.demo --data $(DEMO)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) benchmarks/bench_edges.py
+	$(PY) benchmarks/bench_store.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) demo_home .pytest_cache

@@ -1,0 +1,148 @@
+"""The ``npzfix`` command: parse flags, build the request the core takes, print the report, exit.
+
+Exit status: 0 nothing failed, 1 some files failed (all others were processed),
+2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+log = logging.getLogger("npzfix")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _setup_logging(log_path: str | None, verbose: bool = False) -> None:
+    root = logging.getLogger("npzfix")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.handlers.clear()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    err = logging.StreamHandler(sys.stderr)
+    err.setFormatter(fmt)
+    err.setLevel(logging.WARNING if sys.stderr.isatty() and not verbose else logging.INFO)
+    root.addHandler(err)
+    if log_path:
+        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+        fh = logging.FileHandler(log_path)
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
+    root.propagate = False
+
+
+def _finish(report, args) -> int:
+    print(report.summary())
+    if args.report:
+        j, c = report.write(args.report)
+        print(f"report: {j} (failures: {c})")
+    elif args.log:
+        base = os.path.splitext(args.log)[0] + ".report"
+        j, c = report.write(base)
+        print(f"report: {j} (failures: {c})")
+    return report.exit_code
+
+
+def _positive(v: str) -> int:
+    n = int(v)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return n
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", help="append progress and errors to this file (a report is written beside it)")
+    p.add_argument("--report", help="write the run report here as JSON, and failures as CSV beside it")
+    p.add_argument("--dry-run", action="store_true", help="compute and check everything, write nothing")
+    p.add_argument("--no-fsync", dest="durable", action="store_false",
+                   help="skip fsync after each write (faster on slow disks; a crash may lose recent updates)")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def cmd_edges(args) -> int:
+    from npzfix_core.edge_repair import EdgeRequest, run_edges
+
+    if not os.path.isdir(args.npz_dir):
+        raise UsageError(f"--npz-dir {args.npz_dir} is not a directory")
+    if args.json_dir and not os.path.isdir(args.json_dir):
+        raise UsageError(f"--json-dir {args.json_dir} is not a directory")
+    req = EdgeRequest(
+        npz_dir=args.npz_dir, json_dir=args.json_dir, kernel_size=args.kernel_size, max_files=args.max_files,
+        skip_if_processed=args.skip_if_processed, set_flag=not args.no_edge_flag, order=args.order,
+        glob=args.glob, workers=args.workers, dry_run=args.dry_run, durable=args.durable,
+    )
+    return _finish(run_edges(req), args)
+
+
+def cmd_synth(args) -> int:
+    from npzfix_core import synth
+
+    sizes = tuple(tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(","))
+    states = tuple(args.states.split(",")) if args.states else synth.STATES
+    bad = [s for s in states if s not in synth.STATES]
+    if bad or any(len(s) != 2 or min(s) < 1 for s in sizes):
+        raise UsageError(f"bad --states {bad} or --sizes {args.sizes} (HxW,HxW; states from {synth.STATES})")
+    spec = synth.SynthSpec(n=args.n, seed=args.seed, sizes=sizes, masks=args.masks, states=states,
+                           feature_hw=args.feature_hw, extracted=args.extracted, compressed=args.compressed)
+    res = synth.generate(args.out, spec)
+    print(f"wrote {len(res.npz)} images, JSONs and NPZs under {res.root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from npzfix_core import __version__
+
+    ap = argparse.ArgumentParser(prog="npzfix", description="Keep SAM2 feature / edge NPZ caches correct.")
+    ap.add_argument("--version", action="version", version=f"npzfix {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    e = sub.add_parser("edges", help="rebuild Method-B edge maps (update_edge_maps_from_npz.py)")
+    e.add_argument("--npz-dir", required=True)
+    e.add_argument("--json-dir", help="where <stem>.json live (default: the NPZ dir, then its parent)")
+    e.add_argument("--kernel-size", type=_positive, default=3)
+    e.add_argument("--max-files", type=_positive, help="update at most this many files (skipped ones don't count)")
+    e.add_argument("--skip-if-processed", action="store_true",
+                   help="skip files flagged by this rule with this kernel size (stale versions are redone)")
+    e.add_argument("--set-edge-flag", action="store_true", help="accepted for compatibility: flags are always set")
+    e.add_argument("--no-edge-flag", action="store_true", help="write edge maps without flag and provenance")
+    e.add_argument("--order", choices=("name", "mtime"), default="name")
+    e.add_argument("--glob", help="only NPZ file names matching this pattern")
+    e.add_argument("--workers", type=_positive, default=1, help="worker processes")
+    _common(e)
+    e.set_defaults(fn=cmd_edges)
+
+    s = sub.add_parser("synth", help="generate a seeded SA-1B-like dataset (JPEG, JSON, NPZ)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=_positive, default=20)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sizes", default="1500x2250", help="HxW[,HxW...] cycled over images")
+    s.add_argument("--masks", type=int, default=100)
+    s.add_argument("--states", help="comma list of NPZ states, cycled (default: all)")
+    s.add_argument("--feature-hw", type=_positive, default=64, help="P4 side of the stored features")
+    s.add_argument("--extracted", default="extracted")
+    s.add_argument("--compressed", action="store_true", help="np.savez_compressed NPZs")
+    s.set_defaults(fn=cmd_synth)
+
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    _setup_logging(getattr(args, "log", None), getattr(args, "verbose", False))
+    try:
+        return args.fn(args)
+    except UsageError as exc:
+        print(f"npzfix: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("npzfix: interrupted; every file is either untouched or fully updated", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Dataset layouts -> work items (an NPZ and the image or JSON it is computed from).
+
+Scans stream with ``os.scandir`` in a stable (sorted) order and never follow a
+symlink into a directory they have already seen. A missing source is recorded
+on its item, never raised for the batch.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+SUFFIXES = ("_features.npz", "_sam2_features.npz")  # preference order when both exist
+IMAGE_EXTS = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG")
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    npz: str | None
+    source: str | None  # image (features) or JSON (edges)
+    stem: str
+    problem: str | None = None  # why npz or source is missing
+
+
+def stem_of(name: str) -> str | None:
+    """``sa_1_features.npz`` -> ``sa_1``; None for names that are not feature NPZs."""
+    for suffix in (SUFFIXES[1], SUFFIXES[0]):  # longest first
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _dedup(names: Iterable[str]) -> dict[str, str]:
+    """stem -> chosen file name; ``_features`` beats ``_sam2_features``."""
+    best: dict[str, str] = {}
+    for name in names:
+        stem = stem_of(name)
+        if stem is None:
+            continue
+        if stem not in best or name.endswith(SUFFIXES[0]) and not name.endswith(SUFFIXES[1]):
+            best[stem] = name
+    return best
+
+
+def npz_in_dir(directory: str, glob: str | None = None) -> list[str]:
+    """Feature NPZs directly in ``directory``, de-duplicated, sorted by name."""
+    with os.scandir(directory) as it:
+        names = [e.name for e in it if e.is_file() and not e.name.startswith(".")]
+    chosen = _dedup(names)
+    paths = [os.path.join(directory, chosen[s]) for s in sorted(chosen)]
+    if glob:
+        paths = [p for p in paths if fnmatch.fnmatch(os.path.basename(p), glob)]
+    return paths
+
+
+def walk_dirs(root: str) -> Iterator[str]:
+    """Every directory under ``root`` (itself included), depth first, sorted, symlink loops cut."""
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        yield d
+        try:
+            with os.scandir(d) as it:
+                subdirs = sorted(e.path for e in it if e.is_dir() and not e.name.startswith("."))
+        except OSError:
+            continue
+        stack.extend(reversed(subdirs))
+
+
+def scan_npz(root: str) -> Iterator[str]:
+    """Recursive scan for feature NPZs, de-duplicated per directory and stem, in stable order."""
+    for d in walk_dirs(root):
+        yield from npz_in_dir(d)
+
+
+def find_image(npz_path: str, image_dir: str | None = None) -> str | None:
+    """``<dir>/<stem>.<ext>``, else ``<dir>/../<stem>.<ext>`` (or only ``image_dir`` when given)."""
+    d = os.path.dirname(npz_path)
+    stem = stem_of(os.path.basename(npz_path)) or ""
+    places = [image_dir] if image_dir else [d, os.path.dirname(d)]
+    for place in places:
+        for ext in IMAGE_EXTS:
+            candidate = os.path.join(place, stem + ext)
+            if os.path.isfile(candidate):
+                return candidate
+    return None
+
+
+def find_json(npz_path: str, json_dir: str | None = None) -> str | None:
+    """``<json_dir>/<stem>.json`` when a JSON dir is given, else the NPZ dir, then its parent."""
+    d = os.path.dirname(npz_path)
+    stem = stem_of(os.path.basename(npz_path)) or ""
+    for place in [json_dir] if json_dir else [d, os.path.dirname(d)]:
+        candidate = os.path.join(place, stem + ".json")
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _item(npz: str, source: str | None, what: str) -> WorkItem:
+    stem = stem_of(os.path.basename(npz)) or os.path.basename(npz)
+    return WorkItem(npz, source, stem, None if source else f"no {what} found for {stem}")
+
+
+def edge_items(npz_dir: str, json_dir: str | None = None, order: str = "name", glob: str | None = None) -> list[WorkItem]:
+    """Tool 4: ``<npz_dir>/<stem>_features.npz`` -> ``<json_dir>/<stem>.json``."""
+    paths = npz_in_dir(npz_dir, glob)
+    if order == "mtime":
+        paths.sort(key=lambda p: (os.stat(p).st_mtime_ns, p))
+    elif order != "name":
+        raise ValueError(f"unknown order {order!r}")
+    return [_item(p, find_json(p, json_dir), "JSON") for p in paths]
+
+
+def bulk_items(root: str) -> Iterator[WorkItem]:
+    """Tool 1: recursive scan of ``root``; image beside the NPZ or in its parent."""
+    for p in scan_npz(root):
+        yield _item(p, find_image(p), "image")
+
+
+def train_test_items(extracted_dirs: Iterable[str]) -> Iterator[WorkItem]:
+    """Tool 3: ``<split>/extracted/<stem>_features.npz``, image in ``<split>/``."""
+    for d in extracted_dirs:
+        parent = os.path.dirname(os.path.abspath(d))
+        for p in npz_in_dir(d):
+            yield _item(p, find_image(p, parent), "image")
+
+
+def build_index(search_dirs: Iterable[str]) -> dict[str, str]:
+    """stem -> NPZ over all search dirs, built once; the first dir listed wins a clash."""
+    index: dict[str, str] = {}
+    for root in search_dirs:
+        for p in scan_npz(root):
+            stem = stem_of(os.path.basename(p))
+            if stem is not None and stem not in index:
+                index[stem] = p
+    return index
+
+
+def sample_items(samples_file: str, search_dirs: list[str]) -> Iterator[WorkItem]:
+    """Tool 2: one image path per line -> same-dir ``_features``, same-dir ``_sam2_features``, then the index."""
+    index: dict[str, str] | None = None
+    with open(samples_file) as f:
+        lines = [ln.strip() for ln in f]
+    for image in lines:
+        if not image or image.startswith("#"):
+            continue
+        d, name = os.path.split(image)
+        stem = os.path.splitext(name)[0]
+        npz = next((os.path.join(d, stem + s) for s in SUFFIXES if os.path.isfile(os.path.join(d, stem + s))), None)
+        if npz is None:
+            if index is None:
+                index = build_index(search_dirs)
+            npz = index.get(stem)
+        if npz is None:
+            yield WorkItem(None, image, stem, f"no NPZ found for {stem}")
+        elif not os.path.isfile(image):
+            yield WorkItem(npz, None, stem, f"image {image} does not exist")
+        else:
+            yield WorkItem(npz, image, stem)

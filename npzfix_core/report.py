@@ -1,0 +1,145 @@
+"""What a run did: counts, failures with reasons, timings. One object for CLI, Dagster and tests."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+log = logging.getLogger("npzfix")
+
+# Outcome statuses a work item can end in.
+UPDATED = "updated"
+WOULD_UPDATE = "would_update"  # --dry-run
+SKIPPED_DONE = "skipped_done"
+SKIPPED_LEGACY = "skipped_legacy"  # flagged by the original tools, no provenance
+MISSING = "missing_source"
+FAILED = "failed"
+STATUSES = (UPDATED, WOULD_UPDATE, SKIPPED_DONE, SKIPPED_LEGACY, MISSING, FAILED)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    path: str
+    status: str
+    reason: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class RunReport:
+    tool: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: {s: 0 for s in STATUSES})
+    failures: list[dict[str, str]] = field(default_factory=list)  # path, status, reason
+    seen: int = 0
+    dry_run: bool = False
+    started: float = field(default_factory=time.time)
+    elapsed: float = 0.0
+    stopped_early: str = ""
+
+    def add(self, outcome: Outcome) -> None:
+        self.seen += 1
+        self.counts[outcome.status] += 1
+        if outcome.status in (FAILED, MISSING):
+            self.failures.append({"path": outcome.path, "status": outcome.status, "reason": outcome.reason})
+            level = logging.ERROR if outcome.status == FAILED else logging.WARNING
+            log.log(level, "%s %s: %s", outcome.status, outcome.path, outcome.reason)
+
+    def finish(self) -> "RunReport":
+        self.elapsed = time.time() - self.started
+        return self
+
+    @property
+    def updated(self) -> int:
+        return self.counts[UPDATED] + self.counts[WOULD_UPDATE]
+
+    @property
+    def failed(self) -> int:
+        return self.counts[FAILED]
+
+    @property
+    def files_per_s(self) -> float:
+        return self.seen / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.counts[FAILED] else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["files_per_s"] = round(self.files_per_s, 3)
+        return d
+
+    def to_dataframe(self):
+        """Failures (path, status, reason) as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.failures, columns=["path", "status", "reason"])
+
+    def write(self, path: str) -> tuple[str, str]:
+        """JSON at ``path`` (``.json`` added if absent) and the failures as CSV beside it."""
+        base = path[:-5] if path.endswith(".json") else path
+        json_path, csv_path = base + ".json", base + ".csv"
+        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+        with open(json_path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+        with open(csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["path", "status", "reason"])
+            w.writeheader()
+            w.writerows(self.failures)
+        return json_path, csv_path
+
+    def summary(self) -> str:
+        c = self.counts
+        lines = [
+            f"npzfix {self.tool}{' (dry run)' if self.dry_run else ''}: "
+            f"seen {self.seen}, updated {c[UPDATED]}"
+            + (f", would update {c[WOULD_UPDATE]}" if self.dry_run else "")
+            + f", skipped (already done) {c[SKIPPED_DONE]}, skipped (legacy flag) {c[SKIPPED_LEGACY]}, "
+            f"missing source {c[MISSING]}, failed {c[FAILED]}",
+            f"elapsed {self.elapsed:.2f} s, {self.files_per_s:.1f} files/s",
+        ]
+        if self.stopped_early:
+            lines.append(f"stopped early: {self.stopped_early}")
+        for f in self.failures[:20]:
+            lines.append(f"  {f['status']}: {f['path']}: {f['reason']}")
+        if len(self.failures) > 20:
+            lines.append(f"  ... and {len(self.failures) - 20} more (see the report file)")
+        return "\n".join(lines)
+
+
+class Progress:
+    """A tqdm bar on a terminal, else a log line every ``interval`` seconds."""
+
+    def __init__(self, total: int | None, desc: str, interval: float = 10.0, enabled: bool = True):
+        self.total, self.desc, self.interval = total, desc, interval
+        self.n, self.t0, self.last = 0, time.time(), time.time()
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="file")
+        self.enabled = enabled
+
+    def step(self, report: RunReport) -> None:
+        self.n += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        now = time.time()
+        if self.enabled and now - self.last >= self.interval:
+            self.last = now
+            rate = self.n / max(now - self.t0, 1e-9)
+            of = f"/{self.total}" if self.total else ""
+            log.info("%s: %d%s files, %.1f files/s, %s", self.desc, self.n, of, rate,
+                     ", ".join(f"{k} {v}" for k, v in report.counts.items() if v))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,304 @@
+"""NPZ files as zip archives: cheap partial reads and atomic, merged, locked updates.
+
+An NPZ is a zip of ``<key>.npy`` members. Reading a flag should not cost a full
+load, and rewriting three small keys should not decode (or even re-deflate) the
+megabytes of features beside them: unchanged members are copied as raw zip
+bytes, CRC and all. Writers lock the NPZ file itself (no sidecar files), re-read
+it under the lock and merge, so an edges run and a features run on the same file
+never lose each other's keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import io
+import os
+import struct
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator, Mapping
+
+import numpy as np
+
+TMP_MARKER = ".npzfix-tmp-"
+_CHUNK = 1 << 20
+_LOCAL = struct.Struct("<IHHHHHIIIHH")
+_CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
+_EOCD = struct.Struct("<IHHHHIIH")
+_LIMIT = 0xFFFFFFFF
+
+
+class NpzError(Exception):
+    """A file that cannot be read or updated safely; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    written: tuple[str, ...]
+    bytes_before: int
+    bytes_after: int
+
+
+def _key(name: str) -> str:
+    return name[:-4] if name.endswith(".npy") else name
+
+
+def _open_zip(path: str | os.PathLike) -> zipfile.ZipFile:
+    try:
+        zf = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise NpzError(f"not a readable NPZ (zip) file: {exc}") from exc
+    for info in zf.infolist():
+        if info.flag_bits & 0x1:
+            zf.close()
+            raise NpzError(f"encrypted member {info.filename!r}")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            zf.close()
+            raise NpzError(f"unsupported compression in member {info.filename!r}")
+    return zf
+
+
+def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> MemberInfo:
+    try:
+        with zf.open(info) as fp:
+            version = np.lib.format.read_magic(fp)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise NpzError(f"member {info.filename!r} is not a valid .npy: {exc}") from exc
+    if dtype.hasobject:
+        raise NpzError(f"member {info.filename!r} holds Python objects (pickle); refusing to load it")
+    return MemberInfo(_key(info.filename), tuple(shape), dtype)
+
+
+def inspect(path: str | os.PathLike) -> dict[str, MemberInfo]:
+    """Keys with shape and dtype, from the npy headers only (no array data read)."""
+    with _open_zip(path) as zf:
+        return {_key(i.filename): _member_header(zf, i) for i in zf.infolist()}
+
+
+def read_arrays(path: str | os.PathLike, keys: list[str] | tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """Decode only ``keys`` (all when None); absent keys are simply missing from the result."""
+    out: dict[str, np.ndarray] = {}
+    with _open_zip(path) as zf:
+        names = {_key(i.filename): i for i in zf.infolist()}
+        for key in names if keys is None else keys:
+            info = names.get(key)
+            if info is None:
+                continue
+            try:
+                with zf.open(info) as fp:
+                    out[key] = np.lib.format.read_array(fp, allow_pickle=False)
+            except ValueError as exc:
+                if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+                    raise NpzError(f"member {info.filename!r} holds Python objects (pickle); refusing to load it") from exc
+                raise NpzError(f"member {info.filename!r} is damaged: {exc}") from exc
+            except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+                raise NpzError(f"member {info.filename!r} is damaged: {exc}") from exc
+    return out
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """Exclusive lock on the NPZ itself; retried if the path was replaced while we waited."""
+    path = os.fspath(path)
+    while True:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held, now = os.fstat(fd), os.stat(path)
+        except BaseException:
+            os.close(fd)
+            raise
+        if (held.st_ino, held.st_dev) == (now.st_ino, now.st_dev):
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _dos_time(date_time: tuple[int, ...]) -> tuple[int, int]:
+    y, mo, d, h, mi, s = date_time
+    return (h << 11) | (mi << 5) | (s // 2), ((y - 1980) << 9) | (mo << 5) | d
+
+
+class _ZipWriter:
+    """The few dozen lines of zip we need to copy members raw (zipfile cannot)."""
+
+    def __init__(self, fp: BinaryIO):
+        self.fp = fp
+        self.entries: list[bytes] = []
+
+    def _header(self, name: bytes, method: int, crc: int, csize: int, usize: int, date_time) -> tuple[int, int, int]:
+        offset = self.fp.tell()
+        if max(offset, csize, usize) >= _LIMIT:
+            raise NpzError("NPZ members over 4 GiB are not supported by the in-place writer")
+        t, d = _dos_time(date_time)
+        flags = 0x800 if any(b > 127 for b in name) else 0
+        self.fp.write(_LOCAL.pack(0x04034B50, 20, flags, method, t, d, crc, csize, usize, len(name), 0))
+        self.fp.write(name)
+        self.entries.append(
+            _CENTRAL.pack(0x02014B50, (3 << 8) | 20, 20, flags, method, t, d, crc, csize, usize,
+                          len(name), 0, 0, 0, 0, 0o100644 << 16, offset) + name
+        )
+        return t, d, offset
+
+    def copy_raw(self, src: BinaryIO, info: zipfile.ZipInfo) -> None:
+        src.seek(info.header_offset)
+        head = src.read(_LOCAL.size)
+        if len(head) != _LOCAL.size or head[:4] != b"PK\x03\x04":
+            raise NpzError(f"member {info.filename!r}: bad local header")
+        nlen, elen = struct.unpack("<HH", head[26:30])
+        src.seek(info.header_offset + _LOCAL.size + nlen + elen)
+        self._header(info.filename.encode(), info.compress_type, info.CRC, info.compress_size,
+                     info.file_size, info.date_time)
+        left = info.compress_size
+        while left:
+            chunk = src.read(min(_CHUNK, left))
+            if not chunk:
+                raise NpzError(f"member {info.filename!r} is truncated")
+            self.fp.write(chunk)
+            left -= len(chunk)
+
+    def add_array(self, key: str, array: np.ndarray, deflate: bool) -> None:
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, np.asanyarray(array), allow_pickle=False)
+        raw = buf.getbuffer()
+        crc = zlib.crc32(raw)
+        if deflate:
+            comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+            data = comp.compress(raw) + comp.flush()
+            method = zipfile.ZIP_DEFLATED
+        else:
+            data, method = raw, zipfile.ZIP_STORED
+        self._header(f"{key}.npy".encode(), method, crc, len(data), len(raw), (1980, 1, 1, 0, 0, 0))
+        self.fp.write(data)
+
+    def close(self) -> None:
+        start = self.fp.tell()
+        for entry in self.entries:
+            self.fp.write(entry)
+        size = self.fp.tell() - start
+        if len(self.entries) >= 0xFFFF or start >= _LIMIT:
+            raise NpzError("NPZ too large for the in-place writer")
+        self.fp.write(_EOCD.pack(0x06054B50, 0, 0, len(self.entries), len(self.entries), size, start, 0))
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_merged(path: str, arrays: Mapping[str, np.ndarray], durable: bool) -> tuple[int, int]:
+    directory, name = os.path.split(path)
+    st = os.stat(path)
+    with open(path, "rb") as src, _open_zip(src) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            _member_header(zf, info)  # refuse damaged or pickled members before touching anything
+        deflate = any(i.compress_type == zipfile.ZIP_DEFLATED for i in infos)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}{TMP_MARKER}", dir=directory or ".")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                writer = _ZipWriter(out)
+                for info in infos:
+                    if _key(info.filename) not in arrays:
+                        writer.copy_raw(src, info)
+                for key, array in arrays.items():
+                    writer.add_array(key, array, deflate)
+                writer.close()
+                out.flush()
+                os.fchmod(out.fileno(), st.st_mode & 0o7777)
+                with contextlib.suppress(PermissionError):
+                    os.fchown(out.fileno(), st.st_uid, st.st_gid)
+                if durable:
+                    os.fsync(out.fileno())
+                size_after = out.tell()
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    if durable:
+        _fsync_dir(directory or ".")
+    return st.st_size, size_after
+
+
+def update(
+    path: str | os.PathLike,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    only_if_present: frozenset[str] | set[str] = frozenset(),
+    durable: bool = True,
+) -> UpdateResult:
+    """Atomically set ``arrays`` in the NPZ, keeping every other member byte for byte.
+
+    Keys in ``only_if_present`` are written only where the file (as re-read under
+    the lock) already has them. Raises NpzError with a reason, or OSError for
+    the file system; the file on disk is then unchanged and no temp file remains.
+    """
+    path = os.fspath(path)
+    for key, value in arrays.items():
+        if np.asanyarray(value).dtype.hasobject:
+            raise NpzError(f"refusing to write object array for {key!r}")
+    with locked(path):
+        with _open_zip(path) as zf:
+            present = {_key(i.filename) for i in zf.infolist()}
+        chosen = {k: v for k, v in arrays.items() if k not in only_if_present or k in present}
+        before, after = _write_merged(path, chosen, durable)
+    return UpdateResult(tuple(chosen), before, after)
+
+
+def sweep_stale_temps(directory: str | os.PathLike) -> list[str]:
+    """Remove temp files left by killed writers; a live writer holds its target's lock, so is left alone."""
+    removed: list[str] = []
+    directory = os.fspath(directory)
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(".") and TMP_MARKER in entry.name):
+            continue
+        target = os.path.join(directory, entry.name[1:].split(TMP_MARKER, 1)[0])
+        try:
+            fd = os.open(target, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = None
+        except OSError:
+            continue
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        continue
+                    raise
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(entry.path)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return removed

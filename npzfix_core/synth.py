@@ -1,0 +1,162 @@
+"""A seeded generator of SA-1B-like data: JPEGs, SA-1B JSON with COCO RLE masks, NPZ caches.
+
+SA-1B cannot be downloaded here, so tests, benchmarks and the demo use this.
+Masks cover the awkward cases Method B must get right (border-touching,
+1-pixel, lines, rings with holes, empty, full-image, heavy overlap); NPZ files
+come in every state the repair tools meet in the wild.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+STATES = ("fresh", "no_edges", "with_256", "flagged", "stale", "feature_flagged", "corrupt", "no_json")
+GOOD_STATES = tuple(s for s in STATES if s not in ("corrupt", "no_json"))
+MASK_KINDS = ("blob", "border", "pixel", "line", "ring", "empty", "full", "overlap", "rect")
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    n: int = 20
+    seed: int = 0
+    sizes: tuple[tuple[int, int], ...] = ((1500, 2250),)  # (height, width), cycled
+    masks: int = 100
+    states: tuple[str, ...] = STATES
+    feature_hw: int = 64  # P4 side; P5 is half. 64 matches a 1024 input.
+    extracted: str = "extracted"
+    suffix: str = "_features"
+    compressed: bool = False
+    prefix: str = "sa_"
+
+
+@dataclass
+class SynthResult:
+    root: str
+    npz: list[str] = field(default_factory=list)
+    states: dict[str, str] = field(default_factory=dict)  # npz path -> state
+
+
+def _mask(rng: np.random.Generator, kind: str, h: int, w: int, prev: np.ndarray | None) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    if kind == "empty":
+        return m
+    if kind == "full":
+        m[:] = 1
+        return m
+    if kind == "pixel":
+        m[rng.integers(h), rng.integers(w)] = 1
+        return m
+    if kind == "line":
+        p0 = (int(rng.integers(w)), int(rng.integers(h)))
+        p1 = (int(rng.integers(w)), int(rng.integers(h)))
+        cv2.line(m, p0, p1, 1, 1)
+        return m
+    if kind == "rect":
+        y0, x0 = int(rng.integers(h)), int(rng.integers(w))
+        m[y0 : y0 + 1 + int(rng.integers(max(h // 3, 1))), x0 : x0 + 1 + int(rng.integers(max(w // 3, 1)))] = 1
+        return m
+    if kind == "overlap" and prev is not None:
+        k = int(rng.integers(1, 4))
+        return cv2.dilate(prev, np.ones((2 * k + 1, 2 * k + 1), np.uint8))
+    cx, cy = int(rng.integers(w)), int(rng.integers(h))
+    if kind == "border":
+        side = int(rng.integers(4))
+        cx, cy = [(0, cy), (w - 1, cy), (cx, 0), (cx, h - 1)][side]
+    # SA-1B mask sizes span orders of magnitude: draw the axes log-uniformly.
+    ax = int(np.exp(rng.uniform(0, np.log(max(w // 4, 2)))))
+    ay = int(np.exp(rng.uniform(0, np.log(max(h // 4, 2)))))
+    cv2.ellipse(m, (cx, cy), (ax, ay), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    if kind == "ring":
+        cv2.ellipse(m, (cx, cy), (max(ax // 2, 1), max(ay // 2, 1)), 0, 0, 360, 0, -1)
+        m[cy % h, cx % w] = 1  # an island inside the hole
+    return m
+
+
+def make_annotations(rng: np.random.Generator, h: int, w: int, n_masks: int) -> list[dict]:
+    """SA-1B style annotations: compressed RLE segmentation, bbox, area, ids."""
+    from pycocotools import mask as mask_utils
+
+    anns, prev = [], None
+    for i in range(n_masks):
+        kind = MASK_KINDS[i % len(MASK_KINDS)] if i < len(MASK_KINDS) else str(rng.choice(MASK_KINDS))
+        m = _mask(rng, kind, h, w, prev)
+        prev = m
+        rle = mask_utils.encode(np.asfortranarray(m))
+        anns.append(
+            {
+                "id": i,
+                "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "area": int(mask_utils.area(rle)),
+                "predicted_iou": float(rng.uniform(0.8, 1.0)),
+                "stability_score": float(rng.uniform(0.8, 1.0)),
+                "crop_box": [0.0, 0.0, float(w), float(h)],
+                "point_coords": [[float(rng.uniform(0, w)), float(rng.uniform(0, h))]],
+            }
+        )
+    return anns
+
+
+def make_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A smooth RGB picture (cheap to make, JPEG-friendly), uint8 HxWx3."""
+    small = rng.integers(0, 256, (max(h // 64, 2), max(w // 64, 2), 3), dtype=np.uint8)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _npz_arrays(rng: np.random.Generator, state: str, fhw: int) -> dict[str, np.ndarray]:
+    a: dict[str, np.ndarray] = {
+        "P4_S16": rng.standard_normal((1, 256, fhw, fhw), dtype=np.float32),
+        "P5_S32": rng.standard_normal((1, 256, fhw // 2, fhw // 2), dtype=np.float32),
+        "IMAGE_EMB_S16": rng.standard_normal((1, 256, fhw, fhw), dtype=np.float32),
+        "P3_S8_f16": rng.standard_normal((1, 32, 8, 8)).astype(np.float16),
+        "num_masks": np.array(int(rng.integers(0, 200)), dtype=np.int64),
+        "source_name": np.array("extract_features_v1"),
+    }
+    if state != "no_edges":
+        a["edge_64x64"] = (rng.random((64, 64)) > 0.9).astype(np.uint8)
+        a["edge_32x32"] = (rng.random((32, 32)) > 0.9).astype(np.uint8)
+    if state in ("with_256", "flagged", "stale"):
+        a["edge_256x256"] = (rng.random((256, 256)) > 0.9).astype(np.uint8)
+    if state in ("flagged", "stale"):
+        a["edge_flag"] = np.array(1, dtype=np.uint8)
+        a["edge_version"] = np.array("B_v1" if state == "flagged" else "A_v0")
+    if state == "feature_flagged":
+        a["feature_flag"] = np.array(1, dtype=np.uint8)
+    return a
+
+
+def generate(out: str | os.PathLike, spec: SynthSpec = SynthSpec()) -> SynthResult:
+    """Write ``spec.n`` images with JSON and NPZ under ``out`` (SA-1B shard layout)."""
+    root = os.fspath(out)
+    ext_dir = os.path.join(root, spec.extracted)
+    os.makedirs(ext_dir, exist_ok=True)
+    rng = np.random.default_rng(spec.seed)
+    result = SynthResult(root)
+    for i in range(spec.n):
+        h, w = spec.sizes[i % len(spec.sizes)]
+        state = spec.states[i % len(spec.states)]
+        stem = f"{spec.prefix}{spec.seed:03d}{i:05d}"
+        img = make_image(rng, h, w)
+        cv2.imwrite(os.path.join(root, f"{stem}.jpg"), img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if state != "no_json":
+            doc = {
+                "image": {"image_id": i, "file_name": f"{stem}.jpg", "height": h, "width": w},
+                "annotations": make_annotations(rng, h, w, spec.masks),
+            }
+            with open(os.path.join(root, f"{stem}.json"), "w") as f:
+                json.dump(doc, f)
+        path = os.path.join(ext_dir, f"{stem}{spec.suffix}.npz")
+        saver = np.savez_compressed if spec.compressed else np.savez
+        saver(path, **_npz_arrays(rng, state, spec.feature_hw))
+        if state == "corrupt":
+            size = os.path.getsize(path)
+            with open(path, "r+b") as f:
+                f.truncate(size // 2)
+        result.npz.append(path)
+        result.states[path] = state
+    return result

@@ -1,0 +1,1 @@
+"""Dagster front door of npzfix: assets, partitions, resources, sensors, checks."""

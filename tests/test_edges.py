@@ -1,0 +1,82 @@
+"""Method B: the fast path equals the original formula bit for bit."""
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from npzfix_core import synth
+from npzfix_core.edges import ImageAnnotations, _area_support, method_b, method_b_reference
+
+SIZES = [(1, 1), (1, 7), (7, 1), (2, 2), (5, 300), (300, 5), (31, 33), (100, 100), (255, 257),
+         (256, 256), (257, 1000), (512, 512), (333, 3000), (768, 1024), (1500, 2250)]
+
+
+def _ann(h, w, n, seed):
+    anns = synth.make_annotations(np.random.default_rng(seed), h, w, n)
+    return ImageAnnotations(h, w, [a["segmentation"] for a in anns])
+
+
+def _independent_reference(ann, k):
+    """The original script's loop, written out again here so the test does not trust the library."""
+    combined = np.zeros((ann.height, ann.width), np.uint8)
+    for seg in ann.segmentations:
+        m = mask_utils.decode(seg)
+        e = cv2.morphologyEx(m, cv2.MORPH_GRADIENT, np.ones((k, k), np.uint8))
+        combined = np.bitwise_or(combined, (e > 0).astype(np.uint8))
+    f = combined.astype(np.float32)
+    return {s: (cv2.resize(f, (s, s), interpolation=cv2.INTER_AREA) > 0).astype(np.uint8) for s in (256, 64, 32)}
+
+
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("k", [3, 5])
+def test_bit_identical_to_original(h, w, k):
+    ann = _ann(h, w, 40 if h * w > 10000 else 12, seed=h * 31 + w)
+    got, want = method_b(ann, k), _independent_reference(ann, k)
+    for s in (256, 64, 32):
+        assert got[s].dtype == np.uint8 and got[s].shape == (s, s)
+        np.testing.assert_array_equal(got[s], want[s], err_msg=f"{h}x{w} k={k} size={s}")
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 6, 7, 9])
+def test_every_kernel_size(k):
+    for h, w in [(90, 140), (300, 257), (40, 500), (17, 17)]:
+        ann = _ann(h, w, 25, seed=k * 100 + h)
+        got, want = method_b(ann, k), method_b_reference(ann, k)
+        for s in want:
+            np.testing.assert_array_equal(got[s], want[s], err_msg=f"{h}x{w} k={k} size={s}")
+
+
+def test_random_sizes_fuzz():
+    rng = np.random.default_rng(123)
+    for _ in range(25):
+        h, w = (int(v) for v in rng.integers(1, 1200, 2))
+        k = int(rng.integers(1, 8))
+        ann = _ann(h, w, 15, seed=int(rng.integers(1 << 30)))
+        got, want = method_b(ann, k), method_b_reference(ann, k)
+        for s in want:
+            np.testing.assert_array_equal(got[s], want[s], err_msg=f"{h}x{w} k={k} size={s}")
+
+
+def test_no_annotations_gives_empty_maps():
+    got = method_b(ImageAnnotations(200, 300, []), 3)
+    assert all(not m.any() for m in got.values())
+
+
+def test_full_image_mask_has_no_edges_but_a_border_square_does():
+    full = np.ones((300, 400), np.uint8)
+    sq = np.zeros((300, 400), np.uint8)
+    sq[0:50, 0:60] = 1  # touches the top-left border: only its two inner sides are edges
+    segs = [mask_utils.encode(np.asfortranarray(m)) for m in (full, sq)]
+    got = method_b(ImageAnnotations(300, 400, segs[:1]), 3)
+    assert not got[64].any()
+    got = method_b(ImageAnnotations(300, 400, segs[1:]), 3)
+    want = method_b_reference(ImageAnnotations(300, 400, segs[1:]), 3)
+    np.testing.assert_array_equal(got[256], want[256])
+    assert got[256][0, 0] == 0 and got[256].any()
+
+
+def test_area_support_is_what_opencv_weights():
+    for n, s in [(2250, 256), (1500, 64), (300, 32), (257, 256), (512, 256), (256, 256)]:
+        start, stop = _area_support(n, s)
+        assert start[0] == 0 and stop[-1] == n and (np.diff(start) >= 0).all()
