@@ -67,7 +67,7 @@ def process_one(npz: str, json_path: str | None, kernel_size: int, skip_if_proce
         return Outcome(npz, status, reason, time.perf_counter() - t0)
 
     try:
-        flags = store.read_arrays(npz, list(EDGE_KEYS))
+        flags = store.read_flags(npz, EDGE_KEYS)
         if skip_if_processed and is_done(flags, kernel_size):
             return out(SKIPPED_DONE)
         if json_path is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import io
 import os
 import struct
@@ -92,6 +93,117 @@ def inspect(path: str | os.PathLike) -> dict[str, MemberInfo]:
         return {_key(i.filename): _member_header(zf, i) for i in zf.infolist()}
 
 
+_SMALL = 1 << 16
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """npy header dict -> (shape, fortran_order, dtype); flags and names repeat, so parse each once."""
+    fp = io.BytesIO(header)
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fp)
+    return np.lib.format.read_array_header_2_0(fp)
+
+
+def _decode_small(raw: bytes) -> np.ndarray:
+    """A small member's bytes -> array, without NumPy's per-call header ``literal_eval``."""
+    if raw[:6] != b"\x93NUMPY":
+        raise ValueError("missing .npy magic")
+    if raw[6] == 1:
+        hlen = 10 + int.from_bytes(raw[8:10], "little")
+    else:
+        hlen = 12 + int.from_bytes(raw[8:12], "little")
+    shape, fortran, dtype = _parse_header(bytes(raw[:hlen]))
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    count = int(np.prod(shape, dtype=np.int64))
+    data = np.frombuffer(raw, dtype=dtype, count=count, offset=hlen).copy()
+    return data.reshape(shape[::-1]).T if fortran else data.reshape(shape)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    method: int
+    crc: int
+    csize: int
+    usize: int
+    offset: int
+
+
+def _quick_directory(fd: int, size: int) -> dict[str, _Entry] | None:
+    """Central directory from one read of the file's tail; None when zipfile must do it (zip64, comments...)."""
+    tail_len = min(size, 8192)
+    tail = os.pread(fd, tail_len, size - tail_len)
+    if len(tail) < 22 or tail[-22:-18] != b"PK\x05\x06":
+        return None
+    _, disk, _, n_here, n_total, cd_size, cd_off, clen = _EOCD.unpack(tail[-22:])
+    if disk or n_here != n_total or n_total == 0xFFFF or cd_off == _LIMIT:
+        return None
+    start = tail_len - 22 - cd_size
+    if start < 0:
+        return None
+    cd, pos, out = tail[start : tail_len - 22], 0, {}
+    for _ in range(n_total):
+        if cd[pos : pos + 4] != b"PK\x01\x02":
+            return None
+        f = _CENTRAL.unpack_from(cd, pos)
+        flags, method, crc, csize, usize, nlen, elen, klen, off = f[3], f[4], f[7], f[8], f[9], f[10], f[11], f[12], f[16]
+        if flags & 1 or _LIMIT in (csize, usize, off):
+            return None
+        name = cd[pos + 46 : pos + 46 + nlen].decode("utf-8" if flags & 0x800 else "cp437")
+        out[name] = _Entry(method, crc, csize, usize, off)
+        pos += 46 + nlen + elen + klen
+    return out
+
+
+def _quick_member(fd: int, e: _Entry) -> bytes:
+    head = os.pread(fd, _LOCAL.size, e.offset)
+    if len(head) != _LOCAL.size or head[:4] != b"PK\x03\x04":
+        raise NpzError("bad local header")
+    nlen, elen = struct.unpack("<HH", head[26:30])
+    raw = os.pread(fd, e.csize, e.offset + _LOCAL.size + nlen + elen)
+    if e.method == zipfile.ZIP_DEFLATED:
+        raw = zlib.decompress(raw, -15)
+    elif e.method != zipfile.ZIP_STORED:
+        raise NpzError("unsupported compression")
+    if len(raw) != e.usize or zlib.crc32(raw) != e.crc:
+        raise NpzError("CRC mismatch: member is damaged")
+    return raw
+
+
+def read_flags(path: str | os.PathLike, keys: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
+    """``read_arrays`` for a few small keys, fast: one read of the zip's tail, one per member.
+
+    This is the "already done?" check run on every file of a million-file pass.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise
+    try:
+        size = os.fstat(fd).st_size
+        directory = _quick_directory(fd, size)
+        if directory is None:
+            return read_arrays(path, keys)
+        out = {}
+        for key in keys:
+            e = directory.get(key + ".npy")
+            if e is None:
+                continue
+            if e.usize > _SMALL:
+                return read_arrays(path, keys)
+            try:
+                out[key] = _decode_small(_quick_member(fd, e))
+            except (ValueError, zlib.error) as exc:
+                if "allow_pickle" in str(exc):
+                    raise NpzError(f"member {key}.npy holds Python objects (pickle); refusing to load it") from exc
+                raise NpzError(f"member {key}.npy is damaged: {exc}") from exc
+        return out
+    finally:
+        os.close(fd)
+
+
 def read_arrays(path: str | os.PathLike, keys: list[str] | tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     """Decode only ``keys`` (all when None); absent keys are simply missing from the result."""
     out: dict[str, np.ndarray] = {}
@@ -102,6 +214,9 @@ def read_arrays(path: str | os.PathLike, keys: list[str] | tuple[str, ...] | Non
             if info is None:
                 continue
             try:
+                if info.file_size <= _SMALL:
+                    out[key] = _decode_small(zf.read(info))
+                    continue
                 with zf.open(info) as fp:
                     out[key] = np.lib.format.read_array(fp, allow_pickle=False)
             except ValueError as exc:

@@ -1,0 +1,174 @@
+"""The NPZ store: members carried over byte for byte, atomic, locked, never damaging a file."""
+
+import errno
+import fcntl
+import multiprocessing as mp
+import os
+import stat
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import raw_members, sha, temp_files
+from npzfix_core import store
+
+
+def _make(path, compressed=False, **extra):
+    arrays = {
+        "P4_S16": np.arange(2 * 256 * 4, dtype=np.float32).reshape(2, 256, 4),
+        "half": np.ones((3, 3), np.float16),
+        "count": np.array(7, np.int64),
+        "name": np.array("hello"),
+        **extra,
+    }
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+    return arrays
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_update_carries_other_members_byte_for_byte(tmp_path, compressed):
+    p = tmp_path / "a_features.npz"
+    arrays = _make(p, compressed)
+    os.chmod(p, 0o640)
+    before = raw_members(p)
+    res = store.update(p, {"edge_64x64": np.ones((64, 64), np.uint8), "count": np.array(8, np.int64)})
+    assert set(res.written) == {"edge_64x64", "count"}
+    after = raw_members(p)
+    for name in ("P4_S16.npy", "half.npy", "name.npy"):
+        assert after[name] == before[name]
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o640
+    with np.load(p, allow_pickle=False) as z:
+        assert int(z["count"]) == 8 and z["edge_64x64"].sum() == 64 * 64
+        np.testing.assert_array_equal(z["P4_S16"], arrays["P4_S16"])
+        assert z["half"].dtype == np.float16 and str(z["name"]) == "hello"
+    with zipfile.ZipFile(p) as zf:
+        assert zf.testzip() is None
+        want = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+        assert zf.getinfo("edge_64x64.npy").compress_type == want
+    assert temp_files(tmp_path) == []
+
+
+def test_only_if_present(tmp_path):
+    p = tmp_path / "a_features.npz"
+    _make(p)
+    res = store.update(p, {"x": np.zeros(2), "edge_256x256": np.zeros((256, 256), np.uint8)},
+                       only_if_present={"edge_256x256"})
+    assert res.written == ("x",)
+    _make(p, edge_256x256=np.ones((256, 256), np.uint8))
+    res = store.update(p, {"edge_256x256": np.zeros((256, 256), np.uint8)}, only_if_present={"edge_256x256"})
+    assert res.written == ("edge_256x256",)
+    assert not store.read_arrays(p, ["edge_256x256"])["edge_256x256"].any()
+
+
+def test_inspect_and_lazy_reads(tmp_path):
+    p = tmp_path / "a_features.npz"
+    _make(p)
+    info = store.inspect(p)
+    assert info["P4_S16"].shape == (2, 256, 4) and info["P4_S16"].dtype == np.float32
+    got = store.read_arrays(p, ["count", "absent"])
+    assert list(got) == ["count"] and int(got["count"]) == 7
+
+
+def _bad_files(tmp_path):
+    good = tmp_path / "good_features.npz"
+    _make(good)
+    trunc = tmp_path / "trunc_features.npz"
+    data = good.read_bytes()
+    trunc.write_bytes(data[: len(data) // 2])
+    notzip = tmp_path / "notzip_features.npz"
+    notzip.write_bytes(b"this is not a zip file at all" * 10)
+    pickled = tmp_path / "pickle_features.npz"
+    np.savez(pickled, obj=np.array([{"a": 1}, None], dtype=object), ok=np.zeros(3))
+    return {"truncated": trunc, "not a zip": notzip, "pickle": pickled}
+
+
+def test_bad_files_are_refused_and_left_unchanged(tmp_path):
+    for what, p in _bad_files(tmp_path).items():
+        digest = sha(p)
+        with pytest.raises(store.NpzError) as ei:
+            store.update(p, {"edge_flag": np.array(1, np.uint8)})
+        assert str(ei.value), what
+        assert sha(p) == digest, what
+    assert "pickle" in str(pytest.raises(store.NpzError, store.read_arrays, tmp_path / "pickle_features.npz").value)
+    assert temp_files(tmp_path) == []
+
+
+def test_disk_full_during_write_leaves_file_and_no_temp(tmp_path, monkeypatch):
+    p = tmp_path / "a_features.npz"
+    _make(p)
+    digest = sha(p)
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store._ZipWriter, "add_array", full)
+    with pytest.raises(OSError) as ei:
+        store.update(p, {"edge_flag": np.array(1, np.uint8)})
+    assert ei.value.errno == errno.ENOSPC
+    assert sha(p) == digest and temp_files(tmp_path) == []
+
+
+def _writer(path, key, n):
+    for i in range(n):
+        store.update(path, {key: np.array(i, np.int64)}, durable=False)
+
+
+def test_concurrent_writers_never_lose_each_others_keys(tmp_path):
+    p = tmp_path / "a_features.npz"
+    _make(p)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(p), f"k{j}", 40)) for j in range(3)]
+    for pr in procs:
+        pr.start()
+    for pr in procs:
+        pr.join(120)
+        assert pr.exitcode == 0
+    got = store.read_arrays(p)
+    assert [int(got[f"k{j}"]) for j in range(3)] == [39, 39, 39]
+    assert got["P4_S16"].shape == (2, 256, 4)
+
+
+def test_sweep_removes_only_dead_writers_temps(tmp_path):
+    p = tmp_path / "a_features.npz"
+    _make(p)
+    q = tmp_path / "b_features.npz"
+    _make(q)
+    stale = tmp_path / f".a_features.npz{store.TMP_MARKER}dead"
+    stale.write_bytes(b"half written")
+    orphan = tmp_path / f".gone_features.npz{store.TMP_MARKER}x"
+    orphan.write_bytes(b"x")
+    live = tmp_path / f".b_features.npz{store.TMP_MARKER}live"
+    live.write_bytes(b"being written")
+    fd = os.open(q, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a writer holds b's lock
+    try:
+        removed = store.sweep_stale_temps(tmp_path)
+    finally:
+        os.close(fd)
+    assert sorted(os.path.basename(r) for r in removed) == sorted([stale.name, orphan.name])
+    assert live.exists()
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_read_flags_fast_path_agrees_and_detects_damage(tmp_path, compressed):
+    p = tmp_path / "a_features.npz"
+    _make(p, compressed, edge_flag=np.array(1, np.uint8), edge_version=np.array("B_v1"),
+          fortran=np.asfortranarray(np.arange(6).reshape(2, 3)))
+    keys = ["edge_flag", "edge_version", "count", "fortran", "absent"]
+    fast, slow = store.read_flags(p, keys), store.read_arrays(p, keys)
+    assert fast.keys() == slow.keys()
+    for k in fast:
+        assert fast[k].dtype == slow[k].dtype
+        np.testing.assert_array_equal(fast[k], slow[k])
+    if not compressed:  # flip a byte inside the stored edge_flag data: the CRC must catch it
+        data = bytearray(p.read_bytes())
+        with zipfile.ZipFile(p) as zf:
+            info = zf.getinfo("edge_flag.npy")
+        data[info.header_offset + 30 + len(info.filename) + info.file_size - 1] ^= 0xFF
+        p.write_bytes(bytes(data))
+        with pytest.raises(store.NpzError, match="CRC"):
+            store.read_flags(p, ["edge_flag"])
+    np.savez(p, edge_flag=np.array([None], dtype=object))
+    with pytest.raises(store.NpzError, match="pickle"):
+        store.read_flags(p, ["edge_flag"])
