@@ -78,6 +78,38 @@ def cmd_edges(args) -> int:
     return _finish(run_edges(req), args)
 
 
+def _csv(v: str | None) -> tuple[str, ...]:
+    return tuple(x.strip() for x in (v or "").split(",") if x.strip())
+
+
+def cmd_features(args) -> int:
+    from npzfix_core import devices
+    from npzfix_core.feature_repair import FeatureRequest, run_features
+    from npzfix_core.teacher import TeacherError, TeacherSpec
+
+    modes = [m for m, v in (("bulk", args.root), ("samples", args.samples), ("train_test", args.extracted_dirs)) if v]
+    if len(modes) != 1:
+        raise UsageError("give exactly one of --root (tool 1), --samples (tool 2), --extracted-dirs (tool 3)")
+    if args.npz_dirs and modes[0] != "samples":
+        raise UsageError("--npz-dirs goes with --samples")
+    limit = args.max_files if args.max_files is not None else args.max_images
+    try:
+        device = devices.resolve(args.device, args.gpus) if not args.dry_run else "cpu"
+        spec = TeacherSpec(weights=args.weights, config=args.config, random_init_seed=args.random_init,
+                           device=device, precision=args.precision, resolution=args.resolution)
+        spec.validate()
+        req = FeatureRequest(
+            mode=modes[0], teacher=spec, root=args.root, samples=args.samples, npz_dirs=_csv(args.npz_dirs),
+            extracted_dirs=_csv(args.extracted_dirs), max_files=limit, batch_size=args.batch_size,
+            workers=args.workers, writers=args.writers, store_dtype=args.store_dtype, force=args.force,
+            dry_run=args.dry_run, durable=args.durable,
+        )
+        req.validate()
+    except (TeacherError, devices.DeviceError, ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from exc
+    return _finish(run_features(req), args)
+
+
 def cmd_synth(args) -> int:
     from npzfix_core import synth
 
@@ -114,6 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=_positive, default=1, help="worker processes")
     _common(e)
     e.set_defaults(fn=cmd_edges)
+
+    f = sub.add_parser("features", help="recompute SAM2 P4/P5 (bulk_fix / fix_npz_features_inplace / fix_train_test_npz)")
+    f.add_argument("--root", help="tool 1: scan this root recursively; sets feature_flag=1")
+    f.add_argument("--samples", help="tool 2: image list, one path per line; sets no flag")
+    f.add_argument("--npz-dirs", help="tool 2: comma-separated dirs searched for NPZs not beside their image")
+    f.add_argument("--extracted-dirs", help="tool 3: comma-separated <split>/extracted dirs; sets feature_flag=1")
+    f.add_argument("--weights", help="SAM2 checkpoint (e.g. sam2.1_hiera_base_plus.pt); config follows from its name")
+    f.add_argument("--config", help="SAM2 config, e.g. configs/sam2.1/sam2.1_hiera_b+.yaml")
+    f.add_argument("--random-init", type=int, metavar="SEED", help="seeded random teacher, for demos and tests only")
+    f.add_argument("--device", default=os.environ.get("NPZFIX_DEVICE", "auto"), help="cpu | cuda | cuda:N | auto")
+    f.add_argument("--gpus", help="allowed GPUs, e.g. 1,2,4,5,6,7 (default $NPZFIX_GPUS, else all)")
+    f.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    f.add_argument("--resolution", type=int, help="encoder input side (default the model's, 1024)")
+    f.add_argument("--batch-size", type=_positive, default=4)
+    f.add_argument("--workers", type=_positive, default=2, help="image decode threads")
+    f.add_argument("--writers", type=_positive, default=2, help="NPZ writer threads")
+    f.add_argument("--max-files", type=_positive, help="update at most this many files (skipped ones don't count)")
+    f.add_argument("--max-images", type=_positive, help="tool 2's name for --max-files")
+    f.add_argument("--store-dtype", choices=("keep", "float32", "float16"), default="keep",
+                   help="keep: an existing key keeps its shape and dtype; new keys are float32 (1,256,H,W)")
+    f.add_argument("--force", action="store_true", help="redo files already flagged (same teacher or legacy)")
+    _common(f)
+    f.set_defaults(fn=cmd_features)
 
     s = sub.add_parser("synth", help="generate a seeded SA-1B-like dataset (JPEG, JSON, NPZ)")
     s.add_argument("--out", required=True)

@@ -21,7 +21,7 @@ import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Mapping
+from typing import BinaryIO, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -324,64 +324,62 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _write_merged(path: str, arrays: Mapping[str, np.ndarray], durable: bool) -> tuple[int, int]:
-    directory, name = os.path.split(path)
-    st = os.stat(path)
-    with open(path, "rb") as src, _open_zip(src) as zf:
-        infos = zf.infolist()
-        for info in infos:
-            _member_header(zf, info)  # refuse damaged or pickled members before touching anything
-        deflate = any(i.compress_type == zipfile.ZIP_DEFLATED for i in infos)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}{TMP_MARKER}", dir=directory or ".")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                writer = _ZipWriter(out)
-                for info in infos:
-                    if _key(info.filename) not in arrays:
-                        writer.copy_raw(src, info)
-                for key, array in arrays.items():
-                    writer.add_array(key, array, deflate)
-                writer.close()
-                out.flush()
-                os.fchmod(out.fileno(), st.st_mode & 0o7777)
-                with contextlib.suppress(PermissionError):
-                    os.fchown(out.fileno(), st.st_uid, st.st_gid)
-                if durable:
-                    os.fsync(out.fileno())
-                size_after = out.tell()
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-    if durable:
-        _fsync_dir(directory or ".")
-    return st.st_size, size_after
-
-
 def update(
     path: str | os.PathLike,
-    arrays: Mapping[str, np.ndarray],
+    arrays: Mapping[str, np.ndarray] | None = None,
     *,
     only_if_present: frozenset[str] | set[str] = frozenset(),
+    prepare: Callable[[dict[str, MemberInfo]], Mapping[str, np.ndarray]] | None = None,
     durable: bool = True,
 ) -> UpdateResult:
-    """Atomically set ``arrays`` in the NPZ, keeping every other member byte for byte.
+    """Atomically set arrays in the NPZ, keeping every other member byte for byte.
 
-    Keys in ``only_if_present`` are written only where the file (as re-read under
-    the lock) already has them. Raises NpzError with a reason, or OSError for
-    the file system; the file on disk is then unchanged and no temp file remains.
+    The file is re-read under its lock: keys in ``only_if_present`` are written
+    only where it has them, and ``prepare`` (instead of ``arrays``) sees its
+    current members (shape, dtype) to shape what it writes. Raises NpzError
+    with a reason, or OSError from the file system; the file is then unchanged
+    and no temp file remains.
     """
     path = os.fspath(path)
-    for key, value in arrays.items():
-        if np.asanyarray(value).dtype.hasobject:
-            raise NpzError(f"refusing to write object array for {key!r}")
+    directory, name = os.path.split(path)
     with locked(path):
-        with _open_zip(path) as zf:
-            present = {_key(i.filename) for i in zf.infolist()}
-        chosen = {k: v for k, v in arrays.items() if k not in only_if_present or k in present}
-        before, after = _write_merged(path, chosen, durable)
-    return UpdateResult(tuple(chosen), before, after)
+        st = os.stat(path)
+        with open(path, "rb") as src, _open_zip(src) as zf:
+            infos = zf.infolist()
+            existing = {_key(i.filename): _member_header(zf, i) for i in infos}  # refuses damaged/pickled members
+            if prepare is not None:
+                chosen = dict(prepare(existing))
+            else:
+                chosen = {k: v for k, v in (arrays or {}).items() if k not in only_if_present or k in existing}
+            for key, value in chosen.items():
+                if np.asanyarray(value).dtype.hasobject:
+                    raise NpzError(f"refusing to write object array for {key!r}")
+            deflate = any(i.compress_type == zipfile.ZIP_DEFLATED for i in infos)
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}{TMP_MARKER}", dir=directory or ".")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    writer = _ZipWriter(out)
+                    for info in infos:
+                        if _key(info.filename) not in chosen:
+                            writer.copy_raw(src, info)
+                    for key, array in chosen.items():
+                        writer.add_array(key, array, deflate)
+                    writer.close()
+                    out.flush()
+                    os.fchmod(out.fileno(), st.st_mode & 0o7777)
+                    with contextlib.suppress(PermissionError):
+                        os.fchown(out.fileno(), st.st_uid, st.st_gid)
+                    if durable:
+                        os.fsync(out.fileno())
+                    size_after = out.tell()
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+        if durable:
+            _fsync_dir(directory or ".")
+    return UpdateResult(tuple(chosen), st.st_size, size_after)
 
 
 def sweep_stale_temps(directory: str | os.PathLike) -> list[str]:

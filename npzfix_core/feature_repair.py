@@ -1,0 +1,341 @@
+"""Tools 1-3 as one function: recompute P4/P5 with the SAM2 teacher, batched and overlapped.
+
+Stages, each bounded so memory stays flat on any dataset size:
+  discovery -> skip check (tiny reads) -> decode + preprocess (thread pool)
+  -> batched encoder (the device) -> copy off the device -> locked atomic
+  writes (thread pool).
+Decoding the next batch and writing the last one happen while the encoder
+runs, so the device does not wait on I/O when the data allows it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from npzfix_core import __version__, discovery, store
+from npzfix_core.images import ImageError, load_rgb
+from npzfix_core.report import (FAILED, MISSING, SKIPPED_DONE, SKIPPED_LEGACY, UPDATED, WOULD_UPDATE, Outcome,
+                                Progress, RunReport)
+from npzfix_core.teacher import TeacherSpec
+
+log = logging.getLogger("npzfix")
+
+MODES = ("bulk", "samples", "train_test")
+STORE_DTYPES = ("keep", "float32", "float16")
+FLAG_KEYS = ("feature_flag", "feature_provenance")
+PROVENANCE_FIELDS = ("teacher", "config", "weights", "precision", "resolution", "scalp")
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    mode: str  # bulk (tool 1) | samples (tool 2) | train_test (tool 3)
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
+    root: str | None = None
+    samples: str | None = None
+    npz_dirs: tuple[str, ...] = ()
+    extracted_dirs: tuple[str, ...] = ()
+    max_files: int | None = None
+    batch_size: int = 4
+    workers: int = 2  # decode threads
+    writers: int = 2
+    store_dtype: str = "keep"
+    force: bool = False
+    dry_run: bool = False
+    durable: bool = True
+
+    @property
+    def sets_flag(self) -> bool:
+        return self.mode != "samples"
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        if self.store_dtype not in STORE_DTYPES:
+            raise ValueError(f"--store-dtype must be one of {STORE_DTYPES}")
+        if self.batch_size < 1 or self.workers < 1 or self.writers < 1:
+            raise ValueError("--batch-size, --workers and --writers must be >= 1")
+        need = {"bulk": self.root, "samples": self.samples, "train_test": self.extracted_dirs}[self.mode]
+        if not need:
+            raise ValueError(f"mode {self.mode} needs {'--root' if self.mode == 'bulk' else '--samples' if self.mode == 'samples' else '--extracted-dirs'}")
+        for d in ([self.root] if self.mode == "bulk" else list(self.extracted_dirs) if self.mode == "train_test" else []):
+            if not os.path.isdir(d):
+                raise FileNotFoundError(f"directory {d} does not exist")
+        if self.mode == "samples" and not os.path.isfile(self.samples):
+            raise FileNotFoundError(f"sample list {self.samples} does not exist")
+
+
+def items_for(req: FeatureRequest) -> Iterator[discovery.WorkItem]:
+    if req.mode == "bulk":
+        return discovery.bulk_items(req.root)
+    if req.mode == "train_test":
+        return discovery.train_test_items(req.extracted_dirs)
+    return discovery.sample_items(req.samples, list(req.npz_dirs))
+
+
+def same_teacher(stored: dict, prov: dict) -> bool:
+    return all(stored.get(k) == prov.get(k) for k in PROVENANCE_FIELDS)
+
+
+def precheck(item: discovery.WorkItem, req: FeatureRequest, prov: dict) -> Outcome | None:
+    """Outcome for items that need no compute (missing, done, legacy-flagged, unreadable), else None."""
+    if item.problem or item.npz is None or item.source is None:
+        return Outcome(item.npz or item.source or item.stem, MISSING, item.problem or "missing source")
+    try:
+        if req.sets_flag and not req.force:
+            flags = store.read_flags(item.npz, FLAG_KEYS)
+            if "feature_flag" in flags and int(flags["feature_flag"]) == 1:
+                if "feature_provenance" not in flags:
+                    return Outcome(item.npz, SKIPPED_LEGACY, "flagged by the original tool (no provenance)")
+                try:
+                    stored = json.loads(str(flags["feature_provenance"]))
+                except ValueError:
+                    stored = {}
+                if same_teacher(stored, prov):
+                    return Outcome(item.npz, SKIPPED_DONE)
+    except store.NpzError as exc:
+        return Outcome(item.npz, FAILED, f"NPZ: {exc}")
+    except OSError as exc:
+        return Outcome(item.npz, FAILED, f"I/O error: {exc}")
+    return None
+
+
+def fit(value: np.ndarray, existing: store.MemberInfo | None, store_dtype: str, key: str) -> np.ndarray:
+    """The new array in the layout the file already uses for ``key`` (shape and dtype), or float32 (1,256,H,W)."""
+    dtype = np.dtype(np.float32) if store_dtype == "float32" else np.dtype(np.float16) if store_dtype == "float16" else None
+    if existing is None:
+        return value.astype(dtype or np.float32, copy=False)
+    if int(np.prod(existing.shape)) != value.size:
+        raise store.NpzError(
+            f"existing {key} has shape {existing.shape}, the teacher gives {value.shape}: "
+            "wrong --resolution for this cache?")
+    if dtype is None:
+        dtype = existing.dtype if existing.dtype.kind == "f" else np.dtype(np.float32)
+    return value.reshape(existing.shape).astype(dtype, copy=False)
+
+
+def write_features(npz: str, p4: np.ndarray, p5: np.ndarray, req: FeatureRequest, prov: dict) -> store.UpdateResult:
+    """Merge P4/P5 (and IMAGE_EMB_S16, flag, provenance) into the NPZ under its lock."""
+    record = json.dumps({**prov, "tool": f"npzfix {__version__}", "mode": req.mode}, sort_keys=True)
+
+    def prepare(existing: dict[str, store.MemberInfo]) -> dict[str, np.ndarray]:
+        arrays = {
+            "P4_S16": fit(p4, existing.get("P4_S16"), req.store_dtype, "P4_S16"),
+            "P5_S32": fit(p5, existing.get("P5_S32"), req.store_dtype, "P5_S32"),
+        }
+        if req.mode == "samples" or "IMAGE_EMB_S16" in existing:
+            arrays["IMAGE_EMB_S16"] = fit(p4, existing.get("IMAGE_EMB_S16"), req.store_dtype, "IMAGE_EMB_S16")
+        if req.sets_flag:
+            arrays["feature_flag"] = np.array(1, dtype=np.uint8)
+        arrays["feature_provenance"] = np.array(record)
+        return arrays
+
+    return store.update(npz, prepare=prepare, durable=req.durable)
+
+
+@dataclass
+class _Loaded:
+    item: discovery.WorkItem
+    image: object = None  # preprocessed tensor (3, R, R) or uint8 array
+    error: Outcome | None = None
+    t0: float = 0.0
+
+
+def _load(item: discovery.WorkItem, resolution: int, device, stage: str) -> _Loaded:
+    """Check the NPZ, decode the image, then (stage) stop, preprocess here (CPU), or pin for the device."""
+    t0 = time.perf_counter()
+    try:
+        store.inspect(item.npz)  # fail before spending the encoder on an unwritable file
+        img = load_rgb(item.source)
+        if stage == "decode":
+            return _Loaded(item, None, t0=t0)
+        if stage == "preprocess":
+            from npzfix_core.images import preprocess
+
+            return _Loaded(item, preprocess([img], resolution, device)[0], t0=t0)
+        import torch
+
+        t = torch.from_numpy(img)
+        return _Loaded(item, t.pin_memory() if torch.cuda.is_available() else t, t0=t0)
+    except ImageError as exc:
+        return _Loaded(item, error=Outcome(item.npz, FAILED, str(exc)), t0=t0)
+    except FileNotFoundError as exc:
+        return _Loaded(item, error=Outcome(item.npz, MISSING, f"file vanished: {exc.filename}"), t0=t0)
+    except store.NpzError as exc:
+        return _Loaded(item, error=Outcome(item.npz, FAILED, f"NPZ: {exc}"), t0=t0)
+    except Exception as exc:
+        log.exception("unexpected error loading %s", item.source)
+        return _Loaded(item, error=Outcome(item.npz, FAILED, f"unexpected {type(exc).__name__}: {exc}"), t0=t0)
+
+
+def _write(item: discovery.WorkItem, p4, p5, event, req: FeatureRequest, prov: dict, t0: float) -> Outcome:
+    try:
+        if event is not None:
+            event.synchronize()  # the device-to-host copy was queued asynchronously
+        write_features(item.npz, p4.numpy(), p5.numpy(), req, prov)
+        return Outcome(item.npz, UPDATED, seconds=time.perf_counter() - t0)
+    except store.NpzError as exc:
+        return Outcome(item.npz, FAILED, f"NPZ: {exc}")
+    except FileNotFoundError as exc:
+        return Outcome(item.npz, FAILED, f"file vanished: {exc.filename}")
+    except OSError as exc:
+        return Outcome(item.npz, FAILED, f"I/O error: {exc.strerror or exc} ({exc.filename or item.npz})")
+    except Exception as exc:
+        log.exception("unexpected error writing %s", item.npz)
+        return Outcome(item.npz, FAILED, f"unexpected {type(exc).__name__}: {exc}")
+
+
+@dataclass
+class Timings:
+    """Where the time went; ``encoder_busy`` / wall is how busy the device was kept."""
+
+    encoder_s: float = 0.0
+    wait_decode_s: float = 0.0
+    batches: int = 0
+    images: int = 0
+
+
+def run_features(req: FeatureRequest, teacher=None, progress: bool = True) -> RunReport:
+    """Recompute features for every item of the request's layout; per-file problems land in the report.
+
+    ``teacher`` may be a built ``Teacher`` (Dagster's resource keeps one per run);
+    otherwise it is built here from ``req.teacher`` unless nothing needs computing.
+    """
+    req.validate()
+    from npzfix_core import teacher as teacher_mod
+
+    prov = teacher.provenance if teacher is not None else teacher_mod.provenance(req.teacher)
+    report = RunReport(f"features ({req.mode})", provenance=dict(prov), dry_run=req.dry_run)
+    report.provenance["request"] = {k: v for k, v in asdict(req).items() if k != "teacher"}
+    if str(prov.get("weights", "")).startswith("random-init"):
+        report.provenance["WARNING"] = "randomly initialised teacher: not real SAM2 features (demo/test only)"
+    timings = Timings()
+    bar = Progress(None, f"features {req.mode}", enabled=progress)
+    items = items_for(req)
+    if not req.dry_run:
+        for d in _dirs_of(req):
+            for p in store.sweep_stale_temps(d):
+                log.warning("removed a temp file left by an interrupted write: %s", p)
+    try:
+        _pipeline(req, items, prov, teacher, report, timings, bar)
+    finally:
+        bar.close()
+    report.provenance["timings"] = asdict(timings)
+    return report.finish()
+
+
+def _dirs_of(req: FeatureRequest) -> Iterable[str]:
+    if req.mode == "bulk":
+        return discovery.walk_dirs(req.root)
+    if req.mode == "train_test":
+        return req.extracted_dirs
+    return req.npz_dirs
+
+
+def _pipeline(req, items, prov, teacher, report: RunReport, timings: Timings, bar: Progress) -> None:
+    from npzfix_core import teacher as teacher_mod
+
+    def record(o: Outcome) -> None:
+        report.add(o)
+        bar.step(report)
+
+    state = {"admitted": 0, "finished": 0}
+
+    def budget() -> bool:
+        in_flight = state["admitted"] - state["finished"]
+        return req.max_files is None or report.updated + in_flight < req.max_files
+
+    def finish(o: Outcome) -> None:
+        state["finished"] += 1
+        record(o)
+
+    items = iter(items)
+    pending: collections.deque[Future] = collections.deque()
+    writes: collections.deque[Future] = collections.deque()
+    prefetch = max(2 * req.batch_size, req.workers)
+    exhausted = False
+    resolution = (teacher.resolution if teacher is not None else prov["resolution"])
+
+    with ThreadPoolExecutor(req.workers, thread_name_prefix="decode") as decode_pool, \
+            ThreadPoolExecutor(req.writers, thread_name_prefix="write") as write_pool:
+        while True:
+            while not exhausted and len(pending) < prefetch and budget():
+                item = next(items, None)
+                if item is None:
+                    exhausted = True
+                    break
+                pre = precheck(item, req, prov)
+                if pre is not None:
+                    record(pre)
+                    continue
+                if teacher is None and not req.dry_run:
+                    teacher = teacher_mod.build(req.teacher)  # only once there is work for it
+                device = teacher.device if teacher is not None else None
+                stage = "decode" if req.dry_run else "preprocess" if device.type == "cpu" else "pin"
+                state["admitted"] += 1
+                pending.append(decode_pool.submit(_load, item, resolution, device, stage))
+            while writes and writes[0].done():
+                finish(writes.popleft().result())
+            if pending:
+                batch: list[_Loaded] = []
+                t = time.perf_counter()
+                while pending and len(batch) < req.batch_size:
+                    loaded = pending.popleft().result()
+                    if loaded.error is not None:
+                        finish(loaded.error)
+                    elif req.dry_run:
+                        finish(Outcome(loaded.item.npz, WOULD_UPDATE))
+                    else:
+                        batch.append(loaded)
+                timings.wait_decode_s += time.perf_counter() - t
+                if batch:
+                    _encode_and_queue(batch, teacher, req, prov, write_pool, writes, timings, finish)
+                while len(writes) > 2 * req.batch_size:  # writers fell behind: backpressure
+                    finish(writes.popleft().result())
+            elif writes:
+                finish(writes.popleft().result())  # may free budget for more files
+            elif exhausted:
+                break
+            else:
+                report.stopped_early = f"--max-files {req.max_files} reached"
+                break
+
+
+def _encode_and_queue(batch, teacher, req, prov, write_pool, writes, timings: Timings, finish) -> None:
+    import torch
+
+    from npzfix_core.images import preprocess
+
+    t = time.perf_counter()
+    try:
+        if teacher.device.type == "cpu":
+            x = torch.stack([b.image for b in batch])
+        else:
+            x = preprocess([b.image for b in batch], teacher.resolution, teacher.device)
+        p4, p5 = teacher.encode(x)
+        event = None
+        if teacher.device.type == "cuda":
+            p4 = p4.to("cpu", non_blocking=True)
+            p5 = p5.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            p4, p5 = p4.clone(), p5.clone()
+    except Exception as exc:  # e.g. out of memory: the batch fails, the run goes on
+        log.exception("encoder failed on a batch of %d", len(batch))
+        for b in batch:
+            finish(Outcome(b.item.npz, FAILED, f"encoder: {type(exc).__name__}: {exc}"))
+        return
+    timings.encoder_s += time.perf_counter() - t
+    timings.batches += 1
+    timings.images += len(batch)
+    for i, b in enumerate(batch):
+        writes.append(write_pool.submit(_write, b.item, p4[i : i + 1], p5[i : i + 1], event, req, prov, b.t0))

@@ -1,0 +1,149 @@
+"""Builds the SAM2 teacher: checkpoint name -> config, all four FPN levels kept, strict load, device.
+
+Like sam2's own ``build_sam.py``, this module knows where weights and configs
+come from and nothing about the dataset; ``pipeline.py`` runs what it builds.
+torch and sam2 are imported here only, and only when a teacher is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+
+log = logging.getLogger("npzfix")
+
+# sam2 1.1.0 configs drop the lowest-resolution FPN level (scalp: 1), which is P5.
+KEEP_ALL_LEVELS = "++model.image_encoder.scalp=0"
+_SIZES = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class TeacherError(ValueError):
+    """The teacher cannot be built as asked; the message says what to change."""
+
+
+def config_for_checkpoint(weights: str) -> str:
+    """``sam2.1_hiera_base_plus.pt`` -> ``configs/sam2.1/sam2.1_hiera_b+.yaml`` (also the ``sam2_hiera_*`` family)."""
+    name = os.path.basename(weights)
+    m = re.search(r"(sam2(?:\.1)?)_hiera_(tiny|small|base_plus|large)", name)
+    if not m:
+        raise TeacherError(f"cannot tell the SAM2 config from checkpoint name {name!r}; pass --config")
+    family, size = m.group(1), _SIZES[m.group(2)]
+    return f"configs/{family}/{family}_hiera_{size}.yaml"
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    weights: str | None = None
+    config: str | None = None
+    random_init_seed: int | None = None
+    device: str = "cpu"
+    precision: str = "fp32"
+    resolution: int | None = None  # None: the model's own (1024)
+
+    def resolved_config(self) -> str:
+        if self.config:
+            return self.config
+        if self.weights:
+            return config_for_checkpoint(self.weights)
+        return "configs/sam2.1/sam2.1_hiera_t.yaml"
+
+    def validate(self) -> None:
+        if self.weights is None and self.random_init_seed is None:
+            raise TeacherError("no teacher weights: pass --weights PATH (or --random-init SEED for a demo/test model)")
+        if self.weights is not None and self.random_init_seed is not None:
+            raise TeacherError("--weights and --random-init are exclusive")
+        if self.weights is not None and not os.path.isfile(self.weights):
+            raise TeacherError(f"weights file {self.weights} does not exist")
+        if self.precision not in PRECISIONS:
+            raise TeacherError(f"--precision must be one of {PRECISIONS}")
+        if self.resolution is not None and (self.resolution < 64 or self.resolution % 32):
+            raise TeacherError("--resolution must be a multiple of 32, at least 64")
+
+
+@dataclass
+class Teacher:
+    """The image encoder on its device, plus what it takes to say which teacher wrote a file."""
+
+    encoder: object  # sam2 ImageEncoder
+    device: object  # torch.device
+    resolution: int
+    precision: str
+    provenance: dict = field(default_factory=dict)
+
+    def encode(self, batch):
+        """Normalised float batch (B, 3, R, R) on the device -> (P4, P5) float32 on the device."""
+        import torch
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.inference_mode():
+            if dtype is None:
+                out = self.encoder(batch)
+            else:
+                with torch.autocast(self.device.type, dtype=dtype):
+                    out = self.encoder(batch)
+            fpn = out["backbone_fpn"]
+            if len(fpn) < 4:
+                raise AssertionError(f"encoder returned {len(fpn)} FPN levels; P5 needs 4 (scalp must be 0)")
+            p4, p5 = fpn[2].float(), fpn[3].float()  # autocast returns P5 in bf16: cast explicitly
+        s = self.resolution // 16
+        if tuple(p4.shape[1:]) != (256, s, s) or tuple(p5.shape[1:]) != (256, s // 2, s // 2):
+            raise AssertionError(f"unexpected P4/P5 shapes {tuple(p4.shape)} {tuple(p5.shape)} at {self.resolution}")
+        return p4, p5
+
+
+def provenance(spec: TeacherSpec) -> dict:
+    """What identifies the features a teacher writes; computed without torch (dry runs, skip checks)."""
+    spec.validate()
+    return {
+        "teacher": "sam2",
+        "config": spec.resolved_config(),
+        "weights": f"random-init:{spec.random_init_seed}" if spec.weights is None else f"sha256:{file_digest(spec.weights)}",
+        "precision": spec.precision,
+        "resolution": spec.resolution or 1024,
+        "scalp": 0,
+    }
+
+
+def build(spec: TeacherSpec) -> Teacher:
+    """Build the encoder: seeded random init, or a checkpoint loaded strictly with ``weights_only=True``."""
+    spec.validate()
+    import torch
+    import sam2  # noqa: F401  (initialises Hydra with sam2's config module; must come first)
+    from sam2.build_sam import build_sam2
+
+    from npzfix_core.devices import to_torch_device
+
+    device = to_torch_device(spec.device)
+    config = spec.resolved_config()
+    prov = provenance(spec)
+    if spec.random_init_seed is not None:
+        torch.manual_seed(spec.random_init_seed)
+        log.warning("TEACHER IS RANDOMLY INITIALISED (seed %d): features are NOT SAM2 features; demo/test only",
+                    spec.random_init_seed)
+    ckpt = spec.weights
+    try:
+        # build on the CPU, load, then move: sam2 defaults to "cuda"
+        model = build_sam2(config, ckpt_path=ckpt, device="cpu", hydra_overrides_extra=[KEEP_ALL_LEVELS])
+    except RuntimeError as exc:
+        raise TeacherError(f"checkpoint {spec.weights} does not match {config} strictly") from exc
+    except Exception as exc:
+        if "MissingConfigException" in type(exc).__name__ or "Cannot find primary config" in str(exc):
+            raise TeacherError(f"unknown SAM2 config {config!r}") from exc
+        raise
+    encoder = model.image_encoder
+    del model  # never hand a scalp=0 model to SAM2ImagePredictor: keep only the encoder
+    encoder.to(device).eval()
+    log.info("teacher %s (%s) on %s, %s, input %d", config, prov["weights"], device, spec.precision, prov["resolution"])
+    return Teacher(encoder, device, prov["resolution"], spec.precision, prov)
