@@ -1,0 +1,125 @@
+"""Is a directory's cache sane? Sampled content checks and a cheap "anything left to do?" count.
+
+Used by Dagster's asset checks and schedule, and runnable from tests; plain
+functions over paths, returning plain results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from npzfix_core import store
+from npzfix_core.edge_repair import is_done as edges_done
+
+
+@dataclass
+class CheckResult:
+    checked: int = 0
+    problems: list[dict[str, str]] = field(default_factory=list)  # path, problem
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def fail(self, path: str, problem: str) -> None:
+        self.problems.append({"path": path, "problem": problem})
+
+
+def sample(paths: list[str], n: int, seed: int = 0) -> list[str]:
+    return paths if len(paths) <= n else sorted(random.Random(seed).sample(paths, n))
+
+
+def check_edges(paths: Iterable[str], kernel_size: int, json_dir: str | None = None, recompute: int = 2) -> CheckResult:
+    """Keys, shapes, dtypes, 0/1 values, flag and provenance; the first ``recompute`` files are recomputed exactly."""
+    from npzfix_core import discovery
+    from npzfix_core.edges import method_b, parse_sa1b
+
+    res = CheckResult()
+    for i, p in enumerate(paths):
+        res.checked += 1
+        try:
+            a = store.read_arrays(p)
+        except (store.NpzError, OSError) as exc:
+            res.fail(p, f"unreadable: {exc}")
+            continue
+        bad = False
+        for key, side in (("edge_64x64", 64), ("edge_32x32", 32), ("edge_256x256", 256)):
+            if key not in a:
+                if key != "edge_256x256":
+                    res.fail(p, f"missing {key}"); bad = True
+                continue
+            v = a[key]
+            if v.shape != (side, side) or v.dtype != np.uint8 or v.max(initial=0) > 1:
+                res.fail(p, f"{key} is {v.dtype}{v.shape} with max {v.max(initial=0)}, want uint8 0/1 ({side},{side})"); bad = True
+        if not edges_done(a, kernel_size):
+            res.fail(p, f"edge flag/version/provenance do not say Method B with kernel {kernel_size}"); bad = True
+        if bad or i >= recompute:
+            continue
+        j = discovery.find_json(p, json_dir)
+        if j is None:
+            continue
+        with open(j) as f:
+            want = method_b(parse_sa1b(json.load(f)), kernel_size)
+        for size in (64, 32, 256):
+            key = f"edge_{size}x{size}"
+            if key in a and not np.array_equal(a[key], want[size]):
+                res.fail(p, f"{key} differs from Method B recomputed from {os.path.basename(j)}")
+    return res
+
+
+def check_features(paths: Iterable[str], provenance: dict | None = None, needs_flag: bool = True) -> CheckResult:
+    """P4/P5 present, float, finite, 256 channels, P5 half of P4; IMAGE_EMB_S16 == P4; flag and same teacher."""
+    from npzfix_core.feature_repair import same_teacher
+
+    res = CheckResult()
+    for p in paths:
+        res.checked += 1
+        try:
+            a = store.read_arrays(p)
+        except (store.NpzError, OSError) as exc:
+            res.fail(p, f"unreadable: {exc}")
+            continue
+        p4, p5 = a.get("P4_S16"), a.get("P5_S32")
+        if p4 is None or p5 is None:
+            res.fail(p, "missing P4_S16 or P5_S32")
+            continue
+        if p4.dtype.kind != "f" or p5.dtype.kind != "f":
+            res.fail(p, f"features are {p4.dtype}/{p5.dtype}, want float")
+        elif not (np.isfinite(p4).all() and np.isfinite(p5).all()):
+            res.fail(p, "features hold NaN or Inf")
+        if p4.shape[-3:-2] != (256,) or p4.shape[-2] != 2 * p5.shape[-2] or p4.shape[-1] != 2 * p5.shape[-1]:
+            res.fail(p, f"shapes P4 {p4.shape} / P5 {p5.shape} are not (.,256,H,W) / (.,256,H/2,W/2)")
+        if "IMAGE_EMB_S16" in a and not np.array_equal(a["IMAGE_EMB_S16"].astype(np.float32), p4.astype(np.float32)):
+            res.fail(p, "IMAGE_EMB_S16 disagrees with P4_S16")
+        if needs_flag and not ("feature_flag" in a and int(a["feature_flag"]) == 1):
+            res.fail(p, "feature_flag is not 1")
+        if provenance is not None:
+            try:
+                stored = json.loads(str(a.get("feature_provenance", "{}")))
+            except ValueError:
+                stored = {}
+            if not same_teacher(stored, provenance):
+                res.fail(p, f"written by another teacher: {stored.get('config')} {stored.get('weights')}")
+    return res
+
+
+def count_not_done(paths: Iterable[str], features: bool = True, edges: bool = True, stop_at: int | None = 1) -> int:
+    """Files lacking a feature or edge flag (cheap flag reads); stops early for schedules."""
+    n = 0
+    for p in paths:
+        try:
+            f = store.read_flags(p, ("feature_flag", "edge_flag"))
+        except (store.NpzError, OSError):
+            n += 1
+        else:
+            if (features and int(f.get("feature_flag", 0)) != 1) or (edges and int(f.get("edge_flag", 0)) != 1):
+                n += 1
+        if stop_at is not None and n >= stop_at:
+            break
+    return n
