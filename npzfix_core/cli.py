@@ -185,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = build_parser()
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    ap = parser or build_parser()
     args = ap.parse_args(argv)
     _setup_logging(getattr(args, "log", None), getattr(args, "verbose", False))
     try:

@@ -168,3 +168,39 @@ def sample_items(samples_file: str, search_dirs: list[str]) -> Iterator[WorkItem
             yield WorkItem(npz, None, stem, f"image {image} does not exist")
         else:
             yield WorkItem(npz, image, stem)
+
+
+def holds_npz(directory: str) -> bool:
+    """True as soon as one feature NPZ is seen (stops scanning early)."""
+    try:
+        with os.scandir(directory) as it:
+            return any(stem_of(e.name) is not None and not e.name.startswith(".") for e in it)
+    except OSError:
+        return False
+
+
+def npz_names_signature(directory: str) -> tuple[int, str]:
+    """(count, digest) of the feature NPZ names in a directory: changes when files are added or removed,
+    not when an existing file is rewritten in place."""
+    import hashlib
+
+    h = hashlib.sha1()
+    names = sorted(e.name for e in os.scandir(directory) if stem_of(e.name) is not None and not e.name.startswith("."))
+    for n in names:
+        h.update(n.encode() + b"\0")
+    return len(names), h.hexdigest()[:16]
+
+
+def dataset_dirs(root: str) -> list[str]:
+    """Directories under ``root`` holding feature NPZs, relative to ``root`` ("." for the root itself)."""
+    return [os.path.relpath(d, root) for d in walk_dirs(root) if holds_npz(d)]
+
+
+def split_dirs(root: str) -> list[str]:
+    """Train/test splits: ``<root>/<split>/extracted`` holding feature NPZs -> ``<split>``."""
+    try:
+        with os.scandir(root) as it:
+            splits = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return []
+    return [s for s in splits if holds_npz(os.path.join(root, s, "extracted"))]

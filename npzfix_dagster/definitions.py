@@ -1,0 +1,28 @@
+"""The one place where assets, jobs, sensors, schedules and resources are wired together.
+
+Loads without torch, sam2 or weights: the teacher is built inside the run that needs it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dagster import Definitions, multiprocess_executor
+
+from npzfix_dagster.assets import edges_B_v1, sa1b_features_fixed, train_test_features_fixed
+from npzfix_dagster.jobs import sa1b_job, sample_list_job, train_test_job
+from npzfix_dagster.resources import roots_from_env, teacher_from_env
+from npzfix_dagster.schedules import sa1b_daily_recheck, train_test_daily_recheck
+from npzfix_dagster.sensors import sa1b_new_dirs_sensor, train_test_new_splits_sensor
+
+# Steps of one run in parallel; GPU steps are further limited across runs by the "gpu" pool.
+MAX_CONCURRENT_STEPS = int(os.environ.get("NPZFIX_MAX_CONCURRENT_STEPS", "2"))
+
+defs = Definitions(
+    assets=[sa1b_features_fixed, train_test_features_fixed, edges_B_v1],
+    jobs=[sa1b_job, train_test_job, sample_list_job],
+    sensors=[sa1b_new_dirs_sensor, train_test_new_splits_sensor],
+    schedules=[sa1b_daily_recheck, train_test_daily_recheck],
+    resources={"roots": roots_from_env(), "teacher": teacher_from_env()},
+    executor=multiprocess_executor.configured({"max_concurrent": MAX_CONCURRENT_STEPS}),
+)

@@ -1,0 +1,53 @@
+"""Jobs: the asset jobs the sensors and schedules launch, and tool 2 (sample-list repair) as a job."""
+
+
+from typing import List, Optional
+
+from dagster import AssetSelection, Config, Failure, OpExecutionContext, Output, define_asset_job, job, op
+
+from npzfix_dagster import metadata
+from npzfix_dagster.partitions import sa1b_dirs, train_test_splits
+from npzfix_dagster.resources import Sam2Teacher
+
+sa1b_job = define_asset_job("sa1b_job", selection=AssetSelection.assets("sa1b_features_fixed", "edges_B_v1"), partitions_def=sa1b_dirs,
+                            description="Features and edges for one SA-1B directory.")
+train_test_job = define_asset_job("train_test_job", selection=AssetSelection.assets("train_test_features_fixed"),
+                                  partitions_def=train_test_splits, description="Features for one train/test split.")
+
+
+class SampleListConfig(Config):
+    """Mirrors ``npzfix features --samples LIST --npz-dirs a,b``."""
+
+    samples: str
+    npz_dirs: List[str] = []
+    max_images: Optional[int] = None
+    store_dtype: str = "keep"
+    dry_run: bool = False
+    report: Optional[str] = None
+
+
+@op(pool="gpu", description="Recompute P4_S16, P5_S32 and IMAGE_EMB_S16 for the images of a sample list (no flag).")
+def fix_from_sample_list(context: OpExecutionContext, config: SampleListConfig, teacher: Sam2Teacher):
+    from npzfix_core.feature_repair import FeatureRequest, run_features
+
+    req = FeatureRequest(mode="samples", teacher=teacher.spec(), samples=config.samples, npz_dirs=tuple(config.npz_dirs),
+                         max_files=config.max_images, batch_size=teacher.batch_size, workers=teacher.decode_workers,
+                         store_dtype=config.store_dtype, dry_run=config.dry_run)
+    try:
+        req.validate()
+    except (ValueError, FileNotFoundError) as exc:
+        raise Failure(description=str(exc)) from exc
+    from npzfix_dagster.assets import _LazyTeacher
+
+    report = run_features(req, teacher=None if config.dry_run else _LazyTeacher(teacher), progress=False)
+    json_path = report.write(config.report)[0] if config.report else None
+    context.log.info(report.summary())
+    md = metadata.report_metadata(report, config.samples, json_path)
+    if report.failed:
+        raise Failure(description=f"{report.failed} file(s) failed; all others were processed", metadata=md)
+    return Output(report.counts["updated"], metadata=md)
+
+
+@job(description="Tool 2: repair NPZs of a sample list, NPZs scattered over --npz-dirs. Launch with run config.")
+def sample_list_job():
+    fix_from_sample_list()

@@ -1,0 +1,81 @@
+"""A core RunReport (and check results, preview) as Dagster metadata."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
+
+from npzfix_core.report import RunReport
+from npzfix_core.validate import CheckResult
+
+MAX_ROWS = 50
+
+
+def _md_table(rows: list[dict], cols: list[str]) -> str:
+    if not rows:
+        return "_none_"
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows[:MAX_ROWS]:
+        lines.append("| " + " | ".join(str(r.get(c, "")).replace("|", "\\|") for c in cols) + " |")
+    if len(rows) > MAX_ROWS:
+        lines.append(f"\n… and {len(rows) - MAX_ROWS} more (see the report JSON)")
+    return "\n".join(lines)
+
+
+def report_metadata(report: RunReport, directory: str, report_path: str | None) -> dict:
+    c = report.counts
+    prov = {k: v for k, v in report.provenance.items() if k not in ("request", "timings")}
+    md = {
+        "directory": MetadataValue.path(directory),
+        "seen": report.seen,
+        "updated": c["updated"],
+        "would_update (dry run)": c["would_update"],
+        "skipped_done": c["skipped_done"],
+        "skipped_legacy": c["skipped_legacy"],
+        "missing_source": c["missing_source"],
+        "failed": c["failed"],
+        "files_per_s": round(report.files_per_s, 2),
+        "duration_s": round(report.elapsed, 2),
+        "failures": MetadataValue.md(_md_table(report.failures, ["path", "status", "reason"])),
+        "provenance": MetadataValue.json(prov),
+    }
+    if "timings" in report.provenance:
+        md["timings"] = MetadataValue.json(report.provenance["timings"])
+    if report.stopped_early:
+        md["stopped_early"] = report.stopped_early
+    if report_path:
+        md["report"] = MetadataValue.path(report_path)
+    return md
+
+
+def preview_metadata(png: str | None) -> dict:
+    if not png or not os.path.exists(png):
+        return {}
+    with open(png, "rb") as f:
+        b64 = base64.b64encode(f.read()).decode()
+    return {
+        "preview": MetadataValue.path(png),
+        "preview_image": MetadataValue.md(f"image | edges | P4 PCA\n\n![preview](data:image/png;base64,{b64})"),
+    }
+
+
+def no_failures_check(report: RunReport) -> AssetCheckResult:
+    return AssetCheckResult(
+        check_name="no_failed_files",
+        passed=report.counts["failed"] == 0,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"failed": report.counts["failed"], "missing_source": report.counts["missing_source"],
+                  "failures": MetadataValue.md(_md_table(report.failures, ["path", "status", "reason"]))},
+    )
+
+
+def sample_check(result: CheckResult) -> AssetCheckResult:
+    return AssetCheckResult(
+        check_name="sample_valid",
+        passed=result.passed,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"checked": result.checked, "problems": len(result.problems),
+                  "details": MetadataValue.md(_md_table(result.problems, ["path", "problem"]))},
+    )

@@ -1,0 +1,99 @@
+"""Resources: where the datasets are, and the SAM2 teacher (built once per run, lazily).
+
+Every field can come from the environment (names below), so the same
+definitions run on a laptop, in CI and on a GPU cluster:
+NPZFIX_SA1B_ROOT, NPZFIX_JSON_ROOT, NPZFIX_TRAIN_TEST_ROOT, NPZFIX_SAM2_WEIGHTS,
+NPZFIX_SAM2_CONFIG, NPZFIX_DEVICE, NPZFIX_GPUS, NPZFIX_PRECISION,
+NPZFIX_BATCH_SIZE, NPZFIX_RESOLUTION, NPZFIX_RANDOM_INIT_SEED, NPZFIX_PREVIEW_DIR.
+"""
+
+
+import os
+from typing import Optional
+
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import PrivateAttr
+
+
+class DatasetRoots(ConfigurableResource):
+    """Where the caches live. Partition keys are paths relative to these roots."""
+
+    sa1b_root: Optional[str] = None
+    json_root: Optional[str] = None  # default: <stem>.json beside the NPZ dir's parent (the SA-1B layout)
+    train_test_root: Optional[str] = None
+    preview_dir: Optional[str] = None  # default: $DAGSTER_HOME/npzfix_previews
+
+    def require(self, which: str) -> str:
+        value = getattr(self, which)
+        if not value:
+            raise ValueError(f"{which} is not configured: set NPZFIX_{which.upper()} or the resource config")
+        return value
+
+    def json_dir_for(self, key: str) -> Optional[str]:
+        return os.path.join(self.json_root, os.path.dirname(key)) if self.json_root else None
+
+    def previews(self) -> str:
+        if self.preview_dir:
+            return self.preview_dir
+        return os.path.join(os.environ.get("DAGSTER_HOME", os.path.expanduser("~/.dagster")), "npzfix_previews")
+
+
+class Sam2Teacher(ConfigurableResource):
+    """The SAM2 image encoder. Weights from ``weights`` (config from the name, or ``config``);
+    ``random_init_seed`` builds a seeded random model for demos and tests (labelled as such everywhere)."""
+
+    weights: Optional[str] = None
+    config: Optional[str] = None
+    device: str = "auto"
+    gpus: Optional[str] = None
+    precision: str = "fp32"
+    batch_size: int = 4
+    resolution: Optional[int] = None
+    random_init_seed: Optional[int] = None
+    decode_workers: int = 2
+
+    _teacher: object = PrivateAttr(default=None)
+
+    def spec(self, resolve_device: bool = False):
+        from npzfix_core import devices
+        from npzfix_core.teacher import TeacherSpec
+
+        device = devices.resolve(self.device, self.gpus) if resolve_device else "cpu"
+        return TeacherSpec(weights=self.weights, config=self.config, random_init_seed=self.random_init_seed,
+                           device=device, precision=self.precision, resolution=self.resolution)
+
+    def provenance(self) -> dict:
+        from npzfix_core.teacher import provenance
+
+        return provenance(self.spec())
+
+    def get(self):
+        """The built teacher; built on first use so runs with nothing to do never load a model."""
+        if self._teacher is None:
+            from npzfix_core.teacher import build
+
+            self._teacher = build(self.spec(resolve_device=True))
+        return self._teacher
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        self._teacher = None
+
+
+def _env(name: str, cast=str):
+    v = os.environ.get(name)
+    return cast(v) if v not in (None, "") else None
+
+
+def roots_from_env() -> DatasetRoots:
+    return DatasetRoots(sa1b_root=_env("NPZFIX_SA1B_ROOT"), json_root=_env("NPZFIX_JSON_ROOT"),
+                        train_test_root=_env("NPZFIX_TRAIN_TEST_ROOT"), preview_dir=_env("NPZFIX_PREVIEW_DIR"))
+
+
+def teacher_from_env() -> Sam2Teacher:
+    kw = dict(weights=_env("NPZFIX_SAM2_WEIGHTS"), config=_env("NPZFIX_SAM2_CONFIG"), gpus=_env("NPZFIX_GPUS"),
+              resolution=_env("NPZFIX_RESOLUTION", int), random_init_seed=_env("NPZFIX_RANDOM_INIT_SEED", int))
+    for name, key, cast in (("NPZFIX_DEVICE", "device", str), ("NPZFIX_PRECISION", "precision", str),
+                            ("NPZFIX_BATCH_SIZE", "batch_size", int)):
+        if _env(name) is not None:
+            kw[key] = _env(name, cast)
+    return Sam2Teacher(**kw)

@@ -1,0 +1,97 @@
+"""Sensors: find new (or grown) dataset directories, add their partitions, request runs.
+
+A tick stats the directories it already knows and lists only those whose
+mtime moved (a new file or subdirectory changes its parent's mtime), so its
+cost follows new work, not the millions of files already there. A directory
+whose set of NPZ names is unchanged (e.g. our own in-place rewrites) requests
+nothing.
+"""
+
+
+import json
+import os
+
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+
+from npzfix_dagster.jobs import sa1b_job, train_test_job
+from npzfix_dagster.partitions import sa1b_dirs, train_test_splits
+from npzfix_dagster.resources import DatasetRoots
+
+MAX_RUNS_PER_TICK = 50
+
+
+def _scan(root: str, state: dict, is_split_root: bool) -> tuple[dict, dict[str, str]]:
+    """New cursor state and {partition_key: signature} of partitions that are new or gained/lost files."""
+    from npzfix_core import discovery
+
+    new_state: dict = {}
+    changed: dict[str, str] = {}
+    stack = [root]
+    seen: set = set()
+    while stack:
+        d = stack.pop()
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        rel = os.path.relpath(d, root)
+        old = state.get(rel)
+        if old is not None and old["m"] == st.st_mtime_ns:
+            new_state[rel] = old  # unchanged: no listing, only descend into the subdirectories we know
+            stack.extend(os.path.join(root, s) for s in old.get("sub", []))
+            continue
+        try:
+            with os.scandir(d) as it:
+                subs = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+        except OSError:
+            continue
+        entry = {"m": st.st_mtime_ns, "sub": [os.path.relpath(os.path.join(d, s), root) for s in subs]}
+        if discovery.holds_npz(d):
+            n, digest = discovery.npz_names_signature(d)
+            entry["sig"] = f"{n}:{digest}"
+            if old is None or old.get("sig") != entry["sig"]:
+                changed[rel] = entry["sig"]
+        new_state[rel] = entry
+        stack.extend(os.path.join(root, r) for r in entry["sub"])
+    if is_split_root:  # partitions are <split>, the NPZs live in <split>/extracted
+        changed = {os.path.dirname(k): v for k, v in changed.items()
+                   if os.path.basename(k) == "extracted" and os.path.dirname(k) not in ("", ".") and "/" not in os.path.dirname(k)}
+    return new_state, changed
+
+
+def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, job_name: str, is_split_root: bool):
+    if not root or not os.path.isdir(root):
+        return SkipReason(f"root {root!r} is not configured or does not exist")
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    if cursor.get("root") != root:
+        cursor = {"root": root, "dirs": {}}
+    new_state, changed = _scan(root, cursor["dirs"], is_split_root)
+    keys = sorted(changed)[:MAX_RUNS_PER_TICK]
+    # keep unrequested changes for the next tick by not advancing their signature
+    for k in sorted(changed)[MAX_RUNS_PER_TICK:]:
+        rel = os.path.join(k, "extracted") if is_split_root else k
+        new_state[rel] = {**new_state[rel], "sig": cursor["dirs"].get(rel, {}).get("sig"), "m": -1}
+    known = set(context.instance.get_dynamic_partitions(partitions_def.name))
+    add = [k for k in keys if k not in known]
+    runs = [RunRequest(run_key=f"{k}@{changed[k]}", partition_key=k, job_name=job_name,
+                       tags={"npzfix/trigger": "new files"}) for k in keys]
+    return SensorResult(
+        run_requests=runs,
+        dynamic_partitions_requests=[partitions_def.build_add_request(add)] if add else [],
+        cursor=json.dumps({"root": root, "dirs": new_state}),
+    )
+
+
+@sensor(jobs=[sa1b_job], minimum_interval_seconds=60, default_status=DefaultSensorStatus.STOPPED,
+        description="Adds a partition for each new SA-1B directory holding NPZs and materializes features and edges.")
+def sa1b_new_dirs_sensor(context: SensorEvaluationContext, roots: DatasetRoots):
+    return _tick(context, roots.sa1b_root, sa1b_dirs, sa1b_job.name, is_split_root=False)
+
+
+@sensor(jobs=[train_test_job], minimum_interval_seconds=60, default_status=DefaultSensorStatus.STOPPED,
+        description="Adds a partition for each new <split>/extracted and materializes its features.")
+def train_test_new_splits_sensor(context: SensorEvaluationContext, roots: DatasetRoots):
+    return _tick(context, roots.train_test_root, train_test_splits, train_test_job.name, is_split_root=True)
