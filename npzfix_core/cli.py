@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--gpus", help="allowed GPUs, e.g. 1,2,4,5,6,7 (default $NPZFIX_GPUS, else all)")
     f.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     f.add_argument("--resolution", type=int, help="encoder input side (default the model's, 1024)")
-    f.add_argument("--batch-size", type=_positive, default=4)
+    f.add_argument("--batch-size", type=int, default=0, help="images per encoder call (default: 1 on CPU, 8 on GPU)")
     f.add_argument("--workers", type=_positive, default=2, help="image decode threads")
     f.add_argument("--writers", type=_positive, default=2, help="NPZ writer threads")
     f.add_argument("--max-files", type=_positive, help="update at most this many files (skipped ones don't count)")

@@ -44,7 +44,7 @@ class FeatureRequest:
     npz_dirs: tuple[str, ...] = ()
     extracted_dirs: tuple[str, ...] = ()
     max_files: int | None = None
-    batch_size: int = 4
+    batch_size: int = 0  # 0: auto, 1 on the CPU (batching only adds cache pressure there), 8 on a GPU
     workers: int = 2  # decode threads
     writers: int = 2
     store_dtype: str = "keep"
@@ -61,8 +61,8 @@ class FeatureRequest:
             raise ValueError(f"mode must be one of {MODES}")
         if self.store_dtype not in STORE_DTYPES:
             raise ValueError(f"--store-dtype must be one of {STORE_DTYPES}")
-        if self.batch_size < 1 or self.workers < 1 or self.writers < 1:
-            raise ValueError("--batch-size, --workers and --writers must be >= 1")
+        if self.batch_size < 0 or self.workers < 1 or self.writers < 1:
+            raise ValueError("--batch-size must be >= 0 (0: auto), --workers and --writers >= 1")
         need = {"bulk": self.root, "samples": self.samples, "train_test": self.extracted_dirs}[self.mode]
         if not need:
             raise ValueError(f"mode {self.mode} needs {'--root' if self.mode == 'bulk' else '--samples' if self.mode == 'samples' else '--extracted-dirs'}")
@@ -258,9 +258,10 @@ def _pipeline(req, items, prov, teacher, report: RunReport, timings: Timings, ba
         record(o)
 
     items = iter(items)
+    batch_size = req.batch_size
     pending: collections.deque[Future] = collections.deque()
     writes: collections.deque[Future] = collections.deque()
-    prefetch = max(2 * req.batch_size, req.workers)
+    prefetch = max(2 * (req.batch_size or 8), req.workers)
     exhausted = False
     resolution = (teacher.resolution if teacher is not None else prov["resolution"])
 
@@ -285,9 +286,11 @@ def _pipeline(req, items, prov, teacher, report: RunReport, timings: Timings, ba
             while writes and writes[0].done():
                 finish(writes.popleft().result())
             if pending:
+                if not batch_size:
+                    batch_size = 1 if teacher is None or teacher.device.type == "cpu" else 8
                 batch: list[_Loaded] = []
                 t = time.perf_counter()
-                while pending and len(batch) < req.batch_size:
+                while pending and len(batch) < batch_size:
                     loaded = pending.popleft().result()
                     if loaded.error is not None:
                         finish(loaded.error)
@@ -298,7 +301,7 @@ def _pipeline(req, items, prov, teacher, report: RunReport, timings: Timings, ba
                 timings.wait_decode_s += time.perf_counter() - t
                 if batch:
                     _encode_and_queue(batch, teacher, req, prov, write_pool, writes, timings, finish)
-                while len(writes) > 2 * req.batch_size:  # writers fell behind: backpressure
+                while len(writes) > 2 * batch_size:  # writers fell behind: backpressure
                     finish(writes.popleft().result())
             elif writes:
                 finish(writes.popleft().result())  # may free budget for more files

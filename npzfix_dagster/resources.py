@@ -47,7 +47,7 @@ class Sam2Teacher(ConfigurableResource):
     device: str = "auto"
     gpus: Optional[str] = None
     precision: str = "fp32"
-    batch_size: int = 4
+    batch_size: int = 0  # 0: 1 on CPU, 8 on GPU
     resolution: Optional[int] = None
     random_init_seed: Optional[int] = None
     decode_workers: int = 2
