@@ -35,7 +35,7 @@ def sample(paths: list[str], n: int, seed: int = 0) -> list[str]:
     return paths if len(paths) <= n else sorted(random.Random(seed).sample(paths, n))
 
 
-def check_edges(paths: Iterable[str], kernel_size: int, json_dir: str | None = None, recompute: int = 2) -> CheckResult:
+def check_edges(paths: Iterable[str], kernel_size: int, json_dir: str | None = None, recompute: int = 8) -> CheckResult:
     """Keys, shapes, dtypes, 0/1 values, flag and provenance; the first ``recompute`` files are recomputed exactly."""
     from npzfix_core import discovery
     from npzfix_core.edges import method_b, parse_sa1b

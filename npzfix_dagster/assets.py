@@ -73,7 +73,7 @@ def _features(context, config: FeaturesConfig, roots: DatasetRoots, teacher: Sam
     )
     needs_model = not config.dry_run
     report = run_features(req, teacher=_LazyTeacher(teacher) if needs_model else None, progress=False)
-    base = _report_path(roots, asset_name, key, context.run_id)
+    base = _report_path(roots, asset_name, key, context.run.run_id)
     json_path, _ = report.write(base)
     paths = discovery.npz_in_dir(directory) if mode == "train_test" else list(discovery.scan_npz(directory))
     check = check_features(sample(paths, SAMPLE), teacher.provenance(), needs_flag=True)
@@ -134,7 +134,7 @@ def edges_B_v1(context: AssetExecutionContext, config: EdgesConfig, roots: Datas
                       skip_if_processed=config.skip_if_processed, set_flag=config.set_edge_flag, order=config.order,
                       glob=config.glob, workers=config.workers, dry_run=config.dry_run, durable=config.durable)
     report = run_edges(req, progress=False)
-    base = _report_path(roots, "edges_B_v1", key, context.run_id)
+    base = _report_path(roots, "edges_B_v1", key, context.run.run_id)
     json_path, _ = report.write(base)
     paths = discovery.npz_in_dir(directory, config.glob)
     check = check_edges(sample(paths, SAMPLE), config.kernel_size, json_dir)

@@ -6,13 +6,12 @@ from typing import List, Optional
 from dagster import AssetSelection, Config, Failure, OpExecutionContext, Output, define_asset_job, job, op
 
 from npzfix_dagster import metadata
-from npzfix_dagster.partitions import sa1b_dirs, train_test_splits
 from npzfix_dagster.resources import Sam2Teacher
 
-sa1b_job = define_asset_job("sa1b_job", selection=AssetSelection.assets("sa1b_features_fixed", "edges_B_v1"), partitions_def=sa1b_dirs,
+sa1b_job = define_asset_job("sa1b_job", selection=AssetSelection.assets("sa1b_features_fixed", "edges_B_v1"),
                             description="Features and edges for one SA-1B directory.")
 train_test_job = define_asset_job("train_test_job", selection=AssetSelection.assets("train_test_features_fixed"),
-                                  partitions_def=train_test_splits, description="Features for one train/test split.")
+                                  description="Features for one train/test split.")
 
 
 class SampleListConfig(Config):
