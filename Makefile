@@ -34,6 +34,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_edges.py
 	$(PY) benchmarks/bench_store.py
+	$(PY) benchmarks/bench_features.py --batch-size 1
 
 clean:
 	rm -rf $(VENV) $(DEMO) demo_home .pytest_cache
