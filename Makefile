@@ -7,7 +7,7 @@ STAMP := $(VENV)/.npzfix-setup
 TORCH ?= torch==2.13.0
 DEMO ?= demo_data
 # pip prints one harmless line per package for this machine's local index mirrors
-QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
+QUIET := sed '/is ignored: it is neither a file nor a directory/d'   # sed exits 0; pipefail keeps pip's status
 
 .PHONY: setup demo test bench clean
 
