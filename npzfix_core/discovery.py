@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 SUFFIXES = ("_features.npz", "_sam2_features.npz")  # preference order when both exist
 IMAGE_EXTS = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG")
@@ -55,8 +55,20 @@ def npz_in_dir(directory: str, glob: str | None = None) -> list[str]:
     return paths
 
 
-def walk_dirs(root: str) -> Iterator[str]:
-    """Every directory under ``root`` (itself included), depth first, sorted, symlink loops cut."""
+def subdirs(directory: str) -> list[str]:
+    """Visible subdirectories, sorted; [] when the directory cannot be listed."""
+    try:
+        with os.scandir(directory) as it:
+            return sorted(e.path for e in it if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return []
+
+
+def walk_dirs(root: str, children: Callable[[str, os.stat_result], list[str]] | None = None) -> Iterator[str]:
+    """Every directory under ``root`` (itself included), depth first, sorted, symlink loops cut.
+
+    ``children(dir, stat)`` may replace the listing (the sensor reuses what it saw last tick).
+    """
     seen: set[tuple[int, int]] = set()
     stack = [root]
     while stack:
@@ -69,12 +81,7 @@ def walk_dirs(root: str) -> Iterator[str]:
             continue
         seen.add((st.st_dev, st.st_ino))
         yield d
-        try:
-            with os.scandir(d) as it:
-                subdirs = sorted(e.path for e in it if e.is_dir() and not e.name.startswith("."))
-        except OSError:
-            continue
-        stack.extend(reversed(subdirs))
+        stack.extend(reversed(children(d, st) if children else subdirs(d)))
 
 
 def scan_npz(root: str) -> Iterator[str]:

@@ -31,6 +31,15 @@ class CheckResult:
         self.problems.append({"path": path, "problem": problem})
 
 
+def _read(p: str, res: CheckResult) -> dict | None:
+    res.checked += 1
+    try:
+        return store.read_arrays(p)
+    except (store.NpzError, OSError) as exc:
+        res.fail(p, f"unreadable: {exc}")
+        return None
+
+
 def sample(paths: list[str], n: int, seed: int = 0) -> list[str]:
     return paths if len(paths) <= n else sorted(random.Random(seed).sample(paths, n))
 
@@ -42,11 +51,7 @@ def check_edges(paths: Iterable[str], kernel_size: int, json_dir: str | None = N
 
     res = CheckResult()
     for i, p in enumerate(paths):
-        res.checked += 1
-        try:
-            a = store.read_arrays(p)
-        except (store.NpzError, OSError) as exc:
-            res.fail(p, f"unreadable: {exc}")
+        if (a := _read(p, res)) is None:
             continue
         bad = False
         for key, side in (("edge_64x64", 64), ("edge_32x32", 32), ("edge_256x256", 256)):
@@ -79,11 +84,7 @@ def check_features(paths: Iterable[str], provenance: dict | None = None, needs_f
 
     res = CheckResult()
     for p in paths:
-        res.checked += 1
-        try:
-            a = store.read_arrays(p)
-        except (store.NpzError, OSError) as exc:
-            res.fail(p, f"unreadable: {exc}")
+        if (a := _read(p, res)) is None:
             continue
         p4, p5 = a.get("P4_S16"), a.get("P5_S32")
         if p4 is None or p5 is None:

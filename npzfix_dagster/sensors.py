@@ -26,36 +26,24 @@ def _scan(root: str, state: dict, is_split_root: bool) -> tuple[dict, dict[str, 
 
     new_state: dict = {}
     changed: dict[str, str] = {}
-    stack = [root]
-    seen: set = set()
-    while stack:
-        d = stack.pop()
-        try:
-            st = os.stat(d)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
+
+    def children(d: str, st: os.stat_result) -> list[str]:
         rel = os.path.relpath(d, root)
         old = state.get(rel)
         if old is not None and old["m"] == st.st_mtime_ns:
-            new_state[rel] = old  # unchanged: no listing, only descend into the subdirectories we know
-            stack.extend(os.path.join(root, s) for s in old.get("sub", []))
-            continue
-        try:
-            with os.scandir(d) as it:
-                subs = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
-        except OSError:
-            continue
-        entry = {"m": st.st_mtime_ns, "sub": [os.path.relpath(os.path.join(d, s), root) for s in subs]}
-        if discovery.holds_npz(d):
-            n, digest = discovery.npz_names_signature(d)
-            entry["sig"] = f"{n}:{digest}"
-            if old is None or old.get("sig") != entry["sig"]:
-                changed[rel] = entry["sig"]
-        new_state[rel] = entry
-        stack.extend(os.path.join(root, r) for r in entry["sub"])
+            new_state[rel] = old  # unchanged: no listing, descend into the subdirectories seen last time
+        else:
+            entry = {"m": st.st_mtime_ns, "sub": [os.path.relpath(s, root) for s in discovery.subdirs(d)]}
+            if discovery.holds_npz(d):
+                n, digest = discovery.npz_names_signature(d)
+                entry["sig"] = f"{n}:{digest}"
+                if old is None or old.get("sig") != entry["sig"]:
+                    changed[rel] = entry["sig"]
+            new_state[rel] = entry
+        return [os.path.join(root, s) for s in new_state[rel]["sub"]]
+
+    for _ in discovery.walk_dirs(root, children):
+        pass
     if is_split_root:  # partitions are <split>, the NPZs live in <split>/extracted
         changed = {os.path.dirname(k): v for k, v in changed.items()
                    if os.path.basename(k) == "extracted" and os.path.dirname(k) not in ("", ".") and "/" not in os.path.dirname(k)}
