@@ -332,7 +332,17 @@ def _encode_and_queue(batch, teacher, req, prov, write_pool, writes, timings: Ti
             event.record()
         else:
             p4, p5 = p4.clone(), p5.clone()
-    except Exception as exc:  # e.g. out of memory: the batch fails, the run goes on
+    except torch.cuda.OutOfMemoryError:
+        if len(batch) == 1:
+            finish(Outcome(batch[0].item.npz, FAILED, "encoder: out of GPU memory for a single image"))
+            return
+        log.warning("out of GPU memory on a batch of %d: splitting it", len(batch))
+        torch.cuda.empty_cache()
+        half = len(batch) // 2
+        for part in (batch[:half], batch[half:]):
+            _encode_and_queue(part, teacher, req, prov, write_pool, writes, timings, finish)
+        return
+    except Exception as exc:  # the batch fails, the run goes on
         log.exception("encoder failed on a batch of %d", len(batch))
         for b in batch:
             finish(Outcome(b.item.npz, FAILED, f"encoder: {type(exc).__name__}: {exc}"))

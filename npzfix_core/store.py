@@ -340,7 +340,7 @@ def update(
     with a reason, or OSError from the file system; the file is then unchanged
     and no temp file remains.
     """
-    path = os.fspath(path)
+    path = os.path.realpath(path)  # a symlinked cache: update the file it points to, keep the link
     directory, name = os.path.split(path)
     with locked(path):
         st = os.stat(path)

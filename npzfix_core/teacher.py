@@ -7,6 +7,7 @@ torch and sam2 are imported here only, and only when a teacher is built.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -36,6 +37,13 @@ def config_for_checkpoint(weights: str) -> str:
 
 
 def file_digest(path: str) -> str:
+    """sha256 prefix of a checkpoint; cached per (path, size, mtime) since it is asked for per run and per check."""
+    st = os.stat(path)
+    return _digest(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):

@@ -1,8 +1,5 @@
 """Dagster front door of npzfix: assets, partitions, resources, sensors, checks.
 
-Imports ``npzfix_core``; the core never imports this package.
+Imports ``npzfix_core``; the core never imports this package. Importing the
+package itself stays light (the ``npzfix`` console script lives here).
 """
-
-from npzfix_dagster import antlr_compat
-
-antlr_compat.install()

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import os
 
-from dagster import Definitions, multiprocess_executor
+from npzfix_dagster import antlr_compat
+
+antlr_compat.install()  # before anything parses an asset-selection string (e.g. `--select`)
+
+from dagster import Definitions, multiprocess_executor  # noqa: E402
 
 from npzfix_dagster.assets import edges_B_v1, sa1b_features_fixed, train_test_features_fixed
 from npzfix_dagster.jobs import sa1b_job, sample_list_job, train_test_job

@@ -245,3 +245,16 @@ def test_dagster_dev_serves_ui_and_graphql(tmp_path):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_dagster_selection_grammar_and_sam2_hydra_share_a_process():
+    """Dagster's selection parser needs ANTLR 4.13, hydra (sam2) needs 4.9: both must work in one process."""
+    code = ("import npzfix_dagster.definitions\n"
+            "from dagster import AssetSelection\n"
+            "s = AssetSelection.from_string('key:edges_B_v1 or key:sa1b_features_fixed')\n"
+            "from npzfix_core.teacher import TeacherSpec, build\n"
+            "t = build(TeacherSpec(random_init_seed=0, resolution=64))\n"
+            "s2 = AssetSelection.from_string('edges_B_v1')\n"
+            "print('ok', t.resolution)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "ok 64", p.stdout + p.stderr[-2000:]

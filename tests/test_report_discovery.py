@@ -1,0 +1,74 @@
+"""Report object and discovery rules (de-dup, symlink loops, sources), on real files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from npzfix_core import discovery, store
+from npzfix_core.report import FAILED, MISSING, SKIPPED_DONE, UPDATED, Outcome, RunReport
+
+
+def test_report_counts_exit_code_files_and_dataframe(tmp_path):
+    r = RunReport("edges")
+    for o in (Outcome("a", UPDATED), Outcome("b", SKIPPED_DONE), Outcome("c", MISSING, "no JSON"), Outcome("d", FAILED, "bad zip")):
+        r.add(o)
+    r.finish()
+    assert (r.seen, r.updated, r.failed, r.exit_code) == (4, 1, 1, 1)
+    j, c = r.write(str(tmp_path / "rep"))
+    d = json.load(open(j))
+    assert d["counts"]["failed"] == 1 and d["seen"] == 4 and "files_per_s" in d
+    assert open(c).read().splitlines()[1:] == ["c,missing_source,no JSON", "d,failed,bad zip"]
+    df = r.to_dataframe()
+    assert list(df["status"]) == ["missing_source", "failed"]
+    assert "failed 1" in r.summary()
+
+
+def _npz(path):
+    np.savez(path, x=np.zeros(1))
+
+
+def test_scan_dedups_and_survives_symlink_loops(tmp_path):
+    a = tmp_path / "root" / "a"
+    a.mkdir(parents=True)
+    for n in ("s1_features.npz", "s1_sam2_features.npz", "s2_sam2_features.npz", "notes.npz", ".hidden_features.npz"):
+        _npz(a / n)
+    (a / "loop").symlink_to(tmp_path / "root")
+    (tmp_path / "root" / "b").mkdir()
+    _npz(tmp_path / "root" / "b" / "s3_features.npz")
+    got = [os.path.relpath(p, tmp_path / "root") for p in discovery.scan_npz(str(tmp_path / "root"))]
+    assert got == ["a/s1_features.npz", "a/s2_sam2_features.npz", "b/s3_features.npz"]
+    assert discovery.dataset_dirs(str(tmp_path / "root")) == ["a", "b"]
+
+
+def test_sources_beside_then_parent_and_json_dir(tmp_path):
+    ext = tmp_path / "shard" / "extracted"
+    ext.mkdir(parents=True)
+    npz = ext / "s_features.npz"
+    _npz(npz)
+    assert discovery.find_image(str(npz)) is None and discovery.find_json(str(npz)) is None
+    (tmp_path / "shard" / "s.JPEG").write_bytes(b"x")
+    (tmp_path / "shard" / "s.json").write_text("{}")
+    assert discovery.find_image(str(npz)).endswith("shard/s.JPEG")
+    assert discovery.find_json(str(npz)).endswith("shard/s.json")
+    (ext / "s.png").write_bytes(b"x")
+    assert discovery.find_image(str(npz)).endswith("extracted/s.png")
+    assert discovery.find_json(str(npz), str(tmp_path)) is None  # an explicit JSON dir is the only place
+
+
+def test_store_updates_through_a_symlink_and_keeps_it(tmp_path):
+    real = tmp_path / "real_features.npz"
+    _npz(real)
+    link = tmp_path / "link_features.npz"
+    link.symlink_to(real)
+    store.update(link, {"y": np.ones(2)})
+    assert link.is_symlink() and "y" in store.inspect(real)
+
+
+def test_cli_start_up_imports_no_torch_sam2_or_dagster():
+    code = ("import sys; from npzfix_dagster import cli; cli.build_parser();"
+            "print(sorted(m for m in ('torch', 'sam2', 'dagster', 'cv2', 'pandas') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr
