@@ -110,6 +110,32 @@ def cmd_features(args) -> int:
     return _finish(run_features(req), args)
 
 
+def cmd_check(args) -> int:
+    """Sampled content check of a directory, as the Dagster asset checks do (exit 1 on any problem)."""
+    from npzfix_core import discovery, validate
+
+    if not os.path.isdir(args.npz_dir):
+        raise UsageError(f"--npz-dir {args.npz_dir} is not a directory")
+    paths = validate.sample(discovery.npz_in_dir(args.npz_dir), args.sample, args.seed)
+    if args.kind == "edges":
+        res = validate.check_edges(paths, args.kernel_size, args.json_dir, recompute=args.sample)
+    else:
+        prov = None
+        if args.weights or args.random_init is not None:
+            from npzfix_core.teacher import TeacherError, TeacherSpec, provenance
+
+            try:
+                prov = provenance(TeacherSpec(weights=args.weights, config=args.config, random_init_seed=args.random_init,
+                                              precision=args.precision, resolution=args.resolution))
+            except TeacherError as exc:
+                raise UsageError(str(exc)) from exc
+        res = validate.check_features(paths, prov, needs_flag=not args.no_flag)
+    for pr in res.problems:
+        print(f"  {pr['path']}: {pr['problem']}")
+    print(f"npzfix check {args.kind}: {res.checked} file(s) checked, {len(res.problems)} problem(s)")
+    return 0 if res.passed else 1
+
+
 def cmd_synth(args) -> int:
     from npzfix_core import synth
 
@@ -169,6 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true", help="redo files already flagged (same teacher or legacy)")
     _common(f)
     f.set_defaults(fn=cmd_features)
+
+    c = sub.add_parser("check", help="check a sample of a directory's files (keys, shapes, values, flags, provenance)")
+    c.add_argument("kind", choices=("edges", "features"))
+    c.add_argument("--npz-dir", required=True)
+    c.add_argument("--sample", type=_positive, default=16)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--kernel-size", type=_positive, default=3, help="edges: the kernel the files should carry")
+    c.add_argument("--json-dir", help="edges: where <stem>.json live (sampled files are recomputed exactly)")
+    c.add_argument("--weights", help="features: the teacher the files should come from")
+    c.add_argument("--config")
+    c.add_argument("--random-init", type=int, metavar="SEED")
+    c.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    c.add_argument("--resolution", type=int)
+    c.add_argument("--no-flag", action="store_true", help="features: files of a sample list carry no feature_flag")
+    c.set_defaults(fn=cmd_check, log=None, verbose=False)
 
     s = sub.add_parser("synth", help="generate a seeded SA-1B-like dataset (JPEG, JSON, NPZ)")
     s.add_argument("--out", required=True)

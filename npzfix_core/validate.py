@@ -101,12 +101,16 @@ def check_features(paths: Iterable[str], provenance: dict | None = None, needs_f
         if needs_flag and not ("feature_flag" in a and int(a["feature_flag"]) == 1):
             res.fail(p, "feature_flag is not 1")
         if provenance is not None:
+            if "feature_provenance" not in a:
+                res.fail(p, "no feature provenance: never repaired by npzfix (or flagged by the original tool; use force)")
+                continue
             try:
-                stored = json.loads(str(a.get("feature_provenance", "{}")))
+                stored = json.loads(str(a["feature_provenance"]))
             except ValueError:
                 stored = {}
             if not same_teacher(stored, provenance):
-                res.fail(p, f"written by another teacher: {stored.get('config')} {stored.get('weights')}")
+                res.fail(p, f"written by another teacher: {stored.get('config')} {stored.get('weights')} "
+                            f"{stored.get('precision')} @{stored.get('resolution')}")
     return res
 
 

@@ -201,3 +201,18 @@ def test_kill_9_leaves_old_or_new_and_rerun_finishes(tmp_path):
     for p in res.npz:
         np.testing.assert_array_equal(store.read_arrays(p, ["edge_64x64"])["edge_64x64"], _expected(p)[64])
     assert temp_files(ext) == []
+
+
+def test_check_command_finds_a_tampered_edge_map(tmp_path):
+    res = synth.generate(tmp_path / "s", synth.SynthSpec(n=3, seed=9, sizes=((90, 120),), masks=6, states=("fresh",), feature_hw=4))
+    ext = os.path.dirname(res.npz[0])
+    run_cli("check", "edges", "--npz-dir", ext, check_rc=1)  # nothing repaired yet: flags missing
+    run_cli("edges", "--npz-dir", ext, check_rc=0)
+    p = run_cli("check", "edges", "--npz-dir", ext, check_rc=0)
+    assert "3 file(s) checked, 0 problem(s)" in p.stdout
+    edge = store.read_arrays(res.npz[1], ["edge_32x32"])["edge_32x32"]
+    edge[0, 0] ^= 1
+    store.update(res.npz[1], {"edge_32x32": edge})
+    p = run_cli("check", "edges", "--npz-dir", ext, check_rc=1)
+    assert "edge_32x32 differs from Method B" in p.stdout
+    assert run_cli("check", "edges", "--npz-dir", ext, "--kernel-size", "5").returncode == 1
