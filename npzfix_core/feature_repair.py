@@ -261,7 +261,7 @@ def _pipeline(req, items, prov, teacher, report: RunReport, timings: Timings, ba
     batch_size = req.batch_size
     pending: collections.deque[Future] = collections.deque()
     writes: collections.deque[Future] = collections.deque()
-    prefetch = max(2 * (req.batch_size or 8), req.workers)
+    prefetch = 2 * (req.batch_size or 8) + req.workers  # two batches ahead, plus one image per decode thread
     exhausted = False
     resolution = (teacher.resolution if teacher is not None else prov["resolution"])
 
