@@ -17,6 +17,7 @@ from npzfix_core.report import FAILED, MISSING, SKIPPED_DONE, UPDATED, WOULD_UPD
 
 log = logging.getLogger("npzfix")
 
+EDGE_VERSION = "B_v1"
 EDGE_KEYS = ("edge_flag", "edge_version", "edge_provenance")
 LEGACY_KERNEL = 3  # files flagged by the original tool carry no provenance; it defaulted to 3
 
@@ -37,14 +38,14 @@ class EdgeRequest:
 
 
 def provenance(kernel_size: int) -> dict:
-    return {"rule": "method_b", "version": "B_v1", "kernel_size": int(kernel_size), "tool": f"npzfix {__version__}"}
+    return {"rule": "method_b", "version": EDGE_VERSION, "kernel_size": int(kernel_size), "tool": f"npzfix {__version__}"}
 
 
 def is_done(flags: dict[str, np.ndarray], kernel_size: int) -> bool:
     """Flag set and written by this rule with this kernel (legacy B_v1 files count as kernel 3)."""
     if "edge_flag" not in flags or int(flags["edge_flag"]) != 1:
         return False
-    if str(flags.get("edge_version", "")) != "B_v1":
+    if str(flags.get("edge_version", "")) != EDGE_VERSION:
         return False
     if "edge_provenance" not in flags:
         return kernel_size == LEGACY_KERNEL
@@ -81,7 +82,7 @@ def process_one(npz: str, json_path: str | None, kernel_size: int, skip_if_proce
         arrays = {"edge_64x64": maps[64], "edge_32x32": maps[32], "edge_256x256": maps[256]}
         if set_flag:
             arrays["edge_flag"] = np.array(1, dtype=np.uint8)
-            arrays["edge_version"] = np.array("B_v1")
+            arrays["edge_version"] = np.array(EDGE_VERSION)
             arrays["edge_provenance"] = np.array(json.dumps(provenance(kernel_size), sort_keys=True))
         store.update(npz, arrays, only_if_present={"edge_256x256"}, durable=durable)
         return out(UPDATED)

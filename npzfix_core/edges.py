@@ -5,11 +5,11 @@ gradient, ORs it in, then INTER_AREA-resizes the union (as float32) and
 thresholds at > 0. Two facts make it cheap without changing a single bit:
 
 * A pixel is on a mask's gradient iff its k x k window (OpenCV's anchor, clipped
-  at the image border) holds both a 0 and a 1. So only the mask's bounding box
-  plus a margin of k can change, and OpenCV's own gradient on that crop is exact:
-  where the crop side is the image border, OpenCV's border rule is the
-  original's; where it is not, the margin is wide enough that every window
-  reaching past the crop sees no ones at all (so it is 0 in both).
+  at the image border) holds a 0 and a 1, iff it holds two 4-adjacent pixels
+  that differ. Those transitions come straight from the COCO runs (run ends
+  within a column; where adjacent columns' runs disagree), and the union over
+  masks of the gradients is two dilations of the union of transitions, done
+  once per image by OpenCV. Cost follows mask boundaries, not mask areas.
 * A downscaling INTER_AREA output is a sum of non-negative weights times 0/1
   inputs, so it is > 0 iff one input in its support is 1. The support of each
   axis is read off OpenCV itself once per (length, size) and cached, then the
@@ -27,7 +27,6 @@ import numpy as np
 
 from npzfix_core.rle import MaskRuns, decode_runs
 
-EDGE_VERSION = "B_v1"
 EDGE_SIZES = (256, 64, 32)
 
 

@@ -17,7 +17,7 @@ from conftest import BIN, NPZFIX, sha
 from npzfix_core import store, synth
 from npzfix_core.edges import method_b_reference, parse_sa1b
 from npzfix_dagster.assets import edges_B_v1, sa1b_features_fixed, train_test_features_fixed
-from npzfix_dagster.jobs import sa1b_job, sample_list_job, train_test_job
+from npzfix_dagster.jobs import sa1b_job, sample_list_job
 from npzfix_dagster.resources import DatasetRoots, Sam2Teacher
 from npzfix_dagster.schedules import sa1b_daily_recheck
 from npzfix_dagster.sensors import sa1b_new_dirs_sensor
@@ -45,13 +45,6 @@ def _md(result, asset):
     mats = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()
             if e.event_specific_data.materialization.asset_key == AssetKey(asset)]
     return mats[-1].metadata
-
-
-def _checks(result):
-    return {(e.event_specific_data.asset_check_key.name): e.event_specific_data.passed
-            for e in result.get_asset_check_evaluations()} if hasattr(result, "get_asset_check_evaluations") else \
-        {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
-         for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
 
 
 def _check_results(result):
@@ -98,7 +91,7 @@ def test_checks_catch_a_tampered_file(tmp_path, instance):
 def test_feature_assets_and_vanished_directory(tmp_path, instance):
     sa1b, tt = str(tmp_path / "sa1b"), str(tmp_path / "tt")
     a = _shard(sa1b, "sa_000003", n=2, states=("fresh", "feature_flagged"))
-    b = _shard(tt, "train_1200", n=2, states=("fresh", "fresh"))
+    _shard(tt, "train_1200", n=2, states=("fresh", "fresh"))
     instance.add_dynamic_partitions("sa1b_dirs", ["sa_000003/extracted", "gone/extracted"])
     instance.add_dynamic_partitions("train_test_splits", ["train_1200"])
     r = _resources(tmp_path, sa1b=sa1b, tt=tt)

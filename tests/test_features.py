@@ -191,7 +191,6 @@ def test_awkward_images_follow_the_documented_rule(tmp_path, teacher, reference_
     reasons = " | ".join(f["reason"] for f in rep.failures)
     assert "cannot decode" in reasons and "no image found" in reasons
     assert all(sha(p) == d for p, d in digests.items())
-    import torch
     for i in range(4):
         got = store.read_arrays(res.npz[i], ["P4_S16"])["P4_S16"]
         src = imgs[i] if i == 3 else imgs[i].replace(".jpg", ".png")
