@@ -95,6 +95,8 @@ def cmd_features(args) -> int:
     limit = args.max_files if args.max_files is not None else args.max_images
     try:
         device = devices.resolve(args.device, args.gpus) if not args.dry_run else "cpu"
+        if not args.dry_run:
+            print(f"npzfix features: device {device} (asked: {args.device})", file=sys.stderr)
         spec = TeacherSpec(weights=args.weights, config=args.config, random_init_seed=args.random_init,
                            device=device, precision=args.precision, resolution=args.resolution)
         spec.validate()
