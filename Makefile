@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip 2>&1 | $(QUIET)
-	$(PIP) install "$(TORCH)" 2>&1 | $(QUIET)
+	$(PIP) install $(TORCH) 2>&1 | $(QUIET)
 	$(PIP) install -r requirements.txt 2>&1 | $(QUIET)
 	SAM2_BUILD_CUDA=0 $(PIP) install --no-build-isolation --no-deps sam2==1.1.0 2>&1 | $(QUIET)
 	# hydra/omegaconf pin ANTLR 4.9; Dagster's selection grammar needs 4.13: a private copy (npzfix_dagster/antlr_compat.py)
