@@ -51,6 +51,7 @@ class FeatureRequest:
     force: bool = False
     dry_run: bool = False
     durable: bool = True
+    preprocess_on: str = "auto"  # auto: decode threads on a CPU teacher, the device (batched) on a GPU
 
     @property
     def sets_flag(self) -> bool:
@@ -59,6 +60,8 @@ class FeatureRequest:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
+        if self.preprocess_on not in ("auto", "device", "workers"):
+            raise ValueError("preprocess_on must be auto, device or workers")
         if self.store_dtype not in STORE_DTYPES:
             raise ValueError(f"--store-dtype must be one of {STORE_DTYPES}")
         if self.batch_size < 0 or self.workers < 1 or self.writers < 1:
@@ -280,7 +283,8 @@ def _pipeline(req, items, prov, teacher, report: RunReport, timings: Timings, ba
                 if teacher is None and not req.dry_run:
                     teacher = teacher_mod.build(req.teacher)  # only once there is work for it
                 device = teacher.device if teacher is not None else None
-                stage = "decode" if req.dry_run else "preprocess" if device.type == "cpu" else "pin"
+                on_device = req.preprocess_on == "device" or (req.preprocess_on == "auto" and device.type != "cpu")
+                stage = "decode" if req.dry_run else "pin" if on_device else "preprocess"
                 state["admitted"] += 1
                 pending.append(decode_pool.submit(_load, item, resolution, device, stage))
             while writes and writes[0].done():
@@ -319,10 +323,10 @@ def _encode_and_queue(batch, teacher, req, prov, write_pool, writes, timings: Ti
 
     t = time.perf_counter()
     try:
-        if teacher.device.type == "cpu":
-            x = torch.stack([b.image for b in batch])
-        else:
+        if batch[0].image.dtype == torch.uint8:  # decoded only: preprocess on the device, as a batch
             x = preprocess([b.image for b in batch], teacher.resolution, teacher.device)
+        else:
+            x = torch.stack([b.image for b in batch])
         p4, p5 = teacher.encode(x)
         event = None
         if teacher.device.type == "cuda":
