@@ -57,26 +57,37 @@ def main() -> None:
         t_orig = time.perf_counter() - t
 
         t = time.perf_counter()
-        rep = run_features(FeatureRequest("bulk", spec, root=d, batch_size=a.batch_size, workers=2, force=True),
-                           teacher=teacher, progress=False)
+        rep = run_features(
+            FeatureRequest("bulk", spec, root=d, batch_size=a.batch_size, workers=2, force=True),
+            teacher=teacher,
+            progress=False,
+        )
         t_pipe = time.perf_counter() - t
         assert rep.counts["updated"] == a.images, rep.summary()
 
-        batches = [torch.stack([preprocess([load_rgb(p)], a.resolution, teacher.device)[0] for p in imgs[i : i + a.batch_size]])
-                   for i in range(0, len(imgs), a.batch_size)]
+        batches = [
+            torch.stack(
+                [preprocess([load_rgb(p)], a.resolution, teacher.device)[0] for p in imgs[i : i + a.batch_size]]
+            )
+            for i in range(0, len(imgs), a.batch_size)
+        ]
         t = time.perf_counter()
         for b in batches:
             teacher.encode(b)
         t_bare = time.perf_counter() - t
 
     n = a.images
-    print(f"Hiera-tiny @ {a.resolution}, {n} images 1500x2250, CPU {torch.get_num_threads()} threads, batch {a.batch_size}")
+    print(
+        f"Hiera-tiny @ {a.resolution}, {n} images 1500x2250, CPU {torch.get_num_threads()} threads, batch {a.batch_size}"
+    )
     print(f"  original per-image loop: {n / t_orig:.3f} img/s")
     print(f"  npzfix pipeline:         {n / t_pipe:.3f} img/s  ({t_orig / t_pipe:.2f}x the original)")
     print(f"  bare encoder:            {n / t_bare:.3f} img/s")
     print(f"  pipeline efficiency:     {t_bare / t_pipe:.2f} (pipeline / bare encoder; target >= 0.9)")
-    print(f"  encoder busy in pipeline: {rep.provenance['timings']['encoder_s'] / t_pipe:.2f} of wall time, "
-          f"waited on decode {rep.provenance['timings']['wait_decode_s']:.2f} s")
+    print(
+        f"  encoder busy in pipeline: {rep.provenance['timings']['encoder_s'] / t_pipe:.2f} of wall time, "
+        f"waited on decode {rep.provenance['timings']['wait_decode_s']:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -55,25 +55,37 @@ def main() -> None:
         imgs = [os.path.join(d, os.path.basename(p).replace("_features.npz", ".jpg")) for p in res.npz]
         decoded = [load_rgb(p) for p in imgs[:32]]
         for precision in ("bf16", "fp32"):
-            spec = TeacherSpec(weights=a.weights, config=a.config if not a.weights else None,
-                               random_init_seed=a.random_init, device=a.device, precision=precision)
+            spec = TeacherSpec(
+                weights=a.weights,
+                config=a.config if not a.weights else None,
+                random_init_seed=a.random_init,
+                device=a.device,
+                precision=precision,
+            )
             teacher = build(spec)
             for bs in (int(b) for b in a.batches.split(",")):
                 x = preprocess(decoded[:bs], 1024, teacher.device)
-                teacher.encode(x); sync()
+                teacher.encode(x)
+                sync()
                 n, t = 0, time.perf_counter()
                 while time.perf_counter() - t < 10:
-                    teacher.encode(x); n += bs
+                    teacher.encode(x)
+                    n += bs
                 sync()
                 print(f"bare encoder {precision} batch {bs:2d}: {n / (time.perf_counter() - t):7.1f} img/s")
             for bs in (8, 16):
                 t = time.perf_counter()
-                rep = run_features(FeatureRequest("bulk", spec, root=d, batch_size=bs, workers=a.workers, writers=4,
-                                                  force=True), teacher=teacher, progress=False)
+                rep = run_features(
+                    FeatureRequest("bulk", spec, root=d, batch_size=bs, workers=a.workers, writers=4, force=True),
+                    teacher=teacher,
+                    progress=False,
+                )
                 dt = time.perf_counter() - t
                 tm = rep.provenance["timings"]
-                print(f"pipeline {precision} batch {bs}: {rep.counts['updated'] / dt:7.1f} img/s "
-                      f"(encoder busy {tm['encoder_s'] / dt:.0%}, waited on decode {tm['wait_decode_s']:.1f} s)")
+                print(
+                    f"pipeline {precision} batch {bs}: {rep.counts['updated'] / dt:7.1f} img/s "
+                    f"(encoder busy {tm['encoder_s'] / dt:.0%}, waited on decode {tm['wait_decode_s']:.1f} s)"
+                )
             t = time.perf_counter()
             for img, npz in zip(imgs[:32], res.npz[:32]):
                 rgb = np.array(Image.open(img).convert("RGB"))

@@ -20,10 +20,16 @@ from npzfix_core import store
 
 def _file(path: str) -> None:
     rng = np.random.default_rng(0)
-    np.savez(path, P4_S16=rng.standard_normal((1, 256, 64, 64), dtype=np.float32),
-             P5_S32=rng.standard_normal((1, 256, 32, 32), dtype=np.float32),
-             edge_64x64=np.zeros((64, 64), np.uint8), edge_32x32=np.zeros((32, 32), np.uint8),
-             edge_flag=np.array(1, np.uint8), edge_version=np.array("B_v1"), name=np.array("x"))
+    np.savez(
+        path,
+        P4_S16=rng.standard_normal((1, 256, 64, 64), dtype=np.float32),
+        P5_S32=rng.standard_normal((1, 256, 32, 32), dtype=np.float32),
+        edge_64x64=np.zeros((64, 64), np.uint8),
+        edge_32x32=np.zeros((32, 32), np.uint8),
+        edge_flag=np.array(1, np.uint8),
+        edge_version=np.array("B_v1"),
+        name=np.array("x"),
+    )
 
 
 def _timeit(fn, n: int) -> float:
@@ -48,12 +54,19 @@ def main() -> None:
             return store.read_flags(path, ["edge_flag", "edge_version", "edge_provenance"])
 
         tf, tl = _timeit(full_load, 30), _timeit(lazy, 300)
-        print(f"skip check on a {mb:.1f} MB NPZ: full load {1e3 * tf:.2f} ms, npzfix {1e3 * tl:.3f} ms, {tf / tl:.0f}x cheaper")
+        print(
+            f"skip check on a {mb:.1f} MB NPZ: full load {1e3 * tf:.2f} ms, npzfix {1e3 * tl:.3f} ms, {tf / tl:.0f}x cheaper"
+        )
 
-        new = {"edge_64x64": np.ones((64, 64), np.uint8), "edge_32x32": np.ones((32, 32), np.uint8),
-               "edge_flag": np.array(1, np.uint8), "edge_version": np.array("B_v1")}
+        new = {
+            "edge_64x64": np.ones((64, 64), np.uint8),
+            "edge_32x32": np.ones((32, 32), np.uint8),
+            "edge_flag": np.array(1, np.uint8),
+            "edge_version": np.array("B_v1"),
+        }
 
         for durable in (True, False):
+
             def naive():
                 with np.load(path) as z:
                     arrays = {k: z[k] for k in z.files}
@@ -71,8 +84,10 @@ def main() -> None:
 
             tn, to = _timeit(naive, 20), _timeit(ours, 20)
             label = "durable (fsync)" if durable else "no fsync"
-            print(f"edges update of a {mb:.1f} MB NPZ, {label}: load-all+savez+replace {1e3 * tn:.1f} ms, "
-                  f"npzfix {1e3 * to:.1f} ms, {tn / to:.1f}x faster")
+            print(
+                f"edges update of a {mb:.1f} MB NPZ, {label}: load-all+savez+replace {1e3 * tn:.1f} ms, "
+                f"npzfix {1e3 * to:.1f} ms, {tn / to:.1f}x faster"
+            )
 
 
 if __name__ == "__main__":

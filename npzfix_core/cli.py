@@ -58,8 +58,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", help="append progress and errors to this file (a report is written beside it)")
     p.add_argument("--report", help="write the run report here as JSON, and failures as CSV beside it")
     p.add_argument("--dry-run", action="store_true", help="compute and check everything, write nothing")
-    p.add_argument("--no-fsync", dest="durable", action="store_false",
-                   help="skip fsync after each write (faster on slow disks; a crash may lose recent updates)")
+    p.add_argument(
+        "--no-fsync",
+        dest="durable",
+        action="store_false",
+        help="skip fsync after each write (faster on slow disks; a crash may lose recent updates)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -71,9 +75,17 @@ def cmd_edges(args) -> int:
     if args.json_dir and not os.path.isdir(args.json_dir):
         raise UsageError(f"--json-dir {args.json_dir} is not a directory")
     req = EdgeRequest(
-        npz_dir=args.npz_dir, json_dir=args.json_dir, kernel_size=args.kernel_size, max_files=args.max_files,
-        skip_if_processed=args.skip_if_processed, set_flag=not args.no_edge_flag, order=args.order,
-        glob=args.glob, workers=args.workers, dry_run=args.dry_run, durable=args.durable,
+        npz_dir=args.npz_dir,
+        json_dir=args.json_dir,
+        kernel_size=args.kernel_size,
+        max_files=args.max_files,
+        skip_if_processed=args.skip_if_processed,
+        set_flag=not args.no_edge_flag,
+        order=args.order,
+        glob=args.glob,
+        workers=args.workers,
+        dry_run=args.dry_run,
+        durable=args.durable,
     )
     return _finish(run_edges(req), args)
 
@@ -84,7 +96,7 @@ def _csv(v: str | None) -> tuple[str, ...]:
 
 def cmd_features(args) -> int:
     from npzfix_core import devices
-    from npzfix_core.feature_repair import FeatureRequest, run_features
+    from npzfix_core.feature_repair import FeatureRequest, default_decode_workers, run_features
     from npzfix_core.teacher import TeacherError, TeacherSpec
 
     modes = [m for m, v in (("bulk", args.root), ("samples", args.samples), ("train_test", args.extracted_dirs)) if v]
@@ -97,14 +109,30 @@ def cmd_features(args) -> int:
         device = devices.resolve(args.device, args.gpus) if not args.dry_run else "cpu"
         if not args.dry_run:
             print(f"npzfix features: device {device} (asked: {args.device})", file=sys.stderr)
-        spec = TeacherSpec(weights=args.weights, config=args.config, random_init_seed=args.random_init,
-                           device=device, precision=args.precision, resolution=args.resolution)
+        spec = TeacherSpec(
+            weights=args.weights,
+            config=args.config,
+            random_init_seed=args.random_init,
+            device=device,
+            precision=args.precision,
+            resolution=args.resolution,
+        )
         spec.validate()
         req = FeatureRequest(
-            mode=modes[0], teacher=spec, root=args.root, samples=args.samples, npz_dirs=_csv(args.npz_dirs),
-            extracted_dirs=_csv(args.extracted_dirs), max_files=limit, batch_size=args.batch_size,
-            workers=args.workers, writers=args.writers, store_dtype=args.store_dtype, force=args.force,
-            dry_run=args.dry_run, durable=args.durable,
+            mode=modes[0],
+            teacher=spec,
+            root=args.root,
+            samples=args.samples,
+            npz_dirs=_csv(args.npz_dirs),
+            extracted_dirs=_csv(args.extracted_dirs),
+            max_files=limit,
+            batch_size=args.batch_size,
+            workers=args.workers or default_decode_workers(),
+            writers=args.writers,
+            store_dtype=args.store_dtype,
+            force=args.force,
+            dry_run=args.dry_run,
+            durable=args.durable,
         )
         req.validate()
     except (TeacherError, devices.DeviceError, ValueError, FileNotFoundError) as exc:
@@ -127,8 +155,15 @@ def cmd_check(args) -> int:
             from npzfix_core.teacher import TeacherError, TeacherSpec, provenance
 
             try:
-                prov = provenance(TeacherSpec(weights=args.weights, config=args.config, random_init_seed=args.random_init,
-                                              precision=args.precision, resolution=args.resolution))
+                prov = provenance(
+                    TeacherSpec(
+                        weights=args.weights,
+                        config=args.config,
+                        random_init_seed=args.random_init,
+                        precision=args.precision,
+                        resolution=args.resolution,
+                    )
+                )
             except TeacherError as exc:
                 raise UsageError(str(exc)) from exc
         res = validate.check_features(paths, prov, needs_flag=not args.no_flag)
@@ -146,8 +181,16 @@ def cmd_synth(args) -> int:
     bad = [s for s in states if s not in synth.STATES]
     if bad or any(len(s) != 2 or min(s) < 1 for s in sizes):
         raise UsageError(f"bad --states {bad} or --sizes {args.sizes} (HxW,HxW; states from {synth.STATES})")
-    spec = synth.SynthSpec(n=args.n, seed=args.seed, sizes=sizes, masks=args.masks, states=states,
-                           feature_hw=args.feature_hw, extracted=args.extracted, compressed=args.compressed)
+    spec = synth.SynthSpec(
+        n=args.n,
+        seed=args.seed,
+        sizes=sizes,
+        masks=args.masks,
+        states=states,
+        feature_hw=args.feature_hw,
+        extracted=args.extracted,
+        compressed=args.compressed,
+    )
     res = synth.generate(args.out, spec)
     print(f"wrote {len(res.npz)} images, JSONs and NPZs under {res.root}")
     return 0
@@ -165,8 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json-dir", help="where <stem>.json live (default: the NPZ dir, then its parent)")
     e.add_argument("--kernel-size", type=_positive, default=3)
     e.add_argument("--max-files", type=_positive, help="update at most this many files (skipped ones don't count)")
-    e.add_argument("--skip-if-processed", action="store_true",
-                   help="skip files flagged by this rule with this kernel size (stale versions are redone)")
+    e.add_argument(
+        "--skip-if-processed",
+        action="store_true",
+        help="skip files flagged by this rule with this kernel size (stale versions are redone)",
+    )
     e.add_argument("--set-edge-flag", action="store_true", help="accepted for compatibility: flags are always set")
     e.add_argument("--no-edge-flag", action="store_true", help="write edge maps without flag and provenance")
     e.add_argument("--order", choices=("name", "mtime"), default="name")
@@ -175,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e)
     e.set_defaults(fn=cmd_edges)
 
-    f = sub.add_parser("features", help="recompute SAM2 P4/P5 (bulk_fix / fix_npz_features_inplace / fix_train_test_npz)")
+    f = sub.add_parser(
+        "features", help="recompute SAM2 P4/P5 (bulk_fix / fix_npz_features_inplace / fix_train_test_npz)"
+    )
     f.add_argument("--root", help="tool 1: scan this root recursively; sets feature_flag=1")
     f.add_argument("--samples", help="tool 2: image list, one path per line; sets no flag")
     f.add_argument("--npz-dirs", help="tool 2: comma-separated dirs searched for NPZs not beside their image")
@@ -188,12 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     f.add_argument("--resolution", type=int, help="encoder input side (default the model's, 1024)")
     f.add_argument("--batch-size", type=int, default=0, help="images per encoder call (default: 1 on CPU, 8 on GPU)")
-    f.add_argument("--workers", type=_positive, default=2, help="image decode threads")
-    f.add_argument("--writers", type=_positive, default=2, help="NPZ writer threads")
+    f.add_argument("--workers", type=_positive, help="image decode threads (default: the host's cores - 1, 2..16)")
+    f.add_argument("--writers", type=_positive, default=4, help="NPZ writer threads")
     f.add_argument("--max-files", type=_positive, help="update at most this many files (skipped ones don't count)")
     f.add_argument("--max-images", type=_positive, help="tool 2's name for --max-files")
-    f.add_argument("--store-dtype", choices=("keep", "float32", "float16"), default="keep",
-                   help="keep: an existing key keeps its shape and dtype; new keys are float32 (1,256,H,W)")
+    f.add_argument(
+        "--store-dtype",
+        choices=("keep", "float32", "float16"),
+        default="keep",
+        help="keep: an existing key keeps its shape and dtype; new keys are float32 (1,256,H,W)",
+    )
     f.add_argument("--force", action="store_true", help="redo files already flagged (same teacher or legacy)")
     _common(f)
     f.set_defaults(fn=cmd_features)

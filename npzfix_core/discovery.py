@@ -119,7 +119,9 @@ def _item(npz: str, source: str | None, what: str) -> WorkItem:
     return WorkItem(npz, source, stem, None if source else f"no {what} found for {stem}")
 
 
-def edge_items(npz_dir: str, json_dir: str | None = None, order: str = "name", glob: str | None = None) -> list[WorkItem]:
+def edge_items(
+    npz_dir: str, json_dir: str | None = None, order: str = "name", glob: str | None = None
+) -> list[WorkItem]:
     """Tool 4: ``<npz_dir>/<stem>_features.npz`` -> ``<json_dir>/<stem>.json``."""
     paths = npz_in_dir(npz_dir, glob)
     if order == "mtime":

@@ -38,7 +38,12 @@ class EdgeRequest:
 
 
 def provenance(kernel_size: int) -> dict:
-    return {"rule": "method_b", "version": EDGE_VERSION, "kernel_size": int(kernel_size), "tool": f"npzfix {__version__}"}
+    return {
+        "rule": "method_b",
+        "version": EDGE_VERSION,
+        "kernel_size": int(kernel_size),
+        "tool": f"npzfix {__version__}",
+    }
 
 
 def is_done(flags: dict[str, np.ndarray], kernel_size: int) -> bool:
@@ -56,8 +61,15 @@ def is_done(flags: dict[str, np.ndarray], kernel_size: int) -> bool:
     return prov.get("rule") == "method_b" and prov.get("kernel_size") == kernel_size
 
 
-def process_one(npz: str, json_path: str | None, kernel_size: int, skip_if_processed: bool,
-                set_flag: bool, dry_run: bool, durable: bool = True) -> Outcome:
+def process_one(
+    npz: str,
+    json_path: str | None,
+    kernel_size: int,
+    skip_if_processed: bool,
+    set_flag: bool,
+    dry_run: bool,
+    durable: bool = True,
+) -> Outcome:
     """One file, start to end; every problem becomes an Outcome, never an exception."""
     from npzfix_core.edges import AnnotationError, method_b, parse_sa1b
     from npzfix_core.rle import RleError
@@ -107,8 +119,15 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # one core per worker process
 
 
-def run_bounded(items: Iterator, submit_args: Callable, fn: Callable, report: RunReport, workers: int,
-                max_updates: int | None, progress: Progress) -> None:
+def run_bounded(
+    items: Iterator,
+    submit_args: Callable,
+    fn: Callable,
+    report: RunReport,
+    workers: int,
+    max_updates: int | None,
+    progress: Progress,
+) -> None:
     """Run ``fn`` over items (in ``workers`` processes when > 1), stopping once ``max_updates`` are done.
 
     Skipped files do not count toward the bound, so repeated bounded runs make progress.
@@ -132,7 +151,9 @@ def run_bounded(items: Iterator, submit_args: Callable, fn: Callable, report: Ru
     import multiprocessing
 
     pending: set[Future] = set()
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+    ) as pool:
         for item in items:
             if isinstance(item, Outcome):
                 record(item)
@@ -165,8 +186,20 @@ def run_edges(req: EdgeRequest, progress: bool = True) -> RunReport:
     try:
         run_bounded(
             iter(items),
-            lambda it: (it.npz, it.source, req.kernel_size, req.skip_if_processed, req.set_flag, req.dry_run, req.durable),
-            process_one, report, req.workers, req.max_files, bar,
+            lambda it: (
+                it.npz,
+                it.source,
+                req.kernel_size,
+                req.skip_if_processed,
+                req.set_flag,
+                req.dry_run,
+                req.durable,
+            ),
+            process_one,
+            report,
+            req.workers,
+            req.max_files,
+            bar,
         )
     finally:
         bar.close()

@@ -216,7 +216,9 @@ def method_b(ann: ImageAnnotations, kernel_size: int = 3, sizes: tuple[int, ...]
     return {s: _binary_resize(union_t, ann.height, s) for s in sizes}
 
 
-def method_b_reference(ann: ImageAnnotations, kernel_size: int = 3, sizes: tuple[int, ...] = EDGE_SIZES) -> dict[int, np.ndarray]:
+def method_b_reference(
+    ann: ImageAnnotations, kernel_size: int = 3, sizes: tuple[int, ...] = EDGE_SIZES
+) -> dict[int, np.ndarray]:
     """The original formula, verbatim: full decode and full-image gradient per mask.
 
     Kept as the yardstick for tests, benchmarks and ``npzfix edges --verify``.

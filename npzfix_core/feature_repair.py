@@ -23,8 +23,17 @@ import numpy as np
 
 from npzfix_core import __version__, discovery, store
 from npzfix_core.images import ImageError, load_rgb
-from npzfix_core.report import (FAILED, MISSING, SKIPPED_DONE, SKIPPED_LEGACY, UPDATED, WOULD_UPDATE, Outcome,
-                                Progress, RunReport)
+from npzfix_core.report import (
+    FAILED,
+    MISSING,
+    SKIPPED_DONE,
+    SKIPPED_LEGACY,
+    UPDATED,
+    WOULD_UPDATE,
+    Outcome,
+    Progress,
+    RunReport,
+)
 from npzfix_core.teacher import TeacherSpec
 
 log = logging.getLogger("npzfix")
@@ -33,6 +42,11 @@ MODES = ("bulk", "samples", "train_test")
 STORE_DTYPES = ("keep", "float32", "float16")
 FLAG_KEYS = ("feature_flag", "feature_provenance")
 PROVENANCE_FIELDS = ("teacher", "config", "weights", "precision", "resolution", "scalp")
+
+
+def default_decode_workers() -> int:
+    """A 1500x2250 JPEG takes ~100 ms of a core; a GPU wants one every few ms, so use the host's cores."""
+    return max(2, min((os.cpu_count() or 2) - 1, 16))
 
 
 @dataclass(frozen=True)
@@ -45,8 +59,8 @@ class FeatureRequest:
     extracted_dirs: tuple[str, ...] = ()
     max_files: int | None = None
     batch_size: int = 0  # 0: auto, 1 on the CPU (batching only adds cache pressure there), 8 on a GPU
-    workers: int = 2  # decode threads
-    writers: int = 2
+    workers: int = field(default_factory=default_decode_workers)  # decode threads
+    writers: int = 4
     store_dtype: str = "keep"
     force: bool = False
     dry_run: bool = False
@@ -66,10 +80,14 @@ class FeatureRequest:
             raise ValueError(f"--store-dtype must be one of {STORE_DTYPES}")
         if self.batch_size < 0 or self.workers < 1 or self.writers < 1:
             raise ValueError("--batch-size must be >= 0 (0: auto), --workers and --writers >= 1")
-        need = {"bulk": self.root, "samples": self.samples, "train_test": self.extracted_dirs}[self.mode]
-        if not need:
-            raise ValueError(f"mode {self.mode} needs {'--root' if self.mode == 'bulk' else '--samples' if self.mode == 'samples' else '--extracted-dirs'}")
-        for d in ([self.root] if self.mode == "bulk" else list(self.extracted_dirs) if self.mode == "train_test" else []):
+        given, flag = {
+            "bulk": (self.root, "--root"),
+            "samples": (self.samples, "--samples"),
+            "train_test": (self.extracted_dirs, "--extracted-dirs"),
+        }[self.mode]
+        if not given:
+            raise ValueError(f"mode {self.mode} needs {flag}")
+        for d in {"bulk": [self.root], "train_test": list(self.extracted_dirs)}.get(self.mode, []):
             if not os.path.isdir(d):
                 raise FileNotFoundError(f"directory {d} does not exist")
         if self.mode == "samples" and not os.path.isfile(self.samples):
@@ -113,13 +131,16 @@ def precheck(item: discovery.WorkItem, req: FeatureRequest, prov: dict) -> Outco
 
 def fit(value: np.ndarray, existing: store.MemberInfo | None, store_dtype: str, key: str) -> np.ndarray:
     """The new array in the layout the file already uses for ``key`` (shape and dtype), or float32 (1,256,H,W)."""
-    dtype = np.dtype(np.float32) if store_dtype == "float32" else np.dtype(np.float16) if store_dtype == "float16" else None
+    dtype = (
+        np.dtype(np.float32) if store_dtype == "float32" else np.dtype(np.float16) if store_dtype == "float16" else None
+    )
     if existing is None:
         return value.astype(dtype or np.float32, copy=False)
     if int(np.prod(existing.shape)) != value.size:
         raise store.NpzError(
             f"existing {key} has shape {existing.shape}, the teacher gives {value.shape}: "
-            "wrong --resolution for this cache?")
+            "wrong --resolution for this cache?"
+        )
     if dtype is None:
         dtype = existing.dtype if existing.dtype.kind == "f" else np.dtype(np.float32)
     return value.reshape(existing.shape).astype(dtype, copy=False)
@@ -266,10 +287,12 @@ def _pipeline(req, items, prov, teacher, report: RunReport, timings: Timings, ba
     writes: collections.deque[Future] = collections.deque()
     prefetch = 2 * (req.batch_size or 8) + req.workers  # two batches ahead, plus one image per decode thread
     exhausted = False
-    resolution = (teacher.resolution if teacher is not None else prov["resolution"])
+    resolution = teacher.resolution if teacher is not None else prov["resolution"]
 
-    with ThreadPoolExecutor(req.workers, thread_name_prefix="decode") as decode_pool, \
-            ThreadPoolExecutor(req.writers, thread_name_prefix="write") as write_pool:
+    with (
+        ThreadPoolExecutor(req.workers, thread_name_prefix="decode") as decode_pool,
+        ThreadPoolExecutor(req.writers, thread_name_prefix="write") as write_pool,
+    ):
         while True:
             while not exhausted and len(pending) < prefetch and budget():
                 item = next(items, None)
@@ -283,8 +306,12 @@ def _pipeline(req, items, prov, teacher, report: RunReport, timings: Timings, ba
                 if teacher is None and not req.dry_run:
                     teacher = teacher_mod.build(req.teacher)  # only once there is work for it
                 device = teacher.device if teacher is not None else None
-                on_device = req.preprocess_on == "device" or (req.preprocess_on == "auto" and device.type != "cpu")
-                stage = "decode" if req.dry_run else "pin" if on_device else "preprocess"
+                if device is None:
+                    stage = "decode"  # dry run: check and decode, compute nothing
+                elif req.preprocess_on == "device" or (req.preprocess_on == "auto" and device.type != "cpu"):
+                    stage = "pin"
+                else:
+                    stage = "preprocess"
                 state["admitted"] += 1
                 pending.append(decode_pool.submit(_load, item, resolution, device, stage))
             while writes and writes[0].done():

@@ -64,6 +64,8 @@ def preprocess(images, resolution: int, device):
     for img in images:
         t = torch.as_tensor(img).to(device, non_blocking=True)
         x = t.permute(2, 0, 1).float().div(255)
-        x = F.interpolate(x[None], size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)[0]
+        x = F.interpolate(x[None], size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)[
+            0
+        ]
         out.append(x.sub_(mean).div_(std))
     return torch.stack(out)

@@ -137,8 +137,14 @@ class Progress:
             self.last = now
             rate = self.n / max(now - self.t0, 1e-9)
             of = f"/{self.total}" if self.total else ""
-            log.info("%s: %d%s files, %.1f files/s, %s", self.desc, self.n, of, rate,
-                     ", ".join(f"{k} {v}" for k, v in report.counts.items() if v))
+            log.info(
+                "%s: %d%s files, %.1f files/s, %s",
+                self.desc,
+                self.n,
+                of,
+                rate,
+                ", ".join(f"{k} {v}" for k, v in report.counts.items() if v),
+            )
 
     def close(self) -> None:
         if self.bar is not None:

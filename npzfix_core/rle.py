@@ -103,9 +103,7 @@ def decode_runs(segmentations: list, height: int, width: int) -> list[MaskRuns]:
     total = run_end[last]
     bad = np.flatnonzero(total != height * width)
     if len(bad):
-        raise RleError(
-            f"annotation {int(bad[0])}: RLE covers {int(total[bad[0]])} pixels, image has {height * width}"
-        )
+        raise RleError(f"annotation {int(bad[0])}: RLE covers {int(total[bad[0]])} pixels, image has {height * width}")
     ones = (m % 2) == 1
     out: list[MaskRuns] = []
     bounds = np.r_[first, len(counts)]

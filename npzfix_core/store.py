@@ -148,7 +148,17 @@ def _quick_directory(fd: int, size: int) -> dict[str, _Entry] | None:
         if cd[pos : pos + 4] != b"PK\x01\x02":
             return None
         f = _CENTRAL.unpack_from(cd, pos)
-        flags, method, crc, csize, usize, nlen, elen, klen, off = f[3], f[4], f[7], f[8], f[9], f[10], f[11], f[12], f[16]
+        flags, method, crc, csize, usize, nlen, elen, klen, off = (
+            f[3],
+            f[4],
+            f[7],
+            f[8],
+            f[9],
+            f[10],
+            f[11],
+            f[12],
+            f[16],
+        )
         if flags & 1 or _LIMIT in (csize, usize, off):
             return None
         name = cd[pos + 46 : pos + 46 + nlen].decode("utf-8" if flags & 0x800 else "cp437")
@@ -221,7 +231,9 @@ def read_arrays(path: str | os.PathLike, keys: list[str] | tuple[str, ...] | Non
                     out[key] = np.lib.format.read_array(fp, allow_pickle=False)
             except ValueError as exc:
                 if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-                    raise NpzError(f"member {info.filename!r} holds Python objects (pickle); refusing to load it") from exc
+                    raise NpzError(
+                        f"member {info.filename!r} holds Python objects (pickle); refusing to load it"
+                    ) from exc
                 raise NpzError(f"member {info.filename!r} is damaged: {exc}") from exc
             except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
                 raise NpzError(f"member {info.filename!r} is damaged: {exc}") from exc
@@ -270,8 +282,26 @@ class _ZipWriter:
         self.fp.write(_LOCAL.pack(0x04034B50, 20, flags, method, t, d, crc, csize, usize, len(name), 0))
         self.fp.write(name)
         self.entries.append(
-            _CENTRAL.pack(0x02014B50, (3 << 8) | 20, 20, flags, method, t, d, crc, csize, usize,
-                          len(name), 0, 0, 0, 0, 0o100644 << 16, offset) + name
+            _CENTRAL.pack(
+                0x02014B50,
+                (3 << 8) | 20,
+                20,
+                flags,
+                method,
+                t,
+                d,
+                crc,
+                csize,
+                usize,
+                len(name),
+                0,
+                0,
+                0,
+                0,
+                0o100644 << 16,
+                offset,
+            )
+            + name
         )
         return t, d, offset
 
@@ -282,8 +312,9 @@ class _ZipWriter:
             raise NpzError(f"member {info.filename!r}: bad local header")
         nlen, elen = struct.unpack("<HH", head[26:30])
         src.seek(info.header_offset + _LOCAL.size + nlen + elen)
-        self._header(info.filename.encode(), info.compress_type, info.CRC, info.compress_size,
-                     info.file_size, info.date_time)
+        self._header(
+            info.filename.encode(), info.compress_type, info.CRC, info.compress_size, info.file_size, info.date_time
+        )
         left = info.compress_size
         while left:
             chunk = src.read(min(_CHUNK, left))

@@ -117,7 +117,9 @@ def provenance(spec: TeacherSpec) -> dict:
     return {
         "teacher": "sam2",
         "config": spec.resolved_config(),
-        "weights": f"random-init:{spec.random_init_seed}" if spec.weights is None else f"sha256:{file_digest(spec.weights)}",
+        "weights": f"random-init:{spec.random_init_seed}"
+        if spec.weights is None
+        else f"sha256:{file_digest(spec.weights)}",
         "precision": spec.precision,
         "resolution": spec.resolution or 1024,
         "scalp": 0,
@@ -138,8 +140,10 @@ def build(spec: TeacherSpec) -> Teacher:
     prov = provenance(spec)
     if spec.random_init_seed is not None:
         torch.manual_seed(spec.random_init_seed)
-        log.warning("TEACHER IS RANDOMLY INITIALISED (seed %d): features are NOT SAM2 features; demo/test only",
-                    spec.random_init_seed)
+        log.warning(
+            "TEACHER IS RANDOMLY INITIALISED (seed %d): features are NOT SAM2 features; demo/test only",
+            spec.random_init_seed,
+        )
     ckpt = spec.weights
     try:
         # build on the CPU, load, then move: sam2 defaults to "cuda"

@@ -57,13 +57,16 @@ def check_edges(paths: Iterable[str], kernel_size: int, json_dir: str | None = N
         for key, side in (("edge_64x64", 64), ("edge_32x32", 32), ("edge_256x256", 256)):
             if key not in a:
                 if key != "edge_256x256":
-                    res.fail(p, f"missing {key}"); bad = True
+                    res.fail(p, f"missing {key}")
+                    bad = True
                 continue
             v = a[key]
             if v.shape != (side, side) or v.dtype != np.uint8 or v.max(initial=0) > 1:
-                res.fail(p, f"{key} is {v.dtype}{v.shape} with max {v.max(initial=0)}, want uint8 0/1 ({side},{side})"); bad = True
+                res.fail(p, f"{key} is {v.dtype}{v.shape} with max {v.max(initial=0)}, want uint8 0/1 ({side},{side})")
+                bad = True
         if not edges_done(a, kernel_size):
-            res.fail(p, f"edge flag/version/provenance do not say Method B with kernel {kernel_size}"); bad = True
+            res.fail(p, f"edge flag/version/provenance do not say Method B with kernel {kernel_size}")
+            bad = True
         if bad or i >= recompute:
             continue
         j = discovery.find_json(p, json_dir)
@@ -102,15 +105,20 @@ def check_features(paths: Iterable[str], provenance: dict | None = None, needs_f
             res.fail(p, "feature_flag is not 1")
         if provenance is not None:
             if "feature_provenance" not in a:
-                res.fail(p, "no feature provenance: never repaired by npzfix (or flagged by the original tool; use force)")
+                res.fail(
+                    p, "no feature provenance: never repaired by npzfix (or flagged by the original tool; use force)"
+                )
                 continue
             try:
                 stored = json.loads(str(a["feature_provenance"]))
             except ValueError:
                 stored = {}
             if not same_teacher(stored, provenance):
-                res.fail(p, f"written by another teacher: {stored.get('config')} {stored.get('weights')} "
-                            f"{stored.get('precision')} @{stored.get('resolution')}")
+                res.fail(
+                    p,
+                    f"written by another teacher: {stored.get('config')} {stored.get('weights')} "
+                    f"{stored.get('precision')} @{stored.get('resolution')}",
+                )
     return res
 
 

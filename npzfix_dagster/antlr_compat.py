@@ -41,8 +41,10 @@ def install() -> bool:
     if _DAGSTER_GRAMMAR in sys.modules or _runtime_is_new_enough():
         return True
     if not os.path.isdir(os.path.join(PRIVATE_DIR, "antlr4")):
-        log.warning("ANTLR 4.13 runtime not found at %s: Dagster string asset selections will fail "
-                    "(run `make setup`)", PRIVATE_DIR)
+        log.warning(
+            "ANTLR 4.13 runtime not found at %s: Dagster string asset selections will fail (run `make setup`)",
+            PRIVATE_DIR,
+        )
         return False
     saved = _antlr_modules()
     for k in saved:

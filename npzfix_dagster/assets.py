@@ -4,7 +4,6 @@ Each body turns config and resources into one core call, then the core's report
 into metadata and check results; all computation lives in ``npzfix_core``.
 """
 
-
 import os
 import re
 from typing import Optional
@@ -16,8 +15,14 @@ from npzfix_dagster.partitions import sa1b_dir, sa1b_dirs, split_extracted_dir, 
 from npzfix_dagster.resources import DatasetRoots, Sam2Teacher
 
 CHECKS = lambda key: [  # noqa: E731
-    AssetCheckSpec("no_failed_files", asset=key, description="Every file of the partition was processed without error."),
-    AssetCheckSpec("sample_valid", asset=key, description="A sample of files has the right keys, shapes, dtypes, values, flags and provenance."),
+    AssetCheckSpec(
+        "no_failed_files", asset=key, description="Every file of the partition was processed without error."
+    ),
+    AssetCheckSpec(
+        "sample_valid",
+        asset=key,
+        description="A sample of files has the right keys, shapes, dtypes, values, flags and provenance.",
+    ),
 ]
 SAMPLE = 8
 
@@ -48,8 +53,10 @@ class EdgesConfig(Config):
 
 def _existing_dir(path: str, key: str) -> str:
     if not os.path.isdir(path):
-        raise Failure(description=f"partition {key!r}: directory {path} does not exist (moved or deleted?)",
-                      metadata={"directory": path})
+        raise Failure(
+            description=f"partition {key!r}: directory {path} does not exist (moved or deleted?)",
+            metadata={"directory": path},
+        )
     return path
 
 
@@ -58,18 +65,32 @@ def _report_path(roots: DatasetRoots, asset_name: str, key: str, run_id: str) ->
     return os.path.join(roots.previews(), asset_name, f"{safe}.{run_id[:8]}.report")
 
 
-def _features(context, config: FeaturesConfig, roots: DatasetRoots, teacher: Sam2Teacher, mode: str, directory: str,
-              asset_name: str) -> MaterializeResult:
+def _features(
+    context,
+    config: FeaturesConfig,
+    roots: DatasetRoots,
+    teacher: Sam2Teacher,
+    mode: str,
+    directory: str,
+    asset_name: str,
+) -> MaterializeResult:
     from npzfix_core import discovery, preview
-    from npzfix_core.feature_repair import FeatureRequest, run_features
+    from npzfix_core.feature_repair import FeatureRequest, default_decode_workers, run_features
     from npzfix_core.validate import check_features, sample
 
     key = context.partition_key
     req = FeatureRequest(
-        mode=mode, teacher=teacher.spec(), root=directory if mode == "bulk" else None,
-        extracted_dirs=(directory,) if mode == "train_test" else (), max_files=config.max_files,
-        batch_size=teacher.batch_size, workers=teacher.decode_workers, store_dtype=config.store_dtype,
-        force=config.force, dry_run=config.dry_run, durable=config.durable,
+        mode=mode,
+        teacher=teacher.spec(),
+        root=directory if mode == "bulk" else None,
+        extracted_dirs=(directory,) if mode == "train_test" else (),
+        max_files=config.max_files,
+        batch_size=teacher.batch_size,
+        workers=teacher.decode_workers or default_decode_workers(),
+        store_dtype=config.store_dtype,
+        force=config.force,
+        dry_run=config.dry_run,
+        durable=config.durable,
     )
     needs_model = not config.dry_run
     report = run_features(req, teacher=_LazyTeacher(teacher) if needs_model else None, progress=False)
@@ -97,20 +118,32 @@ class _LazyTeacher:
         return getattr(self._resource.get(), name)
 
 
-@asset(partitions_def=sa1b_dirs, check_specs=CHECKS("sa1b_features_fixed"), pool="gpu", group_name="sa1b",
-       kinds={"numpy", "pytorch"})
-def sa1b_features_fixed(context: AssetExecutionContext, config: FeaturesConfig, roots: DatasetRoots,
-                        teacher: Sam2Teacher) -> MaterializeResult:
+@asset(
+    partitions_def=sa1b_dirs,
+    check_specs=CHECKS("sa1b_features_fixed"),
+    pool="gpu",
+    group_name="sa1b",
+    kinds={"numpy", "pytorch"},
+)
+def sa1b_features_fixed(
+    context: AssetExecutionContext, config: FeaturesConfig, roots: DatasetRoots, teacher: Sam2Teacher
+) -> MaterializeResult:
     """Every SA-1B NPZ in this directory carries P4_S16/P5_S32 from the configured SAM2 teacher, with
     feature_flag=1 and the teacher's provenance (tool 1: bulk_fix_npz_features)."""
     directory = _existing_dir(sa1b_dir(roots.require("sa1b_root"), context.partition_key), context.partition_key)
     return _features(context, config, roots, teacher, "bulk", directory, "sa1b_features_fixed")
 
 
-@asset(partitions_def=train_test_splits, check_specs=CHECKS("train_test_features_fixed"), pool="gpu",
-       group_name="train_test", kinds={"numpy", "pytorch"})
-def train_test_features_fixed(context: AssetExecutionContext, config: FeaturesConfig, roots: DatasetRoots,
-                              teacher: Sam2Teacher) -> MaterializeResult:
+@asset(
+    partitions_def=train_test_splits,
+    check_specs=CHECKS("train_test_features_fixed"),
+    pool="gpu",
+    group_name="train_test",
+    kinds={"numpy", "pytorch"},
+)
+def train_test_features_fixed(
+    context: AssetExecutionContext, config: FeaturesConfig, roots: DatasetRoots, teacher: Sam2Teacher
+) -> MaterializeResult:
     """Every NPZ in <split>/extracted carries P4_S16/P5_S32 from the configured SAM2 teacher, computed from
     the image in <split>/, with feature_flag=1 (tool 3: fix_train_test_npz)."""
     key = context.partition_key
@@ -130,9 +163,19 @@ def edges_B_v1(context: AssetExecutionContext, config: EdgesConfig, roots: Datas
     key = context.partition_key
     directory = _existing_dir(sa1b_dir(roots.require("sa1b_root"), key), key)
     json_dir = roots.json_dir_for(key)
-    req = EdgeRequest(npz_dir=directory, json_dir=json_dir, kernel_size=config.kernel_size, max_files=config.max_files,
-                      skip_if_processed=config.skip_if_processed, set_flag=config.set_edge_flag, order=config.order,
-                      glob=config.glob, workers=config.workers, dry_run=config.dry_run, durable=config.durable)
+    req = EdgeRequest(
+        npz_dir=directory,
+        json_dir=json_dir,
+        kernel_size=config.kernel_size,
+        max_files=config.max_files,
+        skip_if_processed=config.skip_if_processed,
+        set_flag=config.set_edge_flag,
+        order=config.order,
+        glob=config.glob,
+        workers=config.workers,
+        dry_run=config.dry_run,
+        durable=config.durable,
+    )
     report = run_edges(req, progress=False)
     base = _report_path(roots, "edges_B_v1", key, context.run.run_id)
     json_path, _ = report.write(base)

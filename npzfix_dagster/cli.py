@@ -27,10 +27,15 @@ def cmd_partitions(args) -> int:
     instance = DagsterInstance.get()
     if args.action == "sync":
         if not sa1b and not tt:
-            raise core_cli.UsageError("nothing to sync: set NPZFIX_SA1B_ROOT / NPZFIX_TRAIN_TEST_ROOT or pass the roots")
+            raise core_cli.UsageError(
+                "nothing to sync: set NPZFIX_SA1B_ROOT / NPZFIX_TRAIN_TEST_ROOT or pass the roots"
+            )
         added = partitions.sync(instance, sa1b, tt)
         for name, keys in added.items():
-            print(f"{name}: added {len(keys)}" + (f" ({', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''})" if keys else ""))
+            print(
+                f"{name}: added {len(keys)}"
+                + (f" ({', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''})" if keys else "")
+            )
     for name in (partitions.sa1b_dirs.name, partitions.train_test_splits.name):
         keys = instance.get_dynamic_partitions(name)
         if args.action == "list" or args.verbose:

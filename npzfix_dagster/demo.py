@@ -22,12 +22,24 @@ def _generate(data: str) -> tuple[str, str]:
     sa1b, tt = os.path.join(data, "sa1b"), os.path.join(data, "train_test")
     sizes = ((480, 720), (720, 480), (300, 300), (64, 96))
     for i, shard in enumerate(("sa_000000", "sa_000001")):
-        synth.generate(os.path.join(sa1b, shard), synth.SynthSpec(
-            n=6, seed=i, sizes=sizes, masks=40, feature_hw=16,
-            states=("fresh", "no_edges", "with_256", "flagged", "stale", "corrupt" if i else "with_256")))
+        synth.generate(
+            os.path.join(sa1b, shard),
+            synth.SynthSpec(
+                n=6,
+                seed=i,
+                sizes=sizes,
+                masks=40,
+                feature_hw=16,
+                states=("fresh", "no_edges", "with_256", "flagged", "stale", "corrupt" if i else "with_256"),
+            ),
+        )
     for i, split in enumerate(("train_1200", "test")):
-        synth.generate(os.path.join(tt, split), synth.SynthSpec(n=4, seed=10 + i, sizes=sizes, masks=10, feature_hw=16,
-                                                               states=("fresh", "no_edges"), prefix=f"{split}_"))
+        synth.generate(
+            os.path.join(tt, split),
+            synth.SynthSpec(
+                n=4, seed=10 + i, sizes=sizes, masks=10, feature_hw=16, states=("fresh", "no_edges"), prefix=f"{split}_"
+            ),
+        )
     return sa1b, tt
 
 
@@ -43,11 +55,21 @@ def main() -> int:
     os.makedirs(home)
     shutil.copy(os.path.join(REPO, "deploy", "dagster.yaml"), os.path.join(home, "dagster.yaml"))
     sa1b, tt = _generate(data)
-    env = dict(os.environ, DAGSTER_HOME=home, NPZFIX_SA1B_ROOT=sa1b, NPZFIX_TRAIN_TEST_ROOT=tt,
-               NPZFIX_RANDOM_INIT_SEED="0", NPZFIX_RESOLUTION=str(a.resolution), NPZFIX_DEVICE="auto")
+    env = dict(
+        os.environ,
+        DAGSTER_HOME=home,
+        NPZFIX_SA1B_ROOT=sa1b,
+        NPZFIX_TRAIN_TEST_ROOT=tt,
+        NPZFIX_RANDOM_INIT_SEED="0",
+        NPZFIX_RESOLUTION=str(a.resolution),
+        NPZFIX_DEVICE="auto",
+    )
     bindir = os.path.dirname(sys.executable)
-    print(f"demo data: {data}\nDagster instance: {home}\nteacher: RANDOMLY INITIALISED SAM2 Hiera-tiny (seed 0), "
-          f"input {a.resolution}: a demo of the machinery, not real SAM2 features\n", flush=True)
+    print(
+        f"demo data: {data}\nDagster instance: {home}\nteacher: RANDOMLY INITIALISED SAM2 Hiera-tiny (seed 0), "
+        f"input {a.resolution}: a demo of the machinery, not real SAM2 features\n",
+        flush=True,
+    )
     subprocess.run([os.path.join(bindir, "npzfix"), "partitions", "sync", "-v"], env=env, check=True)
     from dagster import DagsterInstance
 
@@ -57,8 +79,17 @@ def main() -> int:
     runs += [("train_test_features_fixed", k) for k in instance.get_dynamic_partitions("train_test_splits")]
     status = 0
     for select, key in runs:
-        cmd = [os.path.join(bindir, "dagster"), "asset", "materialize", "-m", "npzfix_dagster.definitions",
-               "--select", select, "--partition", key]
+        cmd = [
+            os.path.join(bindir, "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "npzfix_dagster.definitions",
+            "--select",
+            select,
+            "--partition",
+            key,
+        ]
         print("$ " + " ".join(cmd), flush=True)
         p = subprocess.run(cmd, env=env, capture_output=True, text=True)
         status |= p.returncode
@@ -68,8 +99,10 @@ def main() -> int:
         if p.returncode:
             print(f"   exit status {p.returncode} (failed files are recorded; see the asset checks)")
     print(f"\nreports and preview images: {os.path.join(home, 'npzfix_previews')}")
-    print(f"explore: DAGSTER_HOME={home} NPZFIX_SA1B_ROOT={sa1b} NPZFIX_TRAIN_TEST_ROOT={tt} "
-          f"NPZFIX_RANDOM_INIT_SEED=0 NPZFIX_RESOLUTION={a.resolution} {bindir}/dagster dev -h 127.0.0.1 -p 3000")
+    print(
+        f"explore: DAGSTER_HOME={home} NPZFIX_SA1B_ROOT={sa1b} NPZFIX_TRAIN_TEST_ROOT={tt} "
+        f"NPZFIX_RANDOM_INIT_SEED=0 NPZFIX_RESOLUTION={a.resolution} {bindir}/dagster dev -h 127.0.0.1 -p 3000"
+    )
     print("the corrupt file in sa_000001 is on purpose: it shows up as a failure and a failing 'no_failed_files' check")
     return 0
 

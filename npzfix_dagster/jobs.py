@@ -1,6 +1,5 @@
 """Jobs: the asset jobs the sensors and schedules launch, and tool 2 (sample-list repair) as a job."""
 
-
 from typing import List, Optional
 
 from dagster import AssetSelection, Config, Failure, OpExecutionContext, Output, define_asset_job, job, op
@@ -8,10 +7,16 @@ from dagster import AssetSelection, Config, Failure, OpExecutionContext, Output,
 from npzfix_dagster import metadata
 from npzfix_dagster.resources import Sam2Teacher
 
-sa1b_job = define_asset_job("sa1b_job", selection=AssetSelection.assets("sa1b_features_fixed", "edges_B_v1"),
-                            description="Features and edges for one SA-1B directory.")
-train_test_job = define_asset_job("train_test_job", selection=AssetSelection.assets("train_test_features_fixed"),
-                                  description="Features for one train/test split.")
+sa1b_job = define_asset_job(
+    "sa1b_job",
+    selection=AssetSelection.assets("sa1b_features_fixed", "edges_B_v1"),
+    description="Features and edges for one SA-1B directory.",
+)
+train_test_job = define_asset_job(
+    "train_test_job",
+    selection=AssetSelection.assets("train_test_features_fixed"),
+    description="Features for one train/test split.",
+)
 
 
 class SampleListConfig(Config):
@@ -27,11 +32,19 @@ class SampleListConfig(Config):
 
 @op(pool="gpu", description="Recompute P4_S16, P5_S32 and IMAGE_EMB_S16 for the images of a sample list (no flag).")
 def fix_from_sample_list(context: OpExecutionContext, config: SampleListConfig, teacher: Sam2Teacher):
-    from npzfix_core.feature_repair import FeatureRequest, run_features
+    from npzfix_core.feature_repair import FeatureRequest, default_decode_workers, run_features
 
-    req = FeatureRequest(mode="samples", teacher=teacher.spec(), samples=config.samples, npz_dirs=tuple(config.npz_dirs),
-                         max_files=config.max_images, batch_size=teacher.batch_size, workers=teacher.decode_workers,
-                         store_dtype=config.store_dtype, dry_run=config.dry_run)
+    req = FeatureRequest(
+        mode="samples",
+        teacher=teacher.spec(),
+        samples=config.samples,
+        npz_dirs=tuple(config.npz_dirs),
+        max_files=config.max_images,
+        batch_size=teacher.batch_size,
+        workers=teacher.decode_workers or default_decode_workers(),
+        store_dtype=config.store_dtype,
+        dry_run=config.dry_run,
+    )
     try:
         req.validate()
     except (ValueError, FileNotFoundError) as exc:

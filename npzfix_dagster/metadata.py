@@ -66,8 +66,11 @@ def no_failures_check(report: RunReport) -> AssetCheckResult:
         check_name="no_failed_files",
         passed=report.counts["failed"] == 0,
         severity=AssetCheckSeverity.ERROR,
-        metadata={"failed": report.counts["failed"], "missing_source": report.counts["missing_source"],
-                  "failures": MetadataValue.md(_md_table(report.failures, ["path", "status", "reason"]))},
+        metadata={
+            "failed": report.counts["failed"],
+            "missing_source": report.counts["missing_source"],
+            "failures": MetadataValue.md(_md_table(report.failures, ["path", "status", "reason"])),
+        },
     )
 
 
@@ -76,6 +79,9 @@ def sample_check(result: CheckResult) -> AssetCheckResult:
         check_name="sample_valid",
         passed=result.passed,
         severity=AssetCheckSeverity.ERROR,
-        metadata={"checked": result.checked, "problems": len(result.problems),
-                  "details": MetadataValue.md(_md_table(result.problems, ["path", "problem"]))},
+        metadata={
+            "checked": result.checked,
+            "problems": len(result.problems),
+            "details": MetadataValue.md(_md_table(result.problems, ["path", "problem"])),
+        },
     )

@@ -26,7 +26,9 @@ def discover(sa1b_root: str | None, train_test_root: str | None) -> dict[str, li
 
     return {
         sa1b_dirs.name: discovery.dataset_dirs(sa1b_root) if sa1b_root and os.path.isdir(sa1b_root) else [],
-        train_test_splits.name: discovery.split_dirs(train_test_root) if train_test_root and os.path.isdir(train_test_root) else [],
+        train_test_splits.name: discovery.split_dirs(train_test_root)
+        if train_test_root and os.path.isdir(train_test_root)
+        else [],
     }
 
 

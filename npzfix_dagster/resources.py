@@ -7,7 +7,6 @@ NPZFIX_SAM2_CONFIG, NPZFIX_DEVICE, NPZFIX_GPUS, NPZFIX_PRECISION,
 NPZFIX_BATCH_SIZE, NPZFIX_RESOLUTION, NPZFIX_RANDOM_INIT_SEED, NPZFIX_PREVIEW_DIR.
 """
 
-
 import os
 from typing import Optional
 
@@ -50,7 +49,7 @@ class Sam2Teacher(ConfigurableResource):
     batch_size: int = 0  # 0: 1 on CPU, 8 on GPU
     resolution: Optional[int] = None
     random_init_seed: Optional[int] = None
-    decode_workers: int = 2
+    decode_workers: int = 0  # 0: the host's cores - 1 (2..16)
 
     _teacher: object = PrivateAttr(default=None)
 
@@ -59,8 +58,14 @@ class Sam2Teacher(ConfigurableResource):
         from npzfix_core.teacher import TeacherSpec
 
         device = devices.resolve(self.device, self.gpus) if resolve_device else "cpu"
-        return TeacherSpec(weights=self.weights, config=self.config, random_init_seed=self.random_init_seed,
-                           device=device, precision=self.precision, resolution=self.resolution)
+        return TeacherSpec(
+            weights=self.weights,
+            config=self.config,
+            random_init_seed=self.random_init_seed,
+            device=device,
+            precision=self.precision,
+            resolution=self.resolution,
+        )
 
     def provenance(self) -> dict:
         from npzfix_core.teacher import provenance
@@ -85,15 +90,27 @@ def _env(name: str, cast=str):
 
 
 def roots_from_env() -> DatasetRoots:
-    return DatasetRoots(sa1b_root=_env("NPZFIX_SA1B_ROOT"), json_root=_env("NPZFIX_JSON_ROOT"),
-                        train_test_root=_env("NPZFIX_TRAIN_TEST_ROOT"), preview_dir=_env("NPZFIX_PREVIEW_DIR"))
+    return DatasetRoots(
+        sa1b_root=_env("NPZFIX_SA1B_ROOT"),
+        json_root=_env("NPZFIX_JSON_ROOT"),
+        train_test_root=_env("NPZFIX_TRAIN_TEST_ROOT"),
+        preview_dir=_env("NPZFIX_PREVIEW_DIR"),
+    )
 
 
 def teacher_from_env() -> Sam2Teacher:
-    kw = dict(weights=_env("NPZFIX_SAM2_WEIGHTS"), config=_env("NPZFIX_SAM2_CONFIG"), gpus=_env("NPZFIX_GPUS"),
-              resolution=_env("NPZFIX_RESOLUTION", int), random_init_seed=_env("NPZFIX_RANDOM_INIT_SEED", int))
-    for name, key, cast in (("NPZFIX_DEVICE", "device", str), ("NPZFIX_PRECISION", "precision", str),
-                            ("NPZFIX_BATCH_SIZE", "batch_size", int)):
+    kw = dict(
+        weights=_env("NPZFIX_SAM2_WEIGHTS"),
+        config=_env("NPZFIX_SAM2_CONFIG"),
+        gpus=_env("NPZFIX_GPUS"),
+        resolution=_env("NPZFIX_RESOLUTION", int),
+        random_init_seed=_env("NPZFIX_RANDOM_INIT_SEED", int),
+    )
+    for name, key, cast in (
+        ("NPZFIX_DEVICE", "device", str),
+        ("NPZFIX_PRECISION", "precision", str),
+        ("NPZFIX_BATCH_SIZE", "batch_size", int),
+    ):
         if _env(name) is not None:
             kw[key] = _env(name, cast)
     return Sam2Teacher(**kw)

@@ -1,6 +1,5 @@
 """Daily re-check: request runs for partitions whose files are not all flagged done."""
 
-
 import os
 
 from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, schedule

@@ -7,7 +7,6 @@ whose set of NPZ names is unchanged (e.g. our own in-place rewrites) requests
 nothing.
 """
 
-
 import json
 import os
 
@@ -45,8 +44,13 @@ def _scan(root: str, state: dict, is_split_root: bool) -> tuple[dict, dict[str, 
     for _ in discovery.walk_dirs(root, children):
         pass
     if is_split_root:  # partitions are <split>, the NPZs live in <split>/extracted
-        changed = {os.path.dirname(k): v for k, v in changed.items()
-                   if os.path.basename(k) == "extracted" and os.path.dirname(k) not in ("", ".") and "/" not in os.path.dirname(k)}
+        changed = {
+            os.path.dirname(k): v
+            for k, v in changed.items()
+            if os.path.basename(k) == "extracted"
+            and os.path.dirname(k) not in ("", ".")
+            and "/" not in os.path.dirname(k)
+        }
     return new_state, changed
 
 
@@ -64,8 +68,12 @@ def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, jo
         new_state[rel] = {**new_state[rel], "sig": cursor["dirs"].get(rel, {}).get("sig"), "m": -1}
     known = set(context.instance.get_dynamic_partitions(partitions_def.name))
     add = [k for k in keys if k not in known]
-    runs = [RunRequest(run_key=f"{k}@{changed[k]}", partition_key=k, job_name=job_name,
-                       tags={"npzfix/trigger": "new files"}) for k in keys]
+    runs = [
+        RunRequest(
+            run_key=f"{k}@{changed[k]}", partition_key=k, job_name=job_name, tags={"npzfix/trigger": "new files"}
+        )
+        for k in keys
+    ]
     return SensorResult(
         run_requests=runs,
         dynamic_partitions_requests=[partitions_def.build_add_request(add)] if add else [],
@@ -73,13 +81,21 @@ def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, jo
     )
 
 
-@sensor(jobs=[sa1b_job], minimum_interval_seconds=60, default_status=DefaultSensorStatus.STOPPED,
-        description="Adds a partition for each new SA-1B directory holding NPZs and materializes features and edges.")
+@sensor(
+    jobs=[sa1b_job],
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.STOPPED,
+    description="Adds a partition for each new SA-1B directory holding NPZs and materializes features and edges.",
+)
 def sa1b_new_dirs_sensor(context: SensorEvaluationContext, roots: DatasetRoots):
     return _tick(context, roots.sa1b_root, sa1b_dirs, sa1b_job.name, is_split_root=False)
 
 
-@sensor(jobs=[train_test_job], minimum_interval_seconds=60, default_status=DefaultSensorStatus.STOPPED,
-        description="Adds a partition for each new <split>/extracted and materializes its features.")
+@sensor(
+    jobs=[train_test_job],
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.STOPPED,
+    description="Adds a partition for each new <split>/extracted and materializes its features.",
+)
 def train_test_new_splits_sensor(context: SensorEvaluationContext, roots: DatasetRoots):
     return _tick(context, roots.train_test_root, train_test_splits, train_test_job.name, is_split_root=True)

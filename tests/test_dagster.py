@@ -11,7 +11,15 @@ import urllib.request
 
 import numpy as np
 import pytest
-from dagster import (AssetKey, DagsterInstance, Definitions, build_schedule_context, build_sensor_context, instance_for_test, materialize)
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    build_schedule_context,
+    build_sensor_context,
+    instance_for_test,
+    materialize,
+)
 
 from conftest import BIN, NPZFIX, sha
 from npzfix_core import store, synth
@@ -33,31 +41,43 @@ def instance(tmp_path):
 
 
 def _shard(root, name, n=4, states=("fresh", "with_256", "flagged", "stale"), seed=0):
-    return synth.generate(os.path.join(root, name), synth.SynthSpec(n=n, seed=seed, sizes=((120, 160), (300, 260)), masks=12,
-                                                                   states=states, feature_hw=RES // 16))
+    return synth.generate(
+        os.path.join(root, name),
+        synth.SynthSpec(n=n, seed=seed, sizes=((120, 160), (300, 260)), masks=12, states=states, feature_hw=RES // 16),
+    )
 
 
 def _resources(tmp_path, sa1b=None, tt=None):
-    return {"roots": DatasetRoots(sa1b_root=sa1b, train_test_root=tt, preview_dir=str(tmp_path / "previews")), "teacher": TEACHER}
+    return {
+        "roots": DatasetRoots(sa1b_root=sa1b, train_test_root=tt, preview_dir=str(tmp_path / "previews")),
+        "teacher": TEACHER,
+    }
 
 
 def _md(result, asset):
-    mats = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()
-            if e.event_specific_data.materialization.asset_key == AssetKey(asset)]
+    mats = [
+        e.event_specific_data.materialization
+        for e in result.get_asset_materialization_events()
+        if e.event_specific_data.materialization.asset_key == AssetKey(asset)
+    ]
     return mats[-1].metadata
 
 
 def _check_results(result):
-    return {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
-            for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    return {
+        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
 
 
 def test_edges_asset_materializes_partition_with_metadata_and_checks(tmp_path, instance):
     root = str(tmp_path / "sa1b")
     res = _shard(root, "sa_000001", states=("fresh", "with_256", "corrupt", "stale"))
     instance.add_dynamic_partitions("sa1b_dirs", ["sa_000001/extracted"])
-    result = materialize([edges_B_v1], partition_key="sa_000001/extracted", instance=instance,
-                         resources=_resources(tmp_path, sa1b=root))
+    result = materialize(
+        [edges_B_v1], partition_key="sa_000001/extracted", instance=instance, resources=_resources(tmp_path, sa1b=root)
+    )
     assert result.success  # failures are recorded, not raised
     md = _md(result, "edges_B_v1")
     assert md["seen"].value == 4 and md["updated"].value == 3 and md["failed"].value == 1
@@ -104,7 +124,9 @@ def test_feature_assets_and_vanished_directory(tmp_path, instance):
     result = materialize([train_test_features_fixed], partition_key="train_1200", instance=instance, resources=r)
     assert _md(result, "train_test_features_fixed")["updated"].value == 2
     assert _check_results(result) == {"no_failed_files": True, "sample_valid": True}
-    result = materialize([edges_B_v1], partition_key="gone/extracted", instance=instance, resources=r, raise_on_error=False)
+    result = materialize(
+        [edges_B_v1], partition_key="gone/extracted", instance=instance, resources=r, raise_on_error=False
+    )
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
     assert "does not exist" in str(failure.event_specific_data.error)
@@ -117,16 +139,23 @@ def test_sample_list_job(tmp_path, instance):
     lst.write_text("\n".join(images))
     defs = Definitions(jobs=[sample_list_job], resources={"teacher": TEACHER})
     result = defs.get_job_def("sample_list_job").execute_in_process(
-        instance=instance, run_config={"ops": {"fix_from_sample_list": {"config": {
-            "samples": str(lst), "npz_dirs": [res.root], "max_images": 2}}}})
+        instance=instance,
+        run_config={
+            "ops": {"fix_from_sample_list": {"config": {"samples": str(lst), "npz_dirs": [res.root], "max_images": 2}}}
+        },
+    )
     assert result.success and result.output_for_node("fix_from_sample_list") == 2
     flagged = [("feature_flag" in store.inspect(p), "feature_provenance" in store.inspect(p)) for p in res.npz]
     assert flagged == [(False, True), (False, True), (False, False)]
 
 
 def _sensor_defs(root):
-    return Definitions(assets=[sa1b_features_fixed, edges_B_v1], jobs=[sa1b_job], sensors=[sa1b_new_dirs_sensor],
-                       resources={"roots": DatasetRoots(sa1b_root=root), "teacher": TEACHER})
+    return Definitions(
+        assets=[sa1b_features_fixed, edges_B_v1],
+        jobs=[sa1b_job],
+        sensors=[sa1b_new_dirs_sensor],
+        resources={"roots": DatasetRoots(sa1b_root=root), "teacher": TEACHER},
+    )
 
 
 def test_sensor_adds_partitions_and_requests_runs_once(tmp_path, instance):
@@ -135,8 +164,9 @@ def test_sensor_adds_partitions_and_requests_runs_once(tmp_path, instance):
     defs = _sensor_defs(root)
 
     def tick(cursor):
-        ctx = build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
-                                   resources={"roots": DatasetRoots(sa1b_root=root)})
+        ctx = build_sensor_context(
+            instance=instance, cursor=cursor, definitions=defs, resources={"roots": DatasetRoots(sa1b_root=root)}
+        )
         return sa1b_new_dirs_sensor(ctx)
 
     r1 = tick(None)
@@ -174,9 +204,18 @@ def test_schedule_requests_partitions_not_done(tmp_path):
 def _env(tmp_path, root):
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    (home / "dagster.yaml").write_text(open(os.path.join(os.path.dirname(__file__), "..", "deploy", "dagster.yaml")).read())
-    return dict(os.environ, DAGSTER_HOME=str(home), NPZFIX_SA1B_ROOT=root, NPZFIX_RANDOM_INIT_SEED="0",
-                NPZFIX_RESOLUTION=str(RES), NPZFIX_DEVICE="cpu", NPZFIX_PREVIEW_DIR=str(tmp_path / "previews"))
+    (home / "dagster.yaml").write_text(
+        open(os.path.join(os.path.dirname(__file__), "..", "deploy", "dagster.yaml")).read()
+    )
+    return dict(
+        os.environ,
+        DAGSTER_HOME=str(home),
+        NPZFIX_SA1B_ROOT=root,
+        NPZFIX_RANDOM_INIT_SEED="0",
+        NPZFIX_RESOLUTION=str(RES),
+        NPZFIX_DEVICE="cpu",
+        NPZFIX_PREVIEW_DIR=str(tmp_path / "previews"),
+    )
 
 
 def test_cli_partitions_sync_and_dagster_asset_materialize(tmp_path):
@@ -186,8 +225,17 @@ def test_cli_partitions_sync_and_dagster_asset_materialize(tmp_path):
     p = subprocess.run([NPZFIX, "partitions", "sync"], env=env, capture_output=True, text=True)
     assert p.returncode == 0 and "sa1b_dirs: added 1 (extracted)" in p.stdout, p.stdout + p.stderr
     before = [sha(q) for q in res.npz]
-    cmd = [os.path.join(BIN, "dagster"), "asset", "materialize", "-m", "npzfix_dagster.definitions",
-           "--select", "edges_B_v1", "--partition", "extracted"]
+    cmd = [
+        os.path.join(BIN, "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "npzfix_dagster.definitions",
+        "--select",
+        "edges_B_v1",
+        "--partition",
+        "extracted",
+    ]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert all(sha(q) != b for q, b in zip(res.npz, before))
@@ -214,15 +262,32 @@ def _free_port():
 def test_dagster_dev_serves_ui_and_graphql(tmp_path):
     env = _env(tmp_path, str(tmp_path))
     port = _free_port()
-    proc = subprocess.Popen([os.path.join(BIN, "dagster"), "dev", "-w", os.path.join(os.path.dirname(__file__), "..", "workspace.yaml"),
-                             "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            os.path.join(BIN, "dagster"),
+            "dev",
+            "-w",
+            os.path.join(os.path.dirname(__file__), "..", "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline, body = time.time() + 120, None
         while time.time() < deadline:
             try:
-                q = json.dumps({"query": "{ version repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }"}).encode()
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=q, headers={"Content-Type": "application/json"})
+                q = json.dumps(
+                    {"query": "{ version repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }"}
+                ).encode()
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/graphql", data=q, headers={"Content-Type": "application/json"}
+                )
                 body = json.loads(urllib.request.urlopen(req, timeout=5).read())
                 if body.get("data", {}).get("repositoriesOrError", {}).get("nodes"):
                     break
@@ -242,12 +307,14 @@ def test_dagster_dev_serves_ui_and_graphql(tmp_path):
 
 def test_dagster_selection_grammar_and_sam2_hydra_share_a_process():
     """Dagster's selection parser needs ANTLR 4.13, hydra (sam2) needs 4.9: both must work in one process."""
-    code = ("import npzfix_dagster.definitions\n"
-            "from dagster import AssetSelection\n"
-            "s = AssetSelection.from_string('key:edges_B_v1 or key:sa1b_features_fixed')\n"
-            "from npzfix_core.teacher import TeacherSpec, build\n"
-            "t = build(TeacherSpec(random_init_seed=0, resolution=64))\n"
-            "s2 = AssetSelection.from_string('edges_B_v1')\n"
-            "print('ok', t.resolution)\n")
+    code = (
+        "import npzfix_dagster.definitions\n"
+        "from dagster import AssetSelection\n"
+        "s = AssetSelection.from_string('key:edges_B_v1 or key:sa1b_features_fixed')\n"
+        "from npzfix_core.teacher import TeacherSpec, build\n"
+        "t = build(TeacherSpec(random_init_seed=0, resolution=64))\n"
+        "s2 = AssetSelection.from_string('edges_B_v1')\n"
+        "print('ok', t.resolution)\n"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "ok 64", p.stdout + p.stderr[-2000:]

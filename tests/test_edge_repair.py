@@ -63,7 +63,9 @@ def _legacy(path, version="B_v1"):
 
 
 def test_skip_if_processed_uses_version_and_kernel(tmp_path):
-    res = synth.generate(tmp_path / "s", synth.SynthSpec(n=4, seed=1, sizes=((80, 90),), masks=8, states=("fresh",), feature_hw=4))
+    res = synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=4, seed=1, sizes=((80, 90),), masks=8, states=("fresh",), feature_hw=4)
+    )
     a, b, c, d = res.npz
     _legacy(a)  # original tool, B_v1, no provenance: counts as kernel 3
     _legacy(b, "A_v0")  # stale rule: redo
@@ -80,7 +82,9 @@ def test_skip_if_processed_uses_version_and_kernel(tmp_path):
 
 
 def test_max_files_counts_only_updates_and_dry_run_writes_nothing(tmp_path):
-    res = synth.generate(tmp_path / "s", synth.SynthSpec(n=7, seed=2, sizes=((50, 60),), masks=5, states=("fresh",), feature_hw=4))
+    res = synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=7, seed=2, sizes=((50, 60),), masks=5, states=("fresh",), feature_hw=4)
+    )
     ext = os.path.dirname(res.npz[0])
     digests = [sha(p) for p in res.npz]
     run_cli("edges", "--npz-dir", ext, "--dry-run", "--skip-if-processed", check_rc=0)
@@ -92,7 +96,10 @@ def test_max_files_counts_only_updates_and_dry_run_writes_nothing(tmp_path):
 
 
 def test_workers_order_glob_and_json_dir(tmp_path):
-    res = synth.generate(tmp_path / "s", synth.SynthSpec(n=6, seed=3, sizes=((70, 90), (260, 300)), masks=10, states=("fresh",), feature_hw=4))
+    res = synth.generate(
+        tmp_path / "s",
+        synth.SynthSpec(n=6, seed=3, sizes=((70, 90), (260, 300)), masks=10, states=("fresh",), feature_hw=4),
+    )
     ext = os.path.dirname(res.npz[0])
     jdir = tmp_path / "json"
     jdir.mkdir()
@@ -101,7 +108,20 @@ def test_workers_order_glob_and_json_dir(tmp_path):
             os.rename(os.path.join(res.root, f), jdir / f)
     p = run_cli("edges", "--npz-dir", ext, check_rc=0)
     assert "missing source 6" in p.stdout  # JSON moved away from the default places
-    p = run_cli("edges", "--npz-dir", ext, "--json-dir", jdir, "--workers", "2", "--order", "mtime", "--glob", "*00[0-3]_features.npz", check_rc=0)
+    p = run_cli(
+        "edges",
+        "--npz-dir",
+        ext,
+        "--json-dir",
+        jdir,
+        "--workers",
+        "2",
+        "--order",
+        "mtime",
+        "--glob",
+        "*00[0-3]_features.npz",
+        check_rc=0,
+    )
     assert "updated 4" in p.stdout
     for path in res.npz:
         has = "edge_flag" in store.inspect(path)
@@ -116,7 +136,9 @@ def test_usage_errors_exit_2(tmp_path):
 
 
 def test_each_kind_of_bad_input_is_a_reported_failure(tmp_path):
-    res = synth.generate(tmp_path / "s", synth.SynthSpec(n=7, seed=4, sizes=((40, 50),), masks=4, states=("fresh",), feature_hw=4))
+    res = synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=7, seed=4, sizes=((40, 50),), masks=4, states=("fresh",), feature_hw=4)
+    )
     ext = os.path.dirname(res.npz[0])
     jsons = [os.path.join(res.root, os.path.basename(p).replace("_features.npz", ".json")) for p in res.npz]
     open(jsons[0], "w").write("{not json")
@@ -133,7 +155,14 @@ def test_each_kind_of_bad_input_is_a_reported_failure(tmp_path):
     run_cli("edges", "--npz-dir", ext, "--report", rep, check_rc=1)
     r = json.load(open(rep))
     reasons = {os.path.basename(f["path"])[-18:-13]: f["reason"] for f in r["failures"]}
-    assert r["counts"] == {"updated": 1, "would_update": 0, "skipped_done": 0, "skipped_legacy": 0, "missing_source": 1, "failed": 5}
+    assert r["counts"] == {
+        "updated": 1,
+        "would_update": 0,
+        "skipped_done": 0,
+        "skipped_legacy": 0,
+        "missing_source": 1,
+        "failed": 5,
+    }
     text = " | ".join(reasons.values())
     for needle in ("malformed JSON", "disagrees with image size", "no JSON", "pickle", "not a readable NPZ"):
         assert needle in text, text
@@ -142,7 +171,9 @@ def test_each_kind_of_bad_input_is_a_reported_failure(tmp_path):
 
 
 def test_unwritable_directory(tmp_path, monkeypatch):
-    res = synth.generate(tmp_path / "s", synth.SynthSpec(n=2, seed=5, sizes=((40, 50),), masks=4, states=("fresh",), feature_hw=4))
+    res = synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=2, seed=5, sizes=((40, 50),), masks=4, states=("fresh",), feature_hw=4)
+    )
     digests = [sha(p) for p in res.npz]
 
     def denied(*a, **k):
@@ -157,7 +188,9 @@ def test_unwritable_directory(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root bypasses directory permissions")
 def test_unwritable_directory_for_real(tmp_path):
-    res = synth.generate(tmp_path / "s", synth.SynthSpec(n=2, seed=5, sizes=((40, 50),), masks=4, states=("fresh",), feature_hw=4))
+    res = synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=2, seed=5, sizes=((40, 50),), masks=4, states=("fresh",), feature_hw=4)
+    )
     ext = os.path.dirname(res.npz[0])
     os.chmod(ext, 0o555)
     try:
@@ -169,7 +202,9 @@ def test_unwritable_directory_for_real(tmp_path):
 
 def test_file_size_limit_mid_write_is_a_failure_not_damage(tmp_path):
     """A real write error from the kernel (RLIMIT_FSIZE -> EFBIG), as a full disk would give."""
-    res = synth.generate(tmp_path / "s", synth.SynthSpec(n=3, seed=6, sizes=((40, 50),), masks=4, states=("fresh",), feature_hw=16))
+    res = synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=3, seed=6, sizes=((40, 50),), masks=4, states=("fresh",), feature_hw=16)
+    )
     digests = [sha(p) for p in res.npz]
     limit = os.path.getsize(res.npz[0]) // 2
 
@@ -177,7 +212,9 @@ def test_file_size_limit_mid_write_is_a_failure_not_damage(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    p = subprocess.run([NPZFIX, "edges", "--npz-dir", os.path.dirname(res.npz[0])], capture_output=True, text=True, preexec_fn=cap)
+    p = subprocess.run(
+        [NPZFIX, "edges", "--npz-dir", os.path.dirname(res.npz[0])], capture_output=True, text=True, preexec_fn=cap
+    )
     assert p.returncode == 1 and "failed 3" in p.stdout and "I/O error" in p.stdout
     assert [sha(q) for q in res.npz] == digests
     assert temp_files(os.path.dirname(res.npz[0])) == []
@@ -185,11 +222,17 @@ def test_file_size_limit_mid_write_is_a_failure_not_damage(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_leaves_old_or_new_and_rerun_finishes(tmp_path):
-    res = synth.generate(tmp_path / "s", synth.SynthSpec(n=40, seed=8, sizes=((400, 600),), masks=30, states=("fresh",), feature_hw=32))
+    res = synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=40, seed=8, sizes=((400, 600),), masks=30, states=("fresh",), feature_hw=32)
+    )
     ext = os.path.dirname(res.npz[0])
     old = {p: sha(p) for p in res.npz}
     for delay in (0.4, 0.7, 1.0, 1.3):
-        proc = subprocess.Popen([NPZFIX, "edges", "--npz-dir", ext, "--skip-if-processed"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [NPZFIX, "edges", "--npz-dir", ext, "--skip-if-processed"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -204,7 +247,9 @@ def test_kill_9_leaves_old_or_new_and_rerun_finishes(tmp_path):
 
 
 def test_check_command_finds_a_tampered_edge_map(tmp_path):
-    res = synth.generate(tmp_path / "s", synth.SynthSpec(n=3, seed=9, sizes=((90, 120),), masks=6, states=("fresh",), feature_hw=4))
+    res = synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=3, seed=9, sizes=((90, 120),), masks=6, states=("fresh",), feature_hw=4)
+    )
     ext = os.path.dirname(res.npz[0])
     run_cli("check", "edges", "--npz-dir", ext, check_rc=1)  # nothing repaired yet: flags missing
     run_cli("edges", "--npz-dir", ext, check_rc=0)

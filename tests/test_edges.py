@@ -8,8 +8,23 @@ from pycocotools import mask as mask_utils
 from npzfix_core import synth
 from npzfix_core.edges import ImageAnnotations, _area_support, method_b, method_b_reference
 
-SIZES = [(1, 1), (1, 7), (7, 1), (2, 2), (5, 300), (300, 5), (31, 33), (100, 100), (255, 257),
-         (256, 256), (257, 1000), (512, 512), (333, 3000), (768, 1024), (1500, 2250)]
+SIZES = [
+    (1, 1),
+    (1, 7),
+    (7, 1),
+    (2, 2),
+    (5, 300),
+    (300, 5),
+    (31, 33),
+    (100, 100),
+    (255, 257),
+    (256, 256),
+    (257, 1000),
+    (512, 512),
+    (333, 3000),
+    (768, 1024),
+    (1500, 2250),
+]
 
 
 def _ann(h, w, n, seed):

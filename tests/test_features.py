@@ -35,8 +35,12 @@ def _reference_model(seed, ckpt=None):
     from sam2.build_sam import build_sam2
 
     torch.manual_seed(seed)
-    return build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt, device="cpu",
-                      hydra_overrides_extra=["++model.image_encoder.scalp=0"])
+    return build_sam2(
+        "configs/sam2.1/sam2.1_hiera_t.yaml",
+        ckpt,
+        device="cpu",
+        hydra_overrides_extra=["++model.image_encoder.scalp=0"],
+    )
 
 
 def reference(model, image_path, res=RES):
@@ -47,14 +51,18 @@ def reference(model, image_path, res=RES):
     img = np.array(Image.open(image_path).convert("RGB"))
     x = torch.from_numpy(img.transpose(2, 0, 1).copy()).float().div(255)
     x = F.interpolate(x[None], size=(res, res), mode="bilinear", align_corners=False, antialias=True)
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1
+    )
     with torch.no_grad():
         fpn = model.image_encoder(x)["backbone_fpn"]
     return fpn[2].numpy(), fpn[3].numpy()
 
 
 def _shard(tmp_path, n=5, states=("fresh",), seed=0, sizes=((120, 180), (64, 64), (200, 90)), name="shard"):
-    return synth.generate(tmp_path / name, synth.SynthSpec(n=n, seed=seed, sizes=sizes, masks=3, states=states, feature_hw=RES // 16))
+    return synth.generate(
+        tmp_path / name, synth.SynthSpec(n=n, seed=seed, sizes=sizes, masks=3, states=states, feature_hw=RES // 16)
+    )
 
 
 def _image_of(npz):
@@ -65,7 +73,9 @@ def _image_of(npz):
 def test_bulk_matches_reference_and_sets_flag(tmp_path, teacher, reference_model):
     res = _shard(tmp_path, n=5)
     before = {p: store.read_arrays(p, ["P3_S8_f16", "num_masks", "edge_64x64"]) for p in res.npz}
-    rep = run_features(FeatureRequest("bulk", SPEC, root=res.root, batch_size=2, workers=2), teacher=teacher, progress=False)
+    rep = run_features(
+        FeatureRequest("bulk", SPEC, root=res.root, batch_size=2, workers=2), teacher=teacher, progress=False
+    )
     assert rep.counts["updated"] == 5 and rep.exit_code == 0
     for p in res.npz:
         got = store.read_arrays(p)
@@ -93,9 +103,13 @@ def test_bulk_dedup_skip_force_and_legacy(tmp_path, teacher):
     assert sha(twin) == twin_digest  # _features won
     rep = run_features(req, teacher=teacher, progress=False)
     assert rep.counts["skipped_done"] == 2 and rep.counts["updated"] == 0
-    rep = run_features(FeatureRequest("bulk", SPEC, root=res.root, force=True, max_files=2), teacher=teacher, progress=False)
+    rep = run_features(
+        FeatureRequest("bulk", SPEC, root=res.root, force=True, max_files=2), teacher=teacher, progress=False
+    )
     assert rep.counts["updated"] == 2
-    rep = run_features(FeatureRequest("bulk", SPEC, root=res.root, max_files=1, force=True), teacher=teacher, progress=False)
+    rep = run_features(
+        FeatureRequest("bulk", SPEC, root=res.root, max_files=1, force=True), teacher=teacher, progress=False
+    )
     assert rep.counts["updated"] == 1 and rep.stopped_early
 
 
@@ -120,12 +134,17 @@ def test_samples_mode_lookup_order_and_no_flag(tmp_path, teacher, reference_mode
     lst = tmp_path / "samples.txt"
     lst.write_text("\n".join(images + [str(tmp_path / "nope.jpg")]) + "\n")
     untouched = {p: sha(p) for p in res.npz[:2]}
-    rep = run_features(FeatureRequest("samples", SPEC, samples=str(lst), npz_dirs=(str(tmp_path / "scattered"),), max_files=10),
-                       teacher=teacher, progress=False)
+    rep = run_features(
+        FeatureRequest("samples", SPEC, samples=str(lst), npz_dirs=(str(tmp_path / "scattered"),), max_files=10),
+        teacher=teacher,
+        progress=False,
+    )
     assert rep.counts["updated"] == 4 and rep.counts["missing_source"] == 1
     assert all(sha(p) == d for p, d in untouched.items())  # same-dir copies were used instead
-    targets = [os.path.join(res.root, os.path.basename(res.npz[0])),
-               os.path.join(res.root, os.path.basename(res.npz[1]).replace("_features", "_sam2_features"))]
+    targets = [
+        os.path.join(res.root, os.path.basename(res.npz[0])),
+        os.path.join(res.root, os.path.basename(res.npz[1]).replace("_features", "_sam2_features")),
+    ]
     targets += [str(store_dir / os.path.basename(p)) for p in res.npz[2:]]
     for img, npz in zip(images, targets):
         got = store.read_arrays(npz)
@@ -133,8 +152,11 @@ def test_samples_mode_lookup_order_and_no_flag(tmp_path, teacher, reference_mode
         assert np.abs(got["P4_S16"] - p4).max() <= TOL
         np.testing.assert_array_equal(got["IMAGE_EMB_S16"], got["P4_S16"])
         assert "feature_flag" not in got
-    rep = run_features(FeatureRequest("samples", SPEC, samples=str(lst), npz_dirs=(str(tmp_path / "scattered"),), max_files=1),
-                       teacher=teacher, progress=False)
+    rep = run_features(
+        FeatureRequest("samples", SPEC, samples=str(lst), npz_dirs=(str(tmp_path / "scattered"),), max_files=1),
+        teacher=teacher,
+        progress=False,
+    )
     assert rep.counts["updated"] == 1
 
 
@@ -177,12 +199,17 @@ def test_awkward_images_follow_the_documented_rule(tmp_path, teacher, reference_
     res = _shard(tmp_path, n=7, sizes=((60, 80),))
     imgs = [_image_of(p) for p in res.npz]
     rgb = np.array(Image.open(imgs[0]))
-    os.remove(imgs[0]); Image.fromarray(rgb[:, :, 0]).save(imgs[0].replace(".jpg", ".png"))  # grayscale
-    os.remove(imgs[1]); Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])).save(imgs[1].replace(".jpg", ".png"))  # RGBA
-    os.remove(imgs[2]); Image.fromarray((rgb[:, :, 1].astype(np.uint16) * 257)).save(imgs[2].replace(".jpg", ".png"))  # 16-bit
-    exif = Image.Exif(); exif[0x0112] = 6  # "rotate 90" orientation tag
+    os.remove(imgs[0])
+    Image.fromarray(rgb[:, :, 0]).save(imgs[0].replace(".jpg", ".png"))  # grayscale
+    os.remove(imgs[1])
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])).save(imgs[1].replace(".jpg", ".png"))  # RGBA
+    os.remove(imgs[2])
+    Image.fromarray((rgb[:, :, 1].astype(np.uint16) * 257)).save(imgs[2].replace(".jpg", ".png"))  # 16-bit
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90" orientation tag
     Image.fromarray(rgb).save(imgs[3], exif=exif.tobytes(), quality=95)
-    data = open(imgs[4], "rb").read(); open(imgs[4], "wb").write(data[: len(data) // 3])  # truncated JPEG
+    data = open(imgs[4], "rb").read()
+    open(imgs[4], "wb").write(data[: len(data) // 3])  # truncated JPEG
     os.remove(imgs[5])  # missing image
     open(imgs[6], "wb").write(b"not an image")
     digests = {p: sha(p) for p in res.npz[4:]}
@@ -195,7 +222,8 @@ def test_awkward_images_follow_the_documented_rule(tmp_path, teacher, reference_
         got = store.read_arrays(res.npz[i], ["P4_S16"])["P4_S16"]
         src = imgs[i] if i == 3 else imgs[i].replace(".jpg", ".png")
         arr = np.array(Image.open(src).convert("RGB")) if i != 2 else np.repeat(rgb[:, :, 1:2], 3, axis=2)
-        tmp = str(tmp_path / f"ref{i}.png"); Image.fromarray(arr).save(tmp)
+        tmp = str(tmp_path / f"ref{i}.png")
+        Image.fromarray(arr).save(tmp)
         assert np.abs(got - reference(reference_model, tmp)[0]).max() <= TOL, i
         if i == 3:  # stored pixel order, not rotated: the 60x80 image stayed 60x80
             assert Image.open(src).size == (80, 60)
@@ -210,8 +238,22 @@ def test_checkpoint_loads_strictly_and_names_its_config(tmp_path):
     assert config_for_checkpoint(str(ckpt)) == "configs/sam2.1/sam2.1_hiera_t.yaml"
     assert config_for_checkpoint("/w/sam2_hiera_base_plus.pt") == "configs/sam2/sam2_hiera_b+.yaml"
     res = _shard(tmp_path, n=2)
-    p = run_cli("features", "--root", res.root, "--weights", ckpt, "--resolution", RES, "--device", "cpu",
-                "--batch-size", 2, "--report", tmp_path / "r.json", check_rc=0)
+    p = run_cli(
+        "features",
+        "--root",
+        res.root,
+        "--weights",
+        ckpt,
+        "--resolution",
+        RES,
+        "--device",
+        "cpu",
+        "--batch-size",
+        2,
+        "--report",
+        tmp_path / "r.json",
+        check_rc=0,
+    )
     assert "updated 2" in p.stdout
     got = store.read_arrays(res.npz[0])
     p4, p5 = reference(model, _image_of(res.npz[0]))
@@ -252,8 +294,25 @@ def test_device_policy_without_gpus(monkeypatch):
 def test_concurrent_edges_and_features_keep_both(tmp_path):
     res = _shard(tmp_path, n=12, sizes=((300, 400),))
     ext = os.path.dirname(res.npz[0])
-    feat = subprocess.Popen([NPZFIX, "features", "--root", res.root, "--random-init", "0", "--resolution", str(RES),
-                             "--device", "cpu", "--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    feat = subprocess.Popen(
+        [
+            NPZFIX,
+            "features",
+            "--root",
+            res.root,
+            "--random-init",
+            "0",
+            "--resolution",
+            str(RES),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for _ in range(3):
         run_cli("edges", "--npz-dir", ext, "--kernel-size", "5", check_rc=0)
     out, err = feat.communicate(timeout=300)
@@ -267,7 +326,9 @@ def test_concurrent_edges_and_features_keep_both(tmp_path):
 
 @pytest.mark.slow
 def test_real_1024_resolution_end_to_end(tmp_path):
-    res = synth.generate(tmp_path / "s", synth.SynthSpec(n=1, seed=3, sizes=((1500, 2250),), masks=5, states=("fresh",), feature_hw=64))
+    res = synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=1, seed=3, sizes=((1500, 2250),), masks=5, states=("fresh",), feature_hw=64)
+    )
     spec = TeacherSpec(random_init_seed=0, device="cpu")
     rep = run_features(FeatureRequest("bulk", spec, root=res.root), progress=False)
     assert rep.counts["updated"] == 1
@@ -281,15 +342,20 @@ def test_gpu_data_path_and_bf16_exercised_on_the_cpu(tmp_path, teacher, referenc
     """The path a GPU run takes (uint8 tensors from the decode threads, batched preprocessing on the device,
     autocast) run here on the CPU: same numbers as the reference in fp32, close in bf16, stored as float32."""
     res = _shard(tmp_path, n=3)
-    rep = run_features(FeatureRequest("bulk", SPEC, root=res.root, batch_size=3, preprocess_on="device"),
-                       teacher=teacher, progress=False)
+    rep = run_features(
+        FeatureRequest("bulk", SPEC, root=res.root, batch_size=3, preprocess_on="device"),
+        teacher=teacher,
+        progress=False,
+    )
     assert rep.counts["updated"] == 3
     refs = [reference(reference_model, _image_of(p)) for p in res.npz]
     for p, (p4, p5) in zip(res.npz, refs):
         got = store.read_arrays(p)
         assert np.abs(got["P4_S16"] - p4).max() <= TOL and np.abs(got["P5_S32"] - p5).max() <= TOL
     bf16 = TeacherSpec(random_init_seed=0, resolution=RES, device="cpu", precision="bf16")
-    rep = run_features(FeatureRequest("bulk", bf16, root=res.root, batch_size=2, preprocess_on="device"), progress=False)
+    rep = run_features(
+        FeatureRequest("bulk", bf16, root=res.root, batch_size=2, preprocess_on="device"), progress=False
+    )
     assert rep.counts["updated"] == 3
     for p, (p4, p5) in zip(res.npz, refs):
         got = store.read_arrays(p)

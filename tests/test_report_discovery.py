@@ -13,7 +13,12 @@ from npzfix_core.report import FAILED, MISSING, SKIPPED_DONE, UPDATED, Outcome, 
 
 def test_report_counts_exit_code_files_and_dataframe(tmp_path):
     r = RunReport("edges")
-    for o in (Outcome("a", UPDATED), Outcome("b", SKIPPED_DONE), Outcome("c", MISSING, "no JSON"), Outcome("d", FAILED, "bad zip")):
+    for o in (
+        Outcome("a", UPDATED),
+        Outcome("b", SKIPPED_DONE),
+        Outcome("c", MISSING, "no JSON"),
+        Outcome("d", FAILED, "bad zip"),
+    ):
         r.add(o)
     r.finish()
     assert (r.seen, r.updated, r.failed, r.exit_code) == (4, 1, 1, 1)
@@ -68,7 +73,9 @@ def test_store_updates_through_a_symlink_and_keeps_it(tmp_path):
 
 
 def test_cli_start_up_imports_no_torch_sam2_or_dagster():
-    code = ("import sys; from npzfix_dagster import cli; cli.build_parser();"
-            "print(sorted(m for m in ('torch', 'sam2', 'dagster', 'cv2', 'pandas') if m in sys.modules))")
+    code = (
+        "import sys; from npzfix_dagster import cli; cli.build_parser();"
+        "print(sorted(m for m in ('torch', 'sam2', 'dagster', 'cv2', 'pandas') if m in sys.modules))"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr

@@ -52,8 +52,9 @@ def test_update_carries_other_members_byte_for_byte(tmp_path, compressed):
 def test_only_if_present(tmp_path):
     p = tmp_path / "a_features.npz"
     _make(p)
-    res = store.update(p, {"x": np.zeros(2), "edge_256x256": np.zeros((256, 256), np.uint8)},
-                       only_if_present={"edge_256x256"})
+    res = store.update(
+        p, {"x": np.zeros(2), "edge_256x256": np.zeros((256, 256), np.uint8)}, only_if_present={"edge_256x256"}
+    )
     assert res.written == ("x",)
     _make(p, edge_256x256=np.ones((256, 256), np.uint8))
     res = store.update(p, {"edge_256x256": np.zeros((256, 256), np.uint8)}, only_if_present={"edge_256x256"})
@@ -153,8 +154,13 @@ def test_sweep_removes_only_dead_writers_temps(tmp_path):
 @pytest.mark.parametrize("compressed", [False, True])
 def test_read_flags_fast_path_agrees_and_detects_damage(tmp_path, compressed):
     p = tmp_path / "a_features.npz"
-    _make(p, compressed, edge_flag=np.array(1, np.uint8), edge_version=np.array("B_v1"),
-          fortran=np.asfortranarray(np.arange(6).reshape(2, 3)))
+    _make(
+        p,
+        compressed,
+        edge_flag=np.array(1, np.uint8),
+        edge_version=np.array("B_v1"),
+        fortran=np.asfortranarray(np.arange(6).reshape(2, 3)),
+    )
     keys = ["edge_flag", "edge_version", "count", "fortran", "absent"]
     fast, slow = store.read_flags(p, keys), store.read_arrays(p, keys)
     assert fast.keys() == slow.keys()
