@@ -93,7 +93,7 @@ def _features(
         durable=config.durable,
     )
     needs_model = not config.dry_run
-    report = run_features(req, teacher=_LazyTeacher(teacher) if needs_model else None, progress=False)
+    report = run_features(req, teacher=_LazyTeacher(teacher) if needs_model else None, progress=True)
     base = _report_path(roots, asset_name, key, context.run.run_id)
     json_path, _ = report.write(base)
     paths = discovery.npz_in_dir(directory) if mode == "train_test" else list(discovery.scan_npz(directory))
@@ -176,7 +176,7 @@ def edges_B_v1(context: AssetExecutionContext, config: EdgesConfig, roots: Datas
         dry_run=config.dry_run,
         durable=config.durable,
     )
-    report = run_edges(req, progress=False)
+    report = run_edges(req, progress=True)
     base = _report_path(roots, "edges_B_v1", key, context.run.run_id)
     json_path, _ = report.write(base)
     paths = discovery.npz_in_dir(directory, config.glob)

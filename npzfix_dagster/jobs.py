@@ -51,7 +51,7 @@ def fix_from_sample_list(context: OpExecutionContext, config: SampleListConfig, 
         raise Failure(description=str(exc)) from exc
     from npzfix_dagster.assets import _LazyTeacher
 
-    report = run_features(req, teacher=None if config.dry_run else _LazyTeacher(teacher), progress=False)
+    report = run_features(req, teacher=None if config.dry_run else _LazyTeacher(teacher), progress=True)
     json_path = report.write(config.report)[0] if config.report else None
     context.log.info(report.summary())
     md = metadata.report_metadata(report, config.samples, json_path)
