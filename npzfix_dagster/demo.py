@@ -94,8 +94,10 @@ def main() -> int:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True)
         status |= p.returncode
         for line in (p.stdout + p.stderr).splitlines():
-            if "npzfix " in line and ("seen" in line or "failed:" in line):
+            if "npzfix " in line and "seen" in line:
                 print("   " + line.split(" - ")[-1])
+            elif line.strip().startswith(("failed:", "missing_source:")):
+                print("     " + line.strip())
         if p.returncode:
             print(f"   exit status {p.returncode} (failed files are recorded; see the asset checks)")
     print(f"\nreports and preview images: {os.path.join(home, 'npzfix_previews')}")
