@@ -318,3 +318,36 @@ def test_dagster_selection_grammar_and_sam2_hydra_share_a_process():
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "ok 64", p.stdout + p.stderr[-2000:]
+
+
+def test_sensor_tick_on_an_unchanged_tree_lists_no_directory(tmp_path, instance, monkeypatch):
+    """A tick's cost follows new work: with nothing new, directories are stat'ed, never listed."""
+    from npzfix_core import discovery
+
+    root = tmp_path / "sa1b"
+    for i in range(30):
+        d = root / f"sa_{i:06d}" / "extracted"
+        d.mkdir(parents=True)
+        for j in range(5):
+            np.savez(d / f"s{i}_{j}_features.npz", x=np.zeros(1))
+    defs = _sensor_defs(str(root))
+    listings = []
+    for name in ("subdirs", "holds_npz", "npz_names_signature"):
+        real = getattr(discovery, name)
+        monkeypatch.setattr(discovery, name, lambda d, _real=real, _n=name: listings.append((_n, d)) or _real(d))
+
+    def tick(cursor):
+        ctx = build_sensor_context(
+            instance=instance, cursor=cursor, definitions=defs, resources={"roots": DatasetRoots(sa1b_root=str(root))}
+        )
+        return sa1b_new_dirs_sensor(ctx)
+
+    first = tick(None)
+    assert len(first.run_requests) == 30 and listings
+    listings.clear()
+    second = tick(first.cursor)
+    assert second.run_requests == [] and listings == []
+    np.savez(root / "sa_000007" / "extracted" / "new_features.npz", x=np.zeros(1))
+    third = tick(second.cursor)
+    assert [r.partition_key for r in third.run_requests] == ["sa_000007/extracted"]
+    assert {d for _, d in listings} == {str(root / "sa_000007" / "extracted")}
