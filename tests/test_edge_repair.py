@@ -81,7 +81,8 @@ def test_skip_if_processed_uses_version_and_kernel(tmp_path):
     np.testing.assert_array_equal(got["edge_64x64"], _expected(a, 5)[64])
 
 
-def test_max_files_counts_only_updates_and_dry_run_writes_nothing(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_max_files_counts_only_updates_and_dry_run_writes_nothing(tmp_path, workers):
     res = synth.generate(
         tmp_path / "s", synth.SynthSpec(n=7, seed=2, sizes=((50, 60),), masks=5, states=("fresh",), feature_hw=4)
     )
@@ -90,7 +91,18 @@ def test_max_files_counts_only_updates_and_dry_run_writes_nothing(tmp_path):
     run_cli("edges", "--npz-dir", ext, "--dry-run", "--skip-if-processed", check_rc=0)
     assert [sha(p) for p in res.npz] == digests
     for expected_total in (3, 6, 7):
-        p = run_cli("edges", "--npz-dir", ext, "--max-files", 3, "--skip-if-processed", "--set-edge-flag", check_rc=0)
+        p = run_cli(
+            "edges",
+            "--npz-dir",
+            ext,
+            "--max-files",
+            3,
+            "--skip-if-processed",
+            "--set-edge-flag",
+            "--workers",
+            workers,
+            check_rc=0,
+        )
         done = sum("edge_flag" in store.inspect(q) for q in res.npz)
         assert done == expected_total, p.stdout
 

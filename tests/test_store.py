@@ -178,3 +178,38 @@ def test_read_flags_fast_path_agrees_and_detects_damage(tmp_path, compressed):
     np.savez(p, edge_flag=np.array([None], dtype=object))
     with pytest.raises(store.NpzError, match="pickle"):
         store.read_flags(p, ["edge_flag"])
+
+
+def test_randomised_updates_agree_with_numpy(tmp_path):
+    """Random keys (unicode too), dtypes, shapes, stored or deflated files, merged updates: np.load sees
+    exactly the expected arrays after every update, and zipfile finds every CRC intact."""
+    rng = np.random.default_rng(0)
+    dtypes = [np.uint8, np.int64, np.float16, np.float32, np.float64, np.bool_, "<U7", np.complex64]
+
+    def arr():
+        dt = dtypes[rng.integers(len(dtypes))]
+        shape = tuple(int(v) for v in rng.integers(0, 5, rng.integers(0, 4)))
+        if dt == "<U7":
+            return np.array(["ab", "çé", "x"][: max(1, int(np.prod(shape)) % 3)])
+        a = rng.standard_normal(shape) * 10
+        return np.asfortranarray(a.astype(dt)) if a.ndim == 2 and rng.random() < 0.3 else a.astype(dt)
+
+    for trial in range(12):
+        p = tmp_path / f"f{trial}_features.npz"
+        expected = {f"k{i}": arr() for i in range(int(rng.integers(1, 6)))}
+        expected["ünï"] = arr()
+        (np.savez_compressed if trial % 2 else np.savez)(p, **expected)
+        for _ in range(4):
+            new = {f"k{int(rng.integers(0, 8))}": arr() for _ in range(int(rng.integers(1, 4)))}
+            store.update(p, new, durable=False)
+            expected.update(new)
+            with zipfile.ZipFile(p) as zf:
+                assert zf.testzip() is None
+            with np.load(p, allow_pickle=False) as z:
+                assert sorted(z.files) == sorted(expected)
+                for k, v in expected.items():
+                    assert z[k].dtype == v.dtype and z[k].shape == v.shape
+                    np.testing.assert_array_equal(z[k], v)
+            flags = store.read_flags(p, list(expected))
+            for k, v in flags.items():
+                np.testing.assert_array_equal(v, expected[k])
