@@ -243,11 +243,7 @@ def run_features(req: FeatureRequest, teacher=None, progress: bool = True) -> Ru
         report.provenance["WARNING"] = "randomly initialised teacher: not real SAM2 features (demo/test only)"
     timings = Timings()
     bar = Progress(None, f"features {req.mode}", enabled=progress)
-    items = items_for(req)
-    if not req.dry_run:
-        for d in _dirs_of(req):
-            for p in store.sweep_stale_temps(d):
-                log.warning("removed a temp file left by an interrupted write: %s", p)
+    items = items_for(req) if req.dry_run else _sweeping(items_for(req))
     try:
         _pipeline(req, items, prov, teacher, report, timings, bar)
     finally:
@@ -256,12 +252,17 @@ def run_features(req: FeatureRequest, teacher=None, progress: bool = True) -> Ru
     return report.finish()
 
 
-def _dirs_of(req: FeatureRequest) -> Iterable[str]:
-    if req.mode == "bulk":
-        return discovery.walk_dirs(req.root)
-    if req.mode == "train_test":
-        return req.extracted_dirs
-    return req.npz_dirs
+def _sweeping(items: Iterable[discovery.WorkItem]) -> Iterator[discovery.WorkItem]:
+    """Pass items through, removing stale temp files of killed writers in each NPZ directory on first sight
+    (lazily: a scan of millions of files never waits for a separate sweeping pass)."""
+    swept: set[str] = set()
+    for item in items:
+        d = os.path.dirname(item.npz) if item.npz else None
+        if d is not None and d not in swept:
+            swept.add(d)
+            for p in store.sweep_stale_temps(d):
+                log.warning("removed a temp file left by an interrupted write: %s", p)
+        yield item
 
 
 def _pipeline(req, items, prov, teacher, report: RunReport, timings: Timings, bar: Progress) -> None:

@@ -363,3 +363,12 @@ def test_gpu_data_path_and_bf16_exercised_on_the_cpu(tmp_path, teacher, referenc
         rel = np.abs(got["P4_S16"] - p4).max() / np.abs(p4).max()
         assert 0 < rel < 0.1  # bf16 really ran, and stayed close
         assert json.loads(str(got["feature_provenance"]))["precision"] == "bf16"
+
+
+def test_stale_temp_files_are_swept_where_the_run_works(tmp_path, teacher):
+    res = _shard(tmp_path, n=2)
+    ext = os.path.dirname(res.npz[0])
+    stale = os.path.join(ext, "." + os.path.basename(res.npz[0]) + ".npzfix-tmp-killed")
+    open(stale, "wb").write(b"half a zip")
+    run_features(FeatureRequest("bulk", SPEC, root=res.root), teacher=teacher, progress=False)
+    assert temp_files(ext) == []
