@@ -120,17 +120,18 @@ def _init_worker() -> None:
 
 
 def run_bounded(
-    items: Iterator,
-    submit_args: Callable,
-    fn: Callable,
+    items: Iterator[discovery.WorkItem],
+    args_of: Callable[[discovery.WorkItem], tuple],
+    fn: Callable[..., Outcome],
     report: RunReport,
     workers: int,
     max_updates: int | None,
     progress: Progress,
 ) -> None:
-    """Run ``fn`` over items (in ``workers`` processes when > 1), stopping once ``max_updates`` are done.
+    """Run ``fn(*args_of(item))`` over items (in ``workers`` processes when > 1) until ``max_updates`` are done.
 
-    Skipped files do not count toward the bound, so repeated bounded runs make progress.
+    Skipped files do not count toward the bound, so repeated bounded runs make progress. A worker process
+    that dies (e.g. killed for memory) fails its file, not the run.
     """
 
     def budget_left(in_flight: int) -> bool:
@@ -141,33 +142,39 @@ def run_bounded(
         progress.step(report)
 
     if workers <= 1:
-        _init_worker()
         for item in items:
             if not budget_left(0):
                 report.stopped_early = f"--max-files {max_updates} reached"
                 return
-            record(fn(*submit_args(item)) if not isinstance(item, Outcome) else item)
+            record(fn(*args_of(item)))
         return
     import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
 
-    pending: set[Future] = set()
-    with ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
-    ) as pool:
+    pending: dict[Future, str] = {}
+
+    def harvest(done) -> None:
+        for f in done:
+            path = pending.pop(f)
+            try:
+                record(f.result())
+            except BrokenProcessPool as exc:
+                record(Outcome(path, FAILED, f"worker process died: {exc}"))
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
         for item in items:
-            if isinstance(item, Outcome):
-                record(item)
-                continue
             while len(pending) >= 2 * workers or (pending and not budget_left(len(pending))):
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    record(f.result())
+                harvest(wait(pending, return_when=FIRST_COMPLETED).done)
             if not budget_left(len(pending)):
                 report.stopped_early = f"--max-files {max_updates} reached"
                 break
-            pending.add(pool.submit(fn, *submit_args(item)))
-        for f in pending:
-            record(f.result())
+            try:
+                pending[pool.submit(fn, *args_of(item))] = item.npz
+            except BrokenProcessPool:
+                report.stopped_early = "a worker process died; rerun to finish the remaining files"
+                break
+        harvest(list(pending))
 
 
 def run_edges(req: EdgeRequest, progress: bool = True) -> RunReport:

@@ -273,3 +273,24 @@ def test_check_command_finds_a_tampered_edge_map(tmp_path):
     p = run_cli("check", "edges", "--npz-dir", ext, check_rc=1)
     assert "edge_32x32 differs from Method B" in p.stdout
     assert run_cli("check", "edges", "--npz-dir", ext, "--kernel-size", "5").returncode == 1
+
+
+def _crash_on_second(path, *_):
+    from npzfix_core.report import Outcome
+
+    if path.endswith("1_features.npz"):
+        os._exit(9)  # a worker killed mid-file (as the OOM killer would)
+    return Outcome(path, "updated")
+
+
+def test_a_dying_worker_process_fails_its_file_not_the_run(tmp_path):
+    from npzfix_core.discovery import WorkItem
+    from npzfix_core.report import Progress, RunReport
+
+    items = [WorkItem(str(tmp_path / f"s{i}_features.npz"), None, f"s{i}") for i in range(4)]
+    report = RunReport("edges")
+    edge_repair.run_bounded(
+        iter(items), lambda it: (it.npz,), _crash_on_second, report, 2, None, Progress(None, "t", enabled=False)
+    )
+    assert report.seen >= 2 and report.counts["failed"] >= 1
+    assert any("worker process died" in f["reason"] for f in report.failures)
