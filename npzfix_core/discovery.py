@@ -90,27 +90,51 @@ def scan_npz(root: str) -> Iterator[str]:
         yield from npz_in_dir(d)
 
 
-def find_image(npz_path: str, image_dir: str | None = None) -> str | None:
+class Listings:
+    """File names of recently seen directories: one listing per directory instead of a stat per candidate
+    source (12 for an image). On NFS or Lustre a stat can cost a millisecond, and a GPU wants an image every
+    few milliseconds. Held by the caller for one scan; a file added meanwhile is found by the next run."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._cache: dict[str, frozenset[str]] = {}
+
+    def has(self, directory: str, name: str) -> bool:
+        names = self._cache.pop(directory, None)
+        if names is None:
+            try:
+                with os.scandir(directory) as it:
+                    names = frozenset(e.name for e in it if e.is_file())
+            except OSError:
+                names = frozenset()
+            if len(self._cache) >= self.size:
+                self._cache.pop(next(iter(self._cache)))
+        self._cache[directory] = names  # most recently used last
+        return name in names
+
+
+def _exists(directory: str, name: str, listings: Listings | None) -> bool:
+    return listings.has(directory, name) if listings else os.path.isfile(os.path.join(directory, name))
+
+
+def find_image(npz_path: str, image_dir: str | None = None, listings: Listings | None = None) -> str | None:
     """``<dir>/<stem>.<ext>``, else ``<dir>/../<stem>.<ext>`` (or only ``image_dir`` when given)."""
     d = os.path.dirname(npz_path)
     stem = stem_of(os.path.basename(npz_path)) or ""
-    places = [image_dir] if image_dir else [d, os.path.dirname(d)]
-    for place in places:
+    for place in [image_dir] if image_dir else [d, os.path.dirname(d)]:
         for ext in IMAGE_EXTS:
-            candidate = os.path.join(place, stem + ext)
-            if os.path.isfile(candidate):
-                return candidate
+            if _exists(place, stem + ext, listings):
+                return os.path.join(place, stem + ext)
     return None
 
 
-def find_json(npz_path: str, json_dir: str | None = None) -> str | None:
+def find_json(npz_path: str, json_dir: str | None = None, listings: Listings | None = None) -> str | None:
     """``<json_dir>/<stem>.json`` when a JSON dir is given, else the NPZ dir, then its parent."""
     d = os.path.dirname(npz_path)
     stem = stem_of(os.path.basename(npz_path)) or ""
     for place in [json_dir] if json_dir else [d, os.path.dirname(d)]:
-        candidate = os.path.join(place, stem + ".json")
-        if os.path.isfile(candidate):
-            return candidate
+        if _exists(place, stem + ".json", listings):
+            return os.path.join(place, stem + ".json")
     return None
 
 
@@ -128,21 +152,24 @@ def edge_items(
         paths.sort(key=lambda p: (os.stat(p).st_mtime_ns, p))
     elif order != "name":
         raise ValueError(f"unknown order {order!r}")
-    return [_item(p, find_json(p, json_dir), "JSON") for p in paths]
+    listings = Listings()
+    return [_item(p, find_json(p, json_dir, listings), "JSON") for p in paths]
 
 
 def bulk_items(root: str) -> Iterator[WorkItem]:
     """Tool 1: recursive scan of ``root``; image beside the NPZ or in its parent."""
+    listings = Listings()
     for p in scan_npz(root):
-        yield _item(p, find_image(p), "image")
+        yield _item(p, find_image(p, listings=listings), "image")
 
 
 def train_test_items(extracted_dirs: Iterable[str]) -> Iterator[WorkItem]:
     """Tool 3: ``<split>/extracted/<stem>_features.npz``, image in ``<split>/``."""
     for d in extracted_dirs:
         parent = os.path.dirname(os.path.abspath(d))
+        listings = Listings()
         for p in npz_in_dir(d):
-            yield _item(p, find_image(p, parent), "image")
+            yield _item(p, find_image(p, parent, listings), "image")
 
 
 def build_index(search_dirs: Iterable[str]) -> dict[str, str]:

@@ -79,3 +79,16 @@ def test_cli_start_up_imports_no_torch_sam2_or_dagster():
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr
+
+
+def test_listing_cache_finds_what_stat_finds(tmp_path):
+    ext = tmp_path / "shard" / "extracted"
+    ext.mkdir(parents=True)
+    for i, name in enumerate(["a.jpg", "b.PNG", "c.jpeg", "e.json"]):
+        (tmp_path / "shard" / name).write_bytes(b"x")
+    (ext / "d.JPG").write_bytes(b"x")
+    listings = discovery.Listings(size=1)
+    for stem in "abcdef":
+        npz = str(ext / f"{stem}_features.npz")
+        assert discovery.find_image(npz, listings=listings) == discovery.find_image(npz)
+        assert discovery.find_json(npz, listings=listings) == discovery.find_json(npz)
