@@ -51,14 +51,19 @@ def report_metadata(report: RunReport, directory: str, report_path: str | None) 
 
 
 def preview_metadata(png: str | None) -> dict:
-    if not png or not os.path.exists(png):
+    """The full PNG by path, and a small JPEG thumbnail inline (event logs keep every materialization)."""
+    import cv2
+
+    img = cv2.imread(png) if png and os.path.exists(png) else None
+    if img is None:
         return {}
-    with open(png, "rb") as f:
-        b64 = base64.b64encode(f.read()).decode()
-    return {
-        "preview": MetadataValue.path(png),
-        "preview_image": MetadataValue.md(f"image | edges | P4 PCA\n\n![preview](data:image/png;base64,{b64})"),
-    }
+    thumb = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    ok, jpg = cv2.imencode(".jpg", thumb, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    md = {"preview": MetadataValue.path(png)}
+    if ok:
+        b64 = base64.b64encode(jpg.tobytes()).decode()
+        md["preview_image"] = MetadataValue.md(f"image | edges | P4 PCA\n\n![preview](data:image/jpeg;base64,{b64})")
+    return md
 
 
 def no_failures_check(report: RunReport) -> AssetCheckResult:
