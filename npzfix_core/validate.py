@@ -123,13 +123,17 @@ def check_features(paths: Iterable[str], provenance: dict | None = None, needs_f
 
 
 def count_not_done(paths: Iterable[str], features: bool = True, edges: bool = True, stop_at: int | None = 1) -> int:
-    """Files lacking a feature or edge flag (cheap flag reads); stops early for schedules."""
+    """Files lacking a feature or edge flag (cheap flag reads); stops early for schedules.
+
+    Unreadable files are not counted: a rerun cannot fix them (they fail, visibly, in the run that meets
+    them), and counting them would re-request the same futile run every day.
+    """
     n = 0
     for p in paths:
         try:
             f = store.read_flags(p, ("feature_flag", "edge_flag"))
         except (store.NpzError, OSError):
-            n += 1
+            continue
         else:
             if (features and int(f.get("feature_flag", 0)) != 1) or (edges and int(f.get("edge_flag", 0)) != 1):
                 n += 1

@@ -191,7 +191,7 @@ def test_sensor_adds_partitions_and_requests_runs_once(tmp_path, instance):
 
 def test_schedule_requests_partitions_not_done(tmp_path):
     root = str(tmp_path / "sa1b")
-    a = _shard(root, "sa_000020", n=1, states=("fresh",))
+    a = _shard(root, "sa_000020", n=2, states=("fresh", "corrupt"))  # a corrupt file alone asks for no run
     _shard(root, "sa_000021", n=1, states=("fresh",))
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("sa1b_dirs", ["sa_000020/extracted", "sa_000021/extracted"])
