@@ -137,7 +137,11 @@ def cmd_features(args) -> int:
         req.validate()
     except (TeacherError, devices.DeviceError, ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from exc
-    return _finish(run_features(req), args)
+    try:
+        report = run_features(req)
+    except (TeacherError, devices.DeviceError) as exc:  # found only once a file needed the teacher
+        raise UsageError(str(exc)) from exc
+    return _finish(report, args)
 
 
 def cmd_check(args) -> int:

@@ -219,12 +219,26 @@ def _write(item: discovery.WorkItem, p4, p5, event, req: FeatureRequest, prov: d
 
 @dataclass
 class Timings:
-    """Where the time went; ``encoder_busy`` / wall is how busy the device was kept."""
+    """Where the time went; ``encoder_s`` / wall time is how busy the device was kept.
+
+    On a GPU the encoder runs asynchronously, so its time is read from CUDA events once they complete.
+    """
 
     encoder_s: float = 0.0
     wait_decode_s: float = 0.0
     batches: int = 0
     images: int = 0
+    _gpu: collections.deque = field(default_factory=collections.deque, repr=False)
+
+    def drain(self, wait: bool = False) -> None:
+        while self._gpu and (wait or self._gpu[0][1].query()):
+            start, end = self._gpu.popleft()
+            end.synchronize()
+            self.encoder_s += start.elapsed_time(end) / 1000.0
+
+    def summary(self) -> dict:
+        self.drain(wait=True)
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
 
 def run_features(req: FeatureRequest, teacher=None, progress: bool = True) -> RunReport:
@@ -248,7 +262,7 @@ def run_features(req: FeatureRequest, teacher=None, progress: bool = True) -> Ru
         _pipeline(req, items, prov, teacher, report, timings, bar)
     finally:
         bar.close()
-    report.provenance["timings"] = asdict(timings)
+    report.provenance["timings"] = timings.summary()
     return report.finish()
 
 
@@ -317,6 +331,7 @@ def _pipeline(req, items, prov, teacher, report: RunReport, timings: Timings, ba
                 pending.append(decode_pool.submit(_load, item, resolution, device, stage))
             while writes and writes[0].done():
                 finish(writes.popleft().result())
+            timings.drain()
             if pending:
                 if not batch_size:
                     batch_size = 1 if teacher is None or teacher.device.type == "cpu" else 8
@@ -350,20 +365,25 @@ def _encode_and_queue(batch, teacher, req, prov, write_pool, writes, timings: Ti
     from npzfix_core.images import preprocess
 
     t = time.perf_counter()
+    cuda = teacher.device.type == "cuda"
     try:
         if batch[0].image.dtype == torch.uint8:  # decoded only: preprocess on the device, as a batch
             x = preprocess([b.image for b in batch], teacher.resolution, teacher.device)
         else:
             x = torch.stack([b.image for b in batch])
+        if cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
         p4, p5 = teacher.encode(x)
         event = None
-        if teacher.device.type == "cuda":
-            p4 = p4.to("cpu", non_blocking=True)
+        if cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            timings._gpu.append((start, end))
+            p4 = p4.to("cpu", non_blocking=True)  # lands in pinned memory; the writer waits on `event`
             p5 = p5.to("cpu", non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-        else:
-            p4, p5 = p4.clone(), p5.clone()
     except torch.cuda.OutOfMemoryError:
         if len(batch) == 1:
             finish(Outcome(batch[0].item.npz, FAILED, "encoder: out of GPU memory for a single image"))
@@ -379,7 +399,8 @@ def _encode_and_queue(batch, teacher, req, prov, write_pool, writes, timings: Ti
         for b in batch:
             finish(Outcome(b.item.npz, FAILED, f"encoder: {type(exc).__name__}: {exc}"))
         return
-    timings.encoder_s += time.perf_counter() - t
+    if not cuda:
+        timings.encoder_s += time.perf_counter() - t
     timings.batches += 1
     timings.images += len(batch)
     for i, b in enumerate(batch):
