@@ -149,10 +149,16 @@ def build(spec: TeacherSpec) -> Teacher:
         # build on the CPU, load, then move: sam2 defaults to "cuda"
         model = build_sam2(config, ckpt_path=ckpt, device="cpu", hydra_overrides_extra=[KEEP_ALL_LEVELS])
     except RuntimeError as exc:
-        raise TeacherError(f"checkpoint {spec.weights} does not match {config} strictly") from exc
+        if not str(exc):  # sam2 raises a bare RuntimeError after logging missing/unexpected keys
+            raise TeacherError(f"checkpoint {spec.weights} does not match {config} strictly") from exc
+        raise TeacherError(f"cannot load checkpoint {spec.weights}: {exc}") from exc
+    except KeyError as exc:
+        raise TeacherError(f"checkpoint {spec.weights} has no {exc} entry (expected a sam2 checkpoint)") from exc
     except Exception as exc:
         if "MissingConfigException" in type(exc).__name__ or "Cannot find primary config" in str(exc):
             raise TeacherError(f"unknown SAM2 config {config!r}") from exc
+        if "Unpickl" in type(exc).__name__ or isinstance(exc, EOFError):
+            raise TeacherError(f"cannot load checkpoint {spec.weights} with weights_only=True: {exc}") from exc
         raise
     encoder = model.image_encoder
     del model  # never hand a scalp=0 model to SAM2ImagePredictor: keep only the encoder

@@ -372,3 +372,24 @@ def test_stale_temp_files_are_swept_where_the_run_works(tmp_path, teacher):
     open(stale, "wb").write(b"half a zip")
     run_features(FeatureRequest("bulk", SPEC, root=res.root), teacher=teacher, progress=False)
     assert temp_files(ext) == []
+
+
+def test_unloadable_checkpoints_are_clear_usage_errors(tmp_path):
+    import torch
+
+    res = _shard(tmp_path, n=1)
+    cases = {
+        "truncated": lambda p: open(p, "wb").write(b"PK\x03\x04 not really a checkpoint"),
+        "no model key": lambda p: torch.save({"state": {}}, p),
+        "config typo": None,
+    }
+    for what, make in cases.items():
+        ckpt = tmp_path / "sam2.1_hiera_tiny.pt"
+        if make:
+            make(ckpt)
+            args = ["--weights", ckpt]
+        else:
+            args = ["--random-init", 0, "--config", "configs/sam2.1/sam2.1_hiera_q.yaml"]
+        p = run_cli("features", "--root", res.root, *args, "--resolution", RES, "--device", "cpu", "--force")
+        assert p.returncode == 2 and "Traceback" not in p.stderr, (what, p.stderr[-1500:])
+        assert "checkpoint" in p.stderr or "config" in p.stderr
