@@ -19,12 +19,15 @@ from npzfix_dagster.resources import DatasetRoots
 MAX_RUNS_PER_TICK = 50
 
 
-def _scan(root: str, state: dict, is_split_root: bool) -> tuple[dict, dict[str, str]]:
-    """New cursor state and {partition_key: signature} of partitions that are new or gained/lost files."""
+def _scan(root: str, state: dict) -> dict:
+    """The cursor's directory state brought up to date: only directories whose mtime moved are listed.
+
+    Each entry: ``m`` (mtime), ``sub`` (subdirectories), and for directories holding NPZs ``sig`` (count and
+    digest of their NPZ names) and ``req`` (the signature a run was last requested for).
+    """
     from npzfix_core import discovery
 
     new_state: dict = {}
-    changed: dict[str, str] = {}
 
     def children(d: str, st: os.stat_result) -> list[str]:
         rel = os.path.relpath(d, root)
@@ -36,22 +39,21 @@ def _scan(root: str, state: dict, is_split_root: bool) -> tuple[dict, dict[str, 
             if discovery.holds_npz(d):
                 n, digest = discovery.npz_names_signature(d)
                 entry["sig"] = f"{n}:{digest}"
-                if old is None or old.get("sig") != entry["sig"]:
-                    changed[rel] = entry["sig"]
+                entry["req"] = (old or {}).get("req")
             new_state[rel] = entry
         return [os.path.join(root, s) for s in new_state[rel]["sub"]]
 
     for _ in discovery.walk_dirs(root, children):
         pass
-    if is_split_root:  # partitions are <split>, the NPZs live in <split>/extracted
-        changed = {
-            os.path.dirname(k): v
-            for k, v in changed.items()
-            if os.path.basename(k) == "extracted"
-            and os.path.dirname(k) not in ("", ".")
-            and "/" not in os.path.dirname(k)
-        }
-    return new_state, changed
+    return new_state
+
+
+def _partition_of(rel: str, is_split_root: bool) -> str | None:
+    """Directory (relative to the root) -> partition key; train/test partitions are ``<split>`` for ``<split>/extracted``."""
+    if not is_split_root:
+        return rel
+    split, leaf = os.path.split(rel)
+    return split if leaf == "extracted" and split not in ("", ".") and "/" not in split else None
 
 
 def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, job_name: str, is_split_root: bool):
@@ -60,24 +62,30 @@ def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, jo
     cursor = json.loads(context.cursor) if context.cursor else {}
     if cursor.get("root") != root:
         cursor = {"root": root, "dirs": {}}
-    new_state, changed = _scan(root, cursor["dirs"], is_split_root)
-    keys = sorted(changed)[:MAX_RUNS_PER_TICK]
-    # keep unrequested changes for the next tick by not advancing their signature
-    for k in sorted(changed)[MAX_RUNS_PER_TICK:]:
-        rel = os.path.join(k, "extracted") if is_split_root else k
-        new_state[rel] = {**new_state[rel], "sig": cursor["dirs"].get(rel, {}).get("sig"), "m": -1}
+    state = _scan(root, cursor["dirs"])
+    # new or changed since the last request; a backlog beyond the per-tick cap waits without re-listing
+    todo = sorted(
+        (key, rel)
+        for rel, e in state.items()
+        if e.get("sig") and e["sig"] != e.get("req") and (key := _partition_of(rel, is_split_root)) is not None
+    )[:MAX_RUNS_PER_TICK]
     known = set(context.instance.get_dynamic_partitions(partitions_def.name))
-    add = [k for k in keys if k not in known]
-    runs = [
-        RunRequest(
-            run_key=f"{k}@{changed[k]}", partition_key=k, job_name=job_name, tags={"npzfix/trigger": "new files"}
+    add = [k for k, _ in todo if k not in known]
+    runs = []
+    for key, rel in todo:
+        state[rel] = {**state[rel], "req": state[rel]["sig"]}
+        runs.append(
+            RunRequest(
+                run_key=f"{key}@{state[rel]['sig']}",
+                partition_key=key,
+                job_name=job_name,
+                tags={"npzfix/trigger": "new files"},
+            )
         )
-        for k in keys
-    ]
     return SensorResult(
         run_requests=runs,
         dynamic_partitions_requests=[partitions_def.build_add_request(add)] if add else [],
-        cursor=json.dumps({"root": root, "dirs": new_state}),
+        cursor=json.dumps({"root": root, "dirs": state}),
     )
 
 

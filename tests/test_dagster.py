@@ -351,3 +351,43 @@ def test_sensor_tick_on_an_unchanged_tree_lists_no_directory(tmp_path, instance,
     third = tick(second.cursor)
     assert [r.partition_key for r in third.run_requests] == ["sa_000007/extracted"]
     assert {d for _, d in listings} == {str(root / "sa_000007" / "extracted")}
+
+
+def test_sensor_backlog_drains_without_relisting_and_split_sensor_keys(tmp_path, instance, monkeypatch):
+    from npzfix_core import discovery
+    from npzfix_dagster import sensors
+
+    root = tmp_path / "sa1b"
+    for i in range(25):
+        d = root / f"sa_{i:06d}" / "extracted"
+        d.mkdir(parents=True)
+        np.savez(d / f"s{i}_features.npz", x=np.zeros(1))
+    monkeypatch.setattr(sensors, "MAX_RUNS_PER_TICK", 10)
+    defs = _sensor_defs(str(root))
+    listed = []
+    real = discovery.subdirs
+    monkeypatch.setattr(discovery, "subdirs", lambda d: listed.append(d) or real(d))
+    cursor, sizes = None, []
+    for _ in range(4):
+        listed.clear()
+        ctx = build_sensor_context(
+            instance=instance, cursor=cursor, definitions=defs, resources={"roots": DatasetRoots(sa1b_root=str(root))}
+        )
+        r = sensors.sa1b_new_dirs_sensor(ctx)
+        sizes.append((len(r.run_requests), len(listed)))
+        cursor = r.cursor
+    assert [n for n, _ in sizes] == [10, 10, 5, 0]
+    assert all(n_listed == 0 for _, n_listed in sizes[1:])  # the backlog is served from the cursor
+
+    tt = tmp_path / "tt"
+    for split in ("train_1200", "test"):
+        d = tt / split / "extracted"
+        d.mkdir(parents=True)
+        np.savez(d / f"{split}_0_features.npz", x=np.zeros(1))
+    (tt / "notes").mkdir()
+    from npzfix_dagster.sensors import train_test_new_splits_sensor
+
+    ctx = build_sensor_context(instance=instance, resources={"roots": DatasetRoots(train_test_root=str(tt))})
+    r = train_test_new_splits_sensor(ctx)
+    assert sorted(rr.partition_key for rr in r.run_requests) == ["test", "train_1200"]
+    assert sorted(r.dynamic_partitions_requests[0].partition_keys) == ["test", "train_1200"]
