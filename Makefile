@@ -35,6 +35,7 @@ bench: setup
 	$(PY) benchmarks/bench_edges.py
 	$(PY) benchmarks/bench_store.py
 	$(PY) benchmarks/bench_features.py --batch-size 1
+	$(PY) benchmarks/bench_sensor.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) demo_home .pytest_cache
