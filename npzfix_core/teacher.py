@@ -149,8 +149,10 @@ def build(spec: TeacherSpec) -> Teacher:
         # build on the CPU, load, then move: sam2 defaults to "cuda"
         model = build_sam2(config, ckpt_path=ckpt, device="cpu", hydra_overrides_extra=[KEEP_ALL_LEVELS])
     except RuntimeError as exc:
-        if not str(exc):  # sam2 raises a bare RuntimeError after logging missing/unexpected keys
-            raise TeacherError(f"checkpoint {spec.weights} does not match {config} strictly") from exc
+        # sam2 raises a bare RuntimeError after logging missing/unexpected keys; torch names size mismatches
+        if not str(exc) or "state_dict" in str(exc):
+            detail = str(exc).strip().splitlines()[-1][:200] if str(exc) else "missing or unexpected keys"
+            raise TeacherError(f"checkpoint {spec.weights} does not match {config} strictly ({detail})") from exc
         raise TeacherError(f"cannot load checkpoint {spec.weights}: {exc}") from exc
     except KeyError as exc:
         raise TeacherError(f"checkpoint {spec.weights} has no {exc} entry (expected a sam2 checkpoint)") from exc
