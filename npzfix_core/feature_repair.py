@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator
 
@@ -338,13 +338,17 @@ def _pipeline(req, items, prov, teacher, report: RunReport, timings: Timings, ba
                 batch: list[_Loaded] = []
                 t = time.perf_counter()
                 while pending and len(batch) < batch_size:
-                    loaded = pending.popleft().result()
-                    if loaded.error is not None:
-                        finish(loaded.error)
-                    elif req.dry_run:
-                        finish(Outcome(loaded.item.npz, WOULD_UPDATE))
-                    else:
-                        batch.append(loaded)
+                    # whichever images are decoded first: one slow file never holds the device back
+                    done = [f for f in pending if f.done()] or list(wait(pending, return_when=FIRST_COMPLETED).done)
+                    for f in done[: batch_size - len(batch)]:
+                        pending.remove(f)
+                        loaded = f.result()
+                        if loaded.error is not None:
+                            finish(loaded.error)
+                        elif req.dry_run:
+                            finish(Outcome(loaded.item.npz, WOULD_UPDATE))
+                        else:
+                            batch.append(loaded)
                 timings.wait_decode_s += time.perf_counter() - t
                 if batch:
                     _encode_and_queue(batch, teacher, req, prov, write_pool, writes, timings, finish)
