@@ -34,7 +34,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_edges.py
 	$(PY) benchmarks/bench_store.py
-	$(PY) benchmarks/bench_features.py --batch-size 1
+	$(PY) benchmarks/bench_features.py
 	$(PY) benchmarks/bench_sensor.py
 
 clean:

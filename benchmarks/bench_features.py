@@ -22,7 +22,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=12)
     ap.add_argument("--resolution", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=2, help="decode threads of the pipeline")
     a = ap.parse_args()
 
     import torch
@@ -58,7 +59,7 @@ def main() -> None:
 
         t = time.perf_counter()
         rep = run_features(
-            FeatureRequest("bulk", spec, root=d, batch_size=a.batch_size, workers=2, force=True),
+            FeatureRequest("bulk", spec, root=d, batch_size=a.batch_size, workers=a.workers, force=True),
             teacher=teacher,
             progress=False,
         )
