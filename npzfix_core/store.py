@@ -72,18 +72,29 @@ def _open_zip(path: str | os.PathLike) -> zipfile.ZipFile:
     return zf
 
 
+def _pickle_error(name: str) -> NpzError:
+    return NpzError(f"member {name!r} holds Python objects (pickle); refusing to load it")
+
+
+def _header_len(head: bytes) -> int:
+    """Length of an npy header (magic, version, size, dict) from its first 12 bytes."""
+    if head[:6] != b"\x93NUMPY" or len(head) < 10:
+        raise ValueError("missing .npy magic")
+    if head[6] == 1:
+        return 10 + int.from_bytes(head[8:10], "little")
+    return 12 + int.from_bytes(head[8:12], "little")
+
+
 def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> MemberInfo:
     try:
         with zf.open(info) as fp:
-            version = np.lib.format.read_magic(fp)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+            head = fp.read(12)
+            head += fp.read(_header_len(head) - len(head))
+        shape, _, dtype = _parse_header(head)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise NpzError(f"member {info.filename!r} is not a valid .npy: {exc}") from exc
     if dtype.hasobject:
-        raise NpzError(f"member {info.filename!r} holds Python objects (pickle); refusing to load it")
+        raise _pickle_error(info.filename)
     return MemberInfo(_key(info.filename), tuple(shape), dtype)
 
 
@@ -108,12 +119,7 @@ def _parse_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 def _decode_small(raw: bytes) -> np.ndarray:
     """A small member's bytes -> array, without NumPy's per-call header ``literal_eval``."""
-    if raw[:6] != b"\x93NUMPY":
-        raise ValueError("missing .npy magic")
-    if raw[6] == 1:
-        hlen = 10 + int.from_bytes(raw[8:10], "little")
-    else:
-        hlen = 12 + int.from_bytes(raw[8:12], "little")
+    hlen = _header_len(raw[:12])
     shape, fortran, dtype = _parse_header(bytes(raw[:hlen]))
     if dtype.hasobject:
         raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
@@ -207,7 +213,7 @@ def read_flags(path: str | os.PathLike, keys: list[str] | tuple[str, ...]) -> di
                 out[key] = _decode_small(_quick_member(fd, e))
             except (ValueError, zlib.error) as exc:
                 if "allow_pickle" in str(exc):
-                    raise NpzError(f"member {key}.npy holds Python objects (pickle); refusing to load it") from exc
+                    raise _pickle_error(f"{key}.npy") from exc
                 raise NpzError(f"member {key}.npy is damaged: {exc}") from exc
         return out
     finally:
@@ -230,10 +236,8 @@ def read_arrays(path: str | os.PathLike, keys: list[str] | tuple[str, ...] | Non
                 with zf.open(info) as fp:
                     out[key] = np.lib.format.read_array(fp, allow_pickle=False)
             except ValueError as exc:
-                if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-                    raise NpzError(
-                        f"member {info.filename!r} holds Python objects (pickle); refusing to load it"
-                    ) from exc
+                if "allow_pickle" in str(exc):
+                    raise _pickle_error(info.filename) from exc
                 raise NpzError(f"member {info.filename!r} is damaged: {exc}") from exc
             except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
                 raise NpzError(f"member {info.filename!r} is damaged: {exc}") from exc
