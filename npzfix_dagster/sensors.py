@@ -36,8 +36,8 @@ def _scan(root: str, state: dict) -> dict:
             new_state[rel] = old  # unchanged: no listing, descend into the subdirectories seen last time
         else:
             entry = {"m": st.st_mtime_ns, "sub": [os.path.relpath(s, root) for s in discovery.subdirs(d)]}
-            if discovery.holds_npz(d):
-                n, digest = discovery.npz_names_signature(d)
+            n, digest = discovery.npz_names_signature(d)  # one listing: no NPZ names means no partition
+            if n:
                 entry["sig"] = f"{n}:{digest}"
                 entry["req"] = (old or {}).get("req")
             new_state[rel] = entry
