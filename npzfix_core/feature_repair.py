@@ -102,6 +102,17 @@ def items_for(req: FeatureRequest) -> Iterator[discovery.WorkItem]:
     return discovery.sample_items(req.samples, list(req.npz_dirs))
 
 
+def stored_teacher(arrays: dict) -> dict | None:
+    """The provenance a file's features were written with; None when it has none (legacy or never repaired)."""
+    if "feature_provenance" not in arrays:
+        return None
+    try:
+        stored = json.loads(str(arrays["feature_provenance"]))
+    except ValueError:
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
 def same_teacher(stored: dict, prov: dict) -> bool:
     return all(stored.get(k) == prov.get(k) for k in PROVENANCE_FIELDS)
 
@@ -114,12 +125,9 @@ def precheck(item: discovery.WorkItem, req: FeatureRequest, prov: dict) -> Outco
         if req.sets_flag and not req.force:
             flags = store.read_flags(item.npz, FLAG_KEYS)
             if "feature_flag" in flags and int(flags["feature_flag"]) == 1:
-                if "feature_provenance" not in flags:
+                stored = stored_teacher(flags)
+                if stored is None:
                     return Outcome(item.npz, SKIPPED_LEGACY, "flagged by the original tool (no provenance)")
-                try:
-                    stored = json.loads(str(flags["feature_provenance"]))
-                except ValueError:
-                    stored = {}
                 if same_teacher(stored, prov):
                     return Outcome(item.npz, SKIPPED_DONE)
     except store.NpzError as exc:

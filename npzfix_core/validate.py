@@ -83,7 +83,7 @@ def check_edges(paths: Iterable[str], kernel_size: int, json_dir: str | None = N
 
 def check_features(paths: Iterable[str], provenance: dict | None = None, needs_flag: bool = True) -> CheckResult:
     """P4/P5 present, float, finite, 256 channels, P5 half of P4; IMAGE_EMB_S16 == P4; flag and same teacher."""
-    from npzfix_core.feature_repair import same_teacher
+    from npzfix_core.feature_repair import same_teacher, stored_teacher
 
     res = CheckResult()
     for p in paths:
@@ -104,15 +104,12 @@ def check_features(paths: Iterable[str], provenance: dict | None = None, needs_f
         if needs_flag and not ("feature_flag" in a and int(a["feature_flag"]) == 1):
             res.fail(p, "feature_flag is not 1")
         if provenance is not None:
-            if "feature_provenance" not in a:
+            stored = stored_teacher(a)
+            if stored is None:
                 res.fail(
                     p, "no feature provenance: never repaired by npzfix (or flagged by the original tool; use force)"
                 )
                 continue
-            try:
-                stored = json.loads(str(a["feature_provenance"]))
-            except ValueError:
-                stored = {}
             if not same_teacher(stored, provenance):
                 res.fail(
                     p,
