@@ -96,7 +96,8 @@ def process_one(
             arrays["edge_flag"] = np.array(1, dtype=np.uint8)
             arrays["edge_version"] = np.array(EDGE_VERSION)
             arrays["edge_provenance"] = np.array(json.dumps(provenance(kernel_size), sort_keys=True))
-        store.update(npz, arrays, only_if_present={"edge_256x256"}, durable=durable)
+        # without a flag, the flag and provenance of an earlier run would vouch for edges they did not see
+        store.update(npz, arrays, only_if_present={"edge_256x256"}, remove=set(EDGE_KEYS), durable=durable)
         return out(UPDATED)
     except store.NpzError as exc:
         return out(FAILED, f"NPZ: {exc}")

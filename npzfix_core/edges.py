@@ -46,7 +46,9 @@ def parse_sa1b(doc: object) -> ImageAnnotations:
     if not isinstance(doc, dict):
         raise AnnotationError("JSON root is not an object")
     image = doc.get("image")
-    anns = doc.get("annotations", [])
+    if "annotations" not in doc:  # not "no masks": the original tool failed here, and zero edges would be wrong
+        raise AnnotationError("JSON has no 'annotations' list")
+    anns = doc["annotations"]
     if not isinstance(image, dict) or "height" not in image or "width" not in image:
         raise AnnotationError("JSON has no image.height/image.width")
     try:

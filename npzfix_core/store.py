@@ -365,13 +365,15 @@ def update(
     *,
     only_if_present: frozenset[str] | set[str] = frozenset(),
     prepare: Callable[[dict[str, MemberInfo]], Mapping[str, np.ndarray]] | None = None,
+    remove: frozenset[str] | set[str] = frozenset(),
     durable: bool = True,
 ) -> UpdateResult:
     """Atomically set arrays in the NPZ, keeping every other member byte for byte.
 
     The file is re-read under its lock: keys in ``only_if_present`` are written
     only where it has them, and ``prepare`` (instead of ``arrays``) sees its
-    current members (shape, dtype) to shape what it writes. Raises NpzError
+    current members (shape, dtype) to shape what it writes. Keys in ``remove``
+    (and not written) are dropped: a flag must not outlive what it vouched for. Raises NpzError
     with a reason, or OSError from the file system; the file is then unchanged
     and no temp file remains.
     """
@@ -395,7 +397,7 @@ def update(
                 with os.fdopen(fd, "wb") as out:
                     writer = _ZipWriter(out)
                     for info in infos:
-                        if _key(info.filename) not in chosen:
+                        if _key(info.filename) not in chosen and _key(info.filename) not in remove:
                             writer.copy_raw(src, info)
                     for key, array in chosen.items():
                         writer.add_array(key, array, deflate)

@@ -294,3 +294,45 @@ def test_a_dying_worker_process_fails_its_file_not_the_run(tmp_path):
     )
     assert report.seen >= 2 and report.counts["failed"] >= 1
     assert any("worker process died" in f["reason"] for f in report.failures)
+
+
+def test_json_without_annotations_fails_and_leaves_the_npz_untouched(tmp_path):
+    """Issue 12 #1: a missing 'annotations' key is not 'no masks' (it zeroed the edges and flagged the file)."""
+    res = synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=2, seed=3, sizes=((30, 40),), masks=4, states=("fresh",), feature_hw=4)
+    )
+    bad, good = res.npz
+    ext = os.path.dirname(bad)
+    stem = os.path.basename(good).replace("_features.npz", "")
+    with open(os.path.join(os.path.dirname(ext), stem + ".json")) as f:
+        doc = json.load(f)
+    doc["annotations"] = []  # an explicit empty list stays a legitimate mask-less image
+    with open(os.path.join(os.path.dirname(ext), stem + ".json"), "w") as f:
+        json.dump(doc, f)
+    with open(os.path.join(os.path.dirname(ext), os.path.basename(bad).replace("_features.npz", ".json")), "w") as f:
+        f.write('{"image": {"height": 30, "width": 40}}')
+    before = sha(bad)
+    rep = edge_repair.run_edges(edge_repair.EdgeRequest(ext), progress=False)
+    assert rep.counts["failed"] == 1 and rep.counts["updated"] == 1
+    assert "annotations" in rep.failures[0]["reason"] and rep.failures[0]["path"] == bad
+    assert sha(bad) == before
+    got = store.read_arrays(good)
+    assert got["edge_64x64"].sum() == 0 and int(got["edge_flag"]) == 1
+
+
+def test_no_edge_flag_drops_the_flag_and_provenance_it_no_longer_vouches_for(tmp_path):
+    """Issue 12 #2: k=3 edges written without a flag after a k=5 run must not be skipped as k=5 later."""
+    res = synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=1, seed=4, sizes=((60, 70),), masks=6, states=("fresh",), feature_hw=4)
+    )
+    (npz,) = res.npz
+    ext = os.path.dirname(npz)
+    edge_repair.run_edges(edge_repair.EdgeRequest(ext, kernel_size=5), progress=False)
+    assert json.loads(str(store.read_arrays(npz)["edge_provenance"]))["kernel_size"] == 5
+    run_cli("edges", "--npz-dir", ext, "--kernel-size", 3, "--no-edge-flag", check_rc=0)
+    got = store.read_arrays(npz)
+    assert not {"edge_flag", "edge_version", "edge_provenance"} & set(got)
+    np.testing.assert_array_equal(got["edge_64x64"], _expected(npz, 3)[64])
+    rep = edge_repair.run_edges(edge_repair.EdgeRequest(ext, kernel_size=5, skip_if_processed=True), progress=False)
+    assert rep.counts["updated"] == 1
+    np.testing.assert_array_equal(store.read_arrays(npz)["edge_64x64"], _expected(npz, 5)[64])

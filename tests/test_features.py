@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import NPZFIX, run_cli, sha, temp_files
-from npzfix_core import devices, store, synth
+from npzfix_core import store, synth
 from npzfix_core.feature_repair import FeatureRequest, run_features
 from npzfix_core.teacher import TeacherSpec, build, config_for_checkpoint
 
@@ -275,20 +275,6 @@ def test_usage_errors(tmp_path):
     run_cli("features", "--root", res.root, "--samples", "x", "--random-init", 0, check_rc=2)
     p = run_cli("features", "--root", res.root, "--random-init", 0, "--device", "cuda:3", "--gpus", "1,2", check_rc=2)
     assert "GPU" in p.stderr
-
-
-def test_device_policy_without_gpus(monkeypatch):
-    assert devices.resolve("cpu") == "cpu"
-    assert devices.resolve("auto") == "cpu"
-    with pytest.raises(devices.DeviceError):
-        devices.resolve("cuda")
-    with pytest.raises(devices.DeviceError):
-        devices.resolve("tpu")
-    monkeypatch.setenv("NPZFIX_GPUS", "1,2,4,5,6,7")
-    assert devices.allowed_gpus() == [1, 2, 4, 5, 6, 7]
-    assert devices.allowed_gpus("all") is None
-    with pytest.raises(devices.DeviceError):
-        devices.allowed_gpus("1,x")
 
 
 def test_concurrent_edges_and_features_keep_both(tmp_path):
