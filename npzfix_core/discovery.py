@@ -156,10 +156,11 @@ def edge_items(
     return [_item(p, find_json(p, json_dir, listings), "JSON") for p in paths]
 
 
-def bulk_items(root: str) -> Iterator[WorkItem]:
-    """Tool 1: recursive scan of ``root``; image beside the NPZ or in its parent."""
+def bulk_items(root: str, recursive: bool = True) -> Iterator[WorkItem]:
+    """Tool 1: recursive scan of ``root`` (or its own files only: one Dagster partition is one directory);
+    image beside the NPZ or in its parent."""
     listings = Listings()
-    for p in scan_npz(root):
+    for p in scan_npz(root) if recursive else npz_in_dir(root):
         yield _item(p, find_image(p, listings=listings), "image")
 
 
@@ -225,6 +226,36 @@ def npz_names_signature(directory: str) -> tuple[int, str]:
     for n in names:
         h.update(n.encode() + b"\0")
     return len(names), h.hexdigest()[:16]
+
+
+def first_npz(directory: str, n: int) -> list[str]:
+    """Up to ``n`` feature NPZs in directory order, without listing the whole directory (a cheap sample)."""
+    out: list[str] = []
+    try:
+        with os.scandir(directory) as it:
+            for e in it:
+                if stem_of(e.name) is not None and not e.name.startswith("."):
+                    out.append(e.path)
+                    if len(out) >= n:
+                        break
+    except OSError:
+        pass
+    return out
+
+
+@dataclass(frozen=True)
+class DirSnapshot:
+    """What a run saw of its directory when it started: a later mtime is the cheap sign of new names, and the
+    name signature the exact one (our own in-place rewrites change neither)."""
+
+    mtime_ns: int
+    signature: str  # "<count>:<digest>" of the feature NPZ names
+
+
+def snapshot(directory: str) -> DirSnapshot:
+    mtime = os.stat(directory).st_mtime_ns  # before listing: a file added meanwhile shows as a newer mtime
+    n, digest = npz_names_signature(directory)
+    return DirSnapshot(mtime, f"{n}:{digest}")
 
 
 def dataset_dirs(root: str) -> list[str]:

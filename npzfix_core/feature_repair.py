@@ -54,6 +54,7 @@ class FeatureRequest:
     mode: str  # bulk (tool 1) | samples (tool 2) | train_test (tool 3)
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     root: str | None = None
+    recursive: bool = True  # bulk: the whole tree under root, or only root's own files (a Dagster partition)
     samples: str | None = None
     npz_dirs: tuple[str, ...] = ()
     extracted_dirs: tuple[str, ...] = ()
@@ -96,7 +97,7 @@ class FeatureRequest:
 
 def items_for(req: FeatureRequest) -> Iterator[discovery.WorkItem]:
     if req.mode == "bulk":
-        return discovery.bulk_items(req.root)
+        return discovery.bulk_items(req.root, req.recursive)
     if req.mode == "train_test":
         return discovery.train_test_items(req.extracted_dirs)
     return discovery.sample_items(req.samples, list(req.npz_dirs))
@@ -118,11 +119,13 @@ def same_teacher(stored: dict, prov: dict) -> bool:
 
 
 def precheck(item: discovery.WorkItem, req: FeatureRequest, prov: dict) -> Outcome | None:
-    """Outcome for items that need no compute (missing, done, legacy-flagged, unreadable), else None."""
-    if item.problem or item.npz is None or item.source is None:
-        return Outcome(item.npz or item.source or item.stem, MISSING, item.problem or "missing source")
+    """Outcome for items that need no compute (done, legacy-flagged, missing, unreadable), else None.
+
+    Done first, sources second: a done file needs no image, so a shard whose JPEGs were deleted after
+    extraction is reported as done, not as thousands of missing sources.
+    """
     try:
-        if req.sets_flag and not req.force:
+        if item.npz is not None and req.sets_flag and not req.force:
             flags = store.read_flags(item.npz, FLAG_KEYS)
             if "feature_flag" in flags and int(flags["feature_flag"]) == 1:
                 stored = stored_teacher(flags)
@@ -134,6 +137,8 @@ def precheck(item: discovery.WorkItem, req: FeatureRequest, prov: dict) -> Outco
         return Outcome(item.npz, FAILED, f"NPZ: {exc}")
     except OSError as exc:
         return Outcome(item.npz, FAILED, f"I/O error: {exc}")
+    if item.problem or item.npz is None or item.source is None:
+        return Outcome(item.npz or item.source or item.stem, MISSING, item.problem or "missing source")
     return None
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 from dagster import AssetCheckSpec, AssetExecutionContext, Config, Failure, MaterializeResult, asset
 
 from npzfix_dagster import metadata
-from npzfix_dagster.partitions import sa1b_dir, sa1b_dirs, split_extracted_dir, train_test_splits
+from npzfix_dagster.partitions import PartitionKeyError, sa1b_dir, sa1b_dirs, split_extracted_dir, train_test_splits
 from npzfix_dagster.resources import DatasetRoots, Sam2Teacher
 
 
@@ -63,7 +63,12 @@ class EdgesConfig(Config):
     durable: bool = True
 
 
-def _existing_dir(path: str, key: str) -> str:
+def _partition_dir(root: str, key: str, to_dir) -> str:
+    """The partition's directory; a key outside its root or a vanished directory is a clear Failure."""
+    try:
+        path = to_dir(root, key)
+    except PartitionKeyError as exc:
+        raise Failure(description=f"refusing partition {key!r}: {exc}; no file was touched") from exc
     if not os.path.isdir(path):
         raise Failure(
             description=f"partition {key!r}: directory {path} does not exist (moved or deleted?)",
@@ -95,6 +100,7 @@ def _features(
         mode=mode,
         teacher=teacher.spec(),
         root=directory if mode == "bulk" else None,
+        recursive=False,  # a partition is the NPZ files directly in its directory
         extracted_dirs=(directory,) if mode == "train_test" else (),
         max_files=config.max_files,
         batch_size=teacher.batch_size,
@@ -105,15 +111,19 @@ def _features(
         durable=config.durable,
     )
     needs_model = not config.dry_run
+    seen_dir = discovery.snapshot(directory)
     report = run_features(req, teacher=_LazyTeacher(teacher) if needs_model else None, progress=True)
     base = _report_path(roots, asset_name, key, context.run.run_id)
     json_path, _ = report.write(base)
-    paths = discovery.npz_in_dir(directory) if mode == "train_test" else list(discovery.scan_npz(directory))
+    paths = discovery.npz_in_dir(directory)
     check = check_features(sample(paths, SAMPLE), teacher.provenance(), needs_flag=True)
     png = preview.render(paths, base[: -len(".report")] + ".preview.png")
     context.log.info(report.summary())
     return MaterializeResult(
-        metadata={**metadata.report_metadata(report, directory, json_path), **metadata.preview_metadata(png)},
+        metadata={
+            **metadata.report_metadata(report, directory, json_path, seen_dir),
+            **metadata.preview_metadata(png),
+        },
         check_results=[metadata.no_failures_check(report), metadata.sample_check(check)],
     )
 
@@ -142,7 +152,7 @@ def sa1b_features_fixed(
 ) -> MaterializeResult:
     """Every SA-1B NPZ in this directory carries P4_S16/P5_S32 from the configured SAM2 teacher, with
     feature_flag=1 and the teacher's provenance (tool 1: bulk_fix_npz_features)."""
-    directory = _existing_dir(sa1b_dir(roots.require("sa1b_root"), context.partition_key), context.partition_key)
+    directory = _partition_dir(roots.require("sa1b_root"), context.partition_key, sa1b_dir)
     return _features(context, config, roots, teacher, "bulk", directory, "sa1b_features_fixed")
 
 
@@ -159,7 +169,7 @@ def train_test_features_fixed(
     """Every NPZ in <split>/extracted carries P4_S16/P5_S32 from the configured SAM2 teacher, computed from
     the image in <split>/, with feature_flag=1 (tool 3: fix_train_test_npz)."""
     key = context.partition_key
-    directory = _existing_dir(split_extracted_dir(roots.require("train_test_root"), key), key)
+    directory = _partition_dir(roots.require("train_test_root"), key, split_extracted_dir)
     return _features(context, config, roots, teacher, "train_test", directory, "train_test_features_fixed")
 
 
@@ -175,7 +185,7 @@ def edges_B_v1(context: AssetExecutionContext, config: EdgesConfig, roots: Datas
     from npzfix_core.validate import check_edges, sample
 
     key = context.partition_key
-    directory = _existing_dir(sa1b_dir(roots.require("sa1b_root"), key), key)
+    directory = _partition_dir(roots.require("sa1b_root"), key, sa1b_dir)
     json_dir = roots.json_dir_for(key)
     req = EdgeRequest(
         npz_dir=directory,
@@ -190,6 +200,7 @@ def edges_B_v1(context: AssetExecutionContext, config: EdgesConfig, roots: Datas
         dry_run=config.dry_run,
         durable=config.durable,
     )
+    seen_dir = discovery.snapshot(directory)
     report = run_edges(req, progress=True)
     base = _report_path(roots, "edges_B_v1", key, context.run.run_id)
     json_path, _ = report.write(base)
@@ -198,6 +209,9 @@ def edges_B_v1(context: AssetExecutionContext, config: EdgesConfig, roots: Datas
     png = preview.render(paths, base[: -len(".report")] + ".preview.png")
     context.log.info(report.summary())
     return MaterializeResult(
-        metadata={**metadata.report_metadata(report, directory, json_path), **metadata.preview_metadata(png)},
+        metadata={
+            **metadata.report_metadata(report, directory, json_path, seen_dir),
+            **metadata.preview_metadata(png),
+        },
         check_results=[metadata.no_failures_check(report), metadata.sample_check(check)],
     )

@@ -7,6 +7,7 @@ import os
 
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
 
+from npzfix_core.discovery import DirSnapshot
 from npzfix_core.report import RunReport
 from npzfix_core.validate import CheckResult
 
@@ -24,7 +25,9 @@ def _md_table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
-def report_metadata(report: RunReport, directory: str, report_path: str | None) -> dict:
+def report_metadata(
+    report: RunReport, directory: str, report_path: str | None, seen_dir: DirSnapshot | None = None
+) -> dict:
     c = report.counts
     prov = {k: v for k, v in report.provenance.items() if k not in ("request", "timings")}
     md = {
@@ -45,6 +48,9 @@ def report_metadata(report: RunReport, directory: str, report_path: str | None) 
         md["timings"] = MetadataValue.json(report.provenance["timings"])
     if report.stopped_early:
         md["stopped_early"] = report.stopped_early
+    if seen_dir is not None:  # what the daily re-check compares with, without reading the files again
+        md["dir_mtime_ns"] = MetadataValue.text(str(seen_dir.mtime_ns))
+        md["npz_signature"] = MetadataValue.text(seen_dir.signature)
     if report_path:
         md["report"] = MetadataValue.path(report_path)
     return md

@@ -12,12 +12,35 @@ sa1b_dirs = DynamicPartitionsDefinition(name="sa1b_dirs")
 train_test_splits = DynamicPartitionsDefinition(name="train_test_splits")
 
 
+class PartitionKeyError(ValueError):
+    """A key that does not name a directory inside its root (added by hand in the UI or through the API)."""
+
+
+def key_dir(root: str, key: str) -> str:
+    """The directory a key names under ``root``, checked lexically: relative, normalised, no ``..``.
+
+    A key becomes a path only through here, so no key can make a run write outside its root. Symlinks placed
+    inside the root are followed, as discovery follows them.
+    """
+    if not key or "\0" in key:
+        raise PartitionKeyError(f"partition key {key!r} is empty or holds a NUL byte")
+    if os.path.isabs(key) or key.startswith("~"):
+        raise PartitionKeyError(f"partition key {key!r} is absolute: keys are paths relative to {root}")
+    if ".." in key.split("/"):
+        raise PartitionKeyError(f"partition key {key!r} leaves its root {root} ('..')")
+    if key != os.path.normpath(key):
+        raise PartitionKeyError(f"partition key {key!r} is not normalised: use {os.path.normpath(key)!r}")
+    return os.path.join(root, key) if key != "." else root
+
+
 def sa1b_dir(root: str, key: str) -> str:
-    return os.path.normpath(os.path.join(root, key))
+    return key_dir(root, key)
 
 
 def split_extracted_dir(root: str, key: str) -> str:
-    return os.path.join(root, key, "extracted")
+    if "/" in key:
+        raise PartitionKeyError(f"train/test partition key {key!r} must be one split name (no '/')")
+    return os.path.join(key_dir(root, key), "extracted")
 
 
 def discover(sa1b_root: str | None, train_test_root: str | None) -> dict[str, list[str]]:

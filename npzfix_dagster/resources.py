@@ -29,7 +29,9 @@ class DatasetRoots(ConfigurableResource):
         return value
 
     def json_dir_for(self, key: str) -> Optional[str]:
-        return os.path.join(self.json_root, os.path.dirname(key)) if self.json_root else None
+        from npzfix_dagster.partitions import key_dir
+
+        return key_dir(self.json_root, os.path.dirname(key) or ".") if self.json_root else None
 
     def previews(self) -> str:
         if self.preview_dir:

@@ -9,6 +9,7 @@ nothing.
 
 import json
 import os
+import time
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
@@ -17,23 +18,36 @@ from npzfix_dagster.partitions import sa1b_dirs, train_test_splits
 from npzfix_dagster.resources import DatasetRoots
 
 MAX_RUNS_PER_TICK = 50
+# Listing budget of one tick (Dagster cancels an evaluation after 60 s). A fresh SA-1B root (1,000 directories
+# of 11,000 files) may not be listed in one tick on a slow file system: what is left is listed by the next.
+LIST_BUDGET_S = float(os.environ.get("NPZFIX_SENSOR_LIST_BUDGET_S", "30"))
 
 
-def _scan(root: str, state: dict) -> dict:
+def _scan(root: str, state: dict, budget_s: float = LIST_BUDGET_S) -> tuple[dict, int]:
     """The cursor's directory state brought up to date: only directories whose mtime moved are listed.
 
     Each entry: ``m`` (mtime), ``sub`` (subdirectories), and for directories holding NPZs ``sig`` (count and
-    digest of their NPZ names) and ``req`` (the signature a run was last requested for).
+    digest of their NPZ names) and ``req`` (the signature a run was last requested for). Once ``budget_s``
+    is spent, changed directories keep their old entry (or none) and are listed by a later tick; returns
+    the state and how many directories were deferred.
     """
     from npzfix_core import discovery
 
     new_state: dict = {}
+    deadline = time.monotonic() + budget_s
+    deferred = 0
 
     def children(d: str, st: os.stat_result) -> list[str]:
+        nonlocal deferred
         rel = os.path.relpath(d, root)
         old = state.get(rel)
         if old is not None and old["m"] == st.st_mtime_ns:
             new_state[rel] = old  # unchanged: no listing, descend into the subdirectories seen last time
+        elif time.monotonic() > deadline:
+            deferred += 1  # its mtime still differs from the cursor's, so a later tick lists it
+            if old is None:
+                return []
+            new_state[rel] = old
         else:
             entry = {"m": st.st_mtime_ns, "sub": [os.path.relpath(s, root) for s in discovery.subdirs(d)]}
             n, digest = discovery.npz_names_signature(d)  # one listing: no NPZ names means no partition
@@ -45,7 +59,7 @@ def _scan(root: str, state: dict) -> dict:
 
     for _ in discovery.walk_dirs(root, children):
         pass
-    return new_state
+    return new_state, deferred
 
 
 def _partition_of(rel: str, is_split_root: bool) -> str | None:
@@ -62,13 +76,15 @@ def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, jo
     cursor = json.loads(context.cursor) if context.cursor else {}
     if cursor.get("root") != root:
         cursor = {"root": root, "dirs": {}}
-    state = _scan(root, cursor["dirs"])
+    t0 = time.monotonic()
+    state, deferred = _scan(root, cursor["dirs"])
     # new or changed since the last request; a backlog beyond the per-tick cap waits without re-listing
-    todo = sorted(
+    wanted = sorted(
         (key, rel)
         for rel, e in state.items()
         if e.get("sig") and e["sig"] != e.get("req") and (key := _partition_of(rel, is_split_root)) is not None
-    )[:MAX_RUNS_PER_TICK]
+    )
+    todo = wanted[:MAX_RUNS_PER_TICK]
     known = set(context.instance.get_dynamic_partitions(partitions_def.name))
     add = [k for k, _ in todo if k not in known]
     runs = []
@@ -82,10 +98,19 @@ def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, jo
                 tags={"npzfix/trigger": "new files"},
             )
         )
+    n_dirs = sum(1 for e in state.values() if e.get("sig"))
+    said = (
+        f"{len(state)} directories looked at ({n_dirs} hold NPZs) in {time.monotonic() - t0:.1f} s; "
+        f"{len(todo)} new or changed requested"
+        + (f", {len(wanted) - len(todo)} more waiting (cap {MAX_RUNS_PER_TICK} per tick)" if len(wanted) > len(todo) else "")
+        + (f"; listing budget spent, {deferred}+ directories left for the next tick" if deferred else "")
+    )
+    context.log.info(said)
     return SensorResult(
         run_requests=runs,
         dynamic_partitions_requests=[partitions_def.build_add_request(add)] if add else [],
         cursor=json.dumps({"root": root, "dirs": state}),
+        skip_reason=None if runs else said,
     )
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -189,16 +190,52 @@ def test_sensor_adds_partitions_and_requests_runs_once(tmp_path, instance):
     assert tick(r4.cursor).run_requests == []
 
 
-def test_schedule_requests_partitions_not_done(tmp_path):
-    root = str(tmp_path / "sa1b")
-    a = _shard(root, "sa_000020", n=2, states=("fresh", "corrupt"))  # a corrupt file alone asks for no run
-    _shard(root, "sa_000021", n=1, states=("fresh",))
+def test_schedule_decides_from_the_instance_and_a_sample(tmp_path):
+    """The daily re-check reads latest materializations, one stat per directory and two flags, never all files."""
     with instance_for_test() as instance:
-        instance.add_dynamic_partitions("sa1b_dirs", ["sa_000020/extracted", "sa_000021/extracted"])
-        store.update(a.npz[0], {"feature_flag": np.array(1, np.uint8), "edge_flag": np.array(1, np.uint8)})
-        ctx = build_schedule_context(instance=instance, resources={"roots": DatasetRoots(sa1b_root=root)})
-        runs = sa1b_daily_recheck(ctx)
-        assert [r.partition_key for r in runs] == ["sa_000021/extracted"]
+        _schedule_case(tmp_path, instance)
+
+
+def _schedule_case(tmp_path, instance):
+    root = str(tmp_path / "sa1b")
+    a = _shard(root, "sa_000020", n=2, states=("fresh", "fresh"))
+    c = _shard(root, "sa_000022", n=2, states=("fresh", "fresh"), seed=2)
+    _shard(root, "sa_000021", n=1, states=("fresh",))
+    keys = ["sa_000020/extracted", "sa_000021/extracted", "sa_000022/extracted", "sa_000023/extracted", "../sa1b"]
+    instance.add_dynamic_partitions("sa1b_dirs", keys)
+    r = _resources(tmp_path, sa1b=root)
+    for key in ("sa_000020/extracted", "sa_000022/extracted"):
+        assert materialize([sa1b_features_fixed, edges_B_v1], partition_key=key, instance=instance, resources=r).success
+
+    def tick(teacher=TEACHER):
+        roots = DatasetRoots(sa1b_root=root)
+        with build_schedule_context(instance=instance, resources={"roots": roots, "teacher": teacher}) as ctx:
+            result = sa1b_daily_recheck(ctx)
+        if not isinstance(result, list):
+            return result.skip_message
+        return {q.partition_key: q.tags["npzfix/reason"] for q in result}
+
+    assert tick() == {"sa_000021/extracted": "edges_B_v1 never materialized"}
+    new = os.path.join(os.path.dirname(c.npz[0]), "sa_new_features.npz")
+    shutil.copy(c.npz[0], new)  # a file that lands after the run
+    store.update(a.npz[1], remove={"edge_flag"})  # a flag removed behind Dagster's back (and a rewrite: new mtime)
+    assert tick() == {
+        "sa_000020/extracted": "a sampled file is not flagged done",
+        "sa_000021/extracted": "edges_B_v1 never materialized",
+        "sa_000022/extracted": "edges_B_v1: NPZ files added or removed since the last run",
+    }
+    os.remove(new)
+    store.update(a.npz[1], {"edge_flag": np.array(1, np.uint8)})
+    other = Sam2Teacher(random_init_seed=1, resolution=RES, device="cpu")
+    assert tick(other) == {
+        "sa_000020/extracted": "sa1b_features_fixed: teacher changed since the last run",
+        "sa_000021/extracted": "edges_B_v1 never materialized",
+        "sa_000022/extracted": "sa1b_features_fixed: teacher changed since the last run",
+    }
+    for key in ("sa_000021/extracted",):
+        materialize([sa1b_features_fixed, edges_B_v1], partition_key=key, instance=instance, resources=r)
+    skip = tick()
+    assert skip.startswith("5 partitions checked, every one done; 1 directories gone; 1 keys refused")
 
 
 def _env(tmp_path, root):
@@ -391,3 +428,88 @@ def test_sensor_backlog_drains_without_relisting_and_split_sensor_keys(tmp_path,
     r = train_test_new_splits_sensor(ctx)
     assert sorted(rr.partition_key for rr in r.run_requests) == ["test", "train_1200"]
     assert sorted(r.dynamic_partitions_requests[0].partition_keys) == ["test", "train_1200"]
+
+
+def test_partition_keys_are_confined_to_their_root(tmp_path, instance):
+    from npzfix_dagster.partitions import PartitionKeyError, key_dir, split_extracted_dir
+
+    root = str(tmp_path / "sa1b")
+    outside = _shard(str(tmp_path), "elsewhere", n=2, states=("fresh", "fresh"))
+    inside = _shard(root, "sa 0001 ünï", n=1, states=("fresh",))  # spaces and unicode are legitimate
+    os.makedirs(root, exist_ok=True)
+    digests = {p: sha(p) for p in outside.npz}
+    bad = [
+        "../elsewhere/extracted",
+        os.path.join(str(tmp_path), "elsewhere", "extracted"),
+        "x/../../elsewhere/extracted",
+    ]
+    instance.add_dynamic_partitions("sa1b_dirs", [*bad, "sa 0001 ünï/extracted"])
+    for key in bad:
+        for asset in (edges_B_v1, sa1b_features_fixed):
+            result = materialize(
+                [asset],
+                partition_key=key,
+                instance=instance,
+                resources=_resources(tmp_path, sa1b=root),
+                raise_on_error=False,
+            )
+            assert not result.success
+            failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
+            assert "refusing partition" in str(failure.event_specific_data.error) and "no file was touched" in str(
+                failure.event_specific_data.error
+            )
+    assert {p: sha(p) for p in outside.npz} == digests
+    result = materialize(
+        [edges_B_v1],
+        partition_key="sa 0001 ünï/extracted",
+        instance=instance,
+        resources=_resources(tmp_path, sa1b=root),
+    )
+    assert _md(result, "edges_B_v1")["updated"].value == 1
+    assert int(store.read_arrays(inside.npz[0], ["edge_flag"])["edge_flag"]) == 1
+    for key in ("", "a/../b", "a/./b", "a/", "/abs", "~user/x", "a\0b"):
+        with pytest.raises(PartitionKeyError):
+            key_dir(root, key)
+    with pytest.raises(PartitionKeyError):
+        split_extracted_dir(root, "train/x")
+    assert key_dir(root, "sa_1/extracted") == os.path.join(root, "sa_1/extracted")
+
+
+def test_a_run_with_nothing_to_do_is_cheap_and_the_event_log_stays_short(tmp_path):
+    """Done files need no source (the JPEGs may be gone); a run in which every file fails logs tens of events."""
+    logs = {"python_logs": {"managed_python_loggers": ["npzfix"], "python_log_level": "INFO"}}  # as deploy/dagster.yaml
+    with instance_for_test(overrides=logs) as instance:
+        _cheap_run_case(tmp_path, instance)
+
+
+def _cheap_run_case(tmp_path, instance):
+    root = str(tmp_path / "sa1b")
+    res = _shard(root, "sa_000030", n=3, states=("fresh",) * 3)
+    key = "sa_000030/extracted"
+    instance.add_dynamic_partitions("sa1b_dirs", [key])
+    r = _resources(tmp_path, sa1b=root)
+    assert (
+        _md(
+            materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r), "sa1b_features_fixed"
+        )["updated"].value
+        == 3
+    )
+    for name in os.listdir(res.root):
+        if name.endswith(".jpg"):
+            os.remove(os.path.join(res.root, name))
+    md = _md(
+        materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r), "sa1b_features_fixed"
+    )
+    assert md["skipped_done"].value == 3 and md["missing_source"].value == 0
+
+    ext = os.path.dirname(res.npz[0])
+    for i in range(150):
+        with open(os.path.join(ext, f"junk{i:03d}_features.npz"), "wb") as f:
+            f.write(b"not a zip")
+    result = materialize([edges_B_v1], partition_key=key, instance=instance, resources=r)
+    assert _md(result, "edges_B_v1")["failed"].value == 150
+    logs = instance.all_logs(result.run_id)
+    per_file = [e for e in logs if "not a readable NPZ" in (e.user_message or "") and "junk" in e.user_message]
+    assert len(per_file) <= 25  # the first 20, then a count (the failures table and report hold all 150)
+    assert any("130 more failed files" in (e.user_message or "") for e in logs)
+    assert len(logs) < 100
