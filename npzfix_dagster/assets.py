@@ -12,6 +12,7 @@ from typing import Optional
 from dagster import AssetCheckSpec, AssetExecutionContext, Config, Failure, MaterializeResult, asset
 
 from npzfix_dagster import metadata
+from npzfix_dagster.k8s import CPU_TAGS, GPU_TAGS
 from npzfix_dagster.partitions import PartitionKeyError, sa1b_dir, sa1b_dirs, split_extracted_dir, train_test_splits
 from npzfix_dagster.resources import DatasetRoots, Sam2Teacher
 
@@ -144,6 +145,7 @@ class _LazyTeacher:
     partitions_def=sa1b_dirs,
     check_specs=_checks("sa1b_features_fixed", sa1b_dirs),
     pool="gpu",
+    op_tags=GPU_TAGS,
     group_name="sa1b",
     kinds={"numpy", "pytorch"},
 )
@@ -160,6 +162,7 @@ def sa1b_features_fixed(
     partitions_def=train_test_splits,
     check_specs=_checks("train_test_features_fixed", train_test_splits),
     pool="gpu",
+    op_tags=GPU_TAGS,
     group_name="train_test",
     kinds={"numpy", "pytorch"},
 )
@@ -174,7 +177,11 @@ def train_test_features_fixed(
 
 
 @asset(
-    partitions_def=sa1b_dirs, check_specs=_checks("edges_B_v1", sa1b_dirs), group_name="sa1b", kinds={"numpy", "opencv"}
+    partitions_def=sa1b_dirs,
+    check_specs=_checks("edges_B_v1", sa1b_dirs),
+    op_tags=CPU_TAGS,
+    group_name="sa1b",
+    kinds={"numpy", "opencv"},
 )
 def edges_B_v1(context: AssetExecutionContext, config: EdgesConfig, roots: DatasetRoots) -> MaterializeResult:
     """Every SA-1B NPZ in this directory carries Method-B edge maps (edge_64x64, edge_32x32, and edge_256x256

@@ -5,17 +5,26 @@ from typing import List, Optional
 from dagster import AssetSelection, Config, Failure, OpExecutionContext, Output, define_asset_job, job, op
 
 from npzfix_dagster import metadata
+from npzfix_dagster.k8s import CPU_TAGS, GPU_TAGS
 from npzfix_dagster.resources import Sam2Teacher
 
 sa1b_job = define_asset_job(
     "sa1b_job",
     selection=AssetSelection.assets("sa1b_features_fixed", "edges_B_v1"),
-    description="Features and edges for one SA-1B directory.",
+    description="Features and edges for one SA-1B directory (one GPU).",
+    tags=GPU_TAGS,
+)
+sa1b_edges_job = define_asset_job(
+    "sa1b_edges_job",
+    selection=AssetSelection.assets("edges_B_v1"),
+    description="Edges only for one SA-1B directory (CPU: no GPU requested).",
+    tags=CPU_TAGS,
 )
 train_test_job = define_asset_job(
     "train_test_job",
     selection=AssetSelection.assets("train_test_features_fixed"),
-    description="Features for one train/test split.",
+    description="Features for one train/test split (one GPU).",
+    tags=GPU_TAGS,
 )
 
 
@@ -30,7 +39,11 @@ class SampleListConfig(Config):
     report: Optional[str] = None
 
 
-@op(pool="gpu", description="Recompute P4_S16, P5_S32 and IMAGE_EMB_S16 for the images of a sample list (no flag).")
+@op(
+    pool="gpu",
+    tags=GPU_TAGS,
+    description="Recompute P4_S16, P5_S32 and IMAGE_EMB_S16 for the images of a sample list (no flag).",
+)
 def fix_from_sample_list(context: OpExecutionContext, config: SampleListConfig, teacher: Sam2Teacher):
     from npzfix_core.feature_repair import FeatureRequest, default_decode_workers, run_features
 
@@ -60,6 +73,9 @@ def fix_from_sample_list(context: OpExecutionContext, config: SampleListConfig, 
     return Output(report.counts["updated"], metadata=md)
 
 
-@job(description="Tool 2: repair NPZs of a sample list, NPZs scattered over --npz-dirs. Launch with run config.")
+@job(
+    tags=GPU_TAGS,
+    description="Tool 2: repair NPZs of a sample list, NPZs scattered over --npz-dirs. Launch with run config.",
+)
 def sample_list_job():
     fix_from_sample_list()

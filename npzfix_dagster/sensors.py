@@ -102,7 +102,11 @@ def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, jo
     said = (
         f"{len(state)} directories looked at ({n_dirs} hold NPZs) in {time.monotonic() - t0:.1f} s; "
         f"{len(todo)} new or changed requested"
-        + (f", {len(wanted) - len(todo)} more waiting (cap {MAX_RUNS_PER_TICK} per tick)" if len(wanted) > len(todo) else "")
+        + (
+            f", {len(wanted) - len(todo)} more waiting (cap {MAX_RUNS_PER_TICK} per tick)"
+            if len(wanted) > len(todo)
+            else ""
+        )
         + (f"; listing budget spent, {deferred}+ directories left for the next tick" if deferred else "")
     )
     context.log.info(said)
