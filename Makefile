@@ -36,6 +36,7 @@ bench: setup
 	$(PY) benchmarks/bench_store.py
 	$(PY) benchmarks/bench_features.py
 	$(PY) benchmarks/bench_sensor.py
+	$(PY) benchmarks/bench_control_plane.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) demo_home .pytest_cache

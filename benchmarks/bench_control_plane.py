@@ -54,11 +54,15 @@ def record_materializations(instance, root: str, keys: list[str], teacher_prov: 
         }
         instance.report_runless_asset_event(
             AssetMaterialization(
-                "sa1b_features_fixed", partition=key, metadata={**common, "provenance": MetadataValue.json(teacher_prov)}
+                "sa1b_features_fixed",
+                partition=key,
+                metadata={**common, "provenance": MetadataValue.json(teacher_prov)},
             )
         )
         instance.report_runless_asset_event(
-            AssetMaterialization("edges_B_v1", partition=key, metadata={**common, "provenance": MetadataValue.json({"kernel_size": 3})})
+            AssetMaterialization(
+                "edges_B_v1", partition=key, metadata={**common, "provenance": MetadataValue.json({"kernel_size": 3})}
+            )
         )
 
 
@@ -89,7 +93,9 @@ def measure(instance, root: str, keys: list[str]) -> dict[str, float]:
     r, out["sensor unchanged tick"] = sensor(cursor)
     new = os.path.join(root, "sa_new", "extracted")
     os.makedirs(new)
-    shutil.copy(os.path.join(root, keys[0], os.listdir(os.path.join(root, keys[0]))[0]), os.path.join(new, "x_features.npz"))
+    shutil.copy(
+        os.path.join(root, keys[0], os.listdir(os.path.join(root, keys[0]))[0]), os.path.join(new, "x_features.npz")
+    )
     r, out["sensor one new dir"] = sensor(r.cursor)
     assert len(r.run_requests) == 1
     shutil.rmtree(os.path.dirname(new))
@@ -118,7 +124,9 @@ def main() -> None:
         root = os.path.join(d, "sa1b")
         t = time.perf_counter()
         build_tree(root, a.dirs, a.files)
-        print(f"tree: {a.dirs} dirs x {a.files} files = {a.dirs * a.files:,} NPZ names ({time.perf_counter() - t:.0f} s to build)")
+        print(
+            f"tree: {a.dirs} dirs x {a.files} files = {a.dirs * a.files:,} NPZ names ({time.perf_counter() - t:.0f} s to build)"
+        )
         keys = [f"sa_{i:06d}/extracted" for i in range(a.dirs)]
         prov = Sam2Teacher(random_init_seed=0, resolution=256, device="cpu").provenance()
         results = {}

@@ -86,8 +86,8 @@ def main() -> None:
     print(f"  bare encoder:            {n / t_bare:.3f} img/s")
     print(f"  pipeline efficiency:     {t_bare / t_pipe:.2f} (pipeline / bare encoder; target >= 0.9)")
     print(
-        f"  encoder busy in pipeline: {rep.provenance['timings']['encoder_s'] / t_pipe:.2f} of wall time, "
-        f"waited on decode {rep.provenance['timings']['wait_decode_s']:.2f} s"
+        f"  encoder busy in pipeline: {rep.timings['encoder_s'] / t_pipe:.2f} of wall time, "
+        f"waited on decode {rep.timings['wait_decode_s']:.2f} s"
     )
 
 

@@ -81,7 +81,7 @@ def main() -> None:
                     progress=False,
                 )
                 dt = time.perf_counter() - t
-                tm = rep.provenance["timings"]
+                tm = rep.timings
                 print(
                     f"pipeline {precision} batch {bs}: {rep.counts['updated'] / dt:7.1f} img/s "
                     f"(encoder busy {tm['encoder_s'] / dt:.0%}, waited on decode {tm['wait_decode_s']:.1f} s)"

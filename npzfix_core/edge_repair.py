@@ -10,16 +10,22 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
-import numpy as np
-
-from npzfix_core import __version__, discovery, store
-from npzfix_core.report import FAILED, MISSING, SKIPPED_DONE, UPDATED, WOULD_UPDATE, Outcome, Progress, RunReport
+from npzfix_core import discovery, store
+from npzfix_core.provenance import EDGE_KEYS, EdgeProvenance
+from npzfix_core.report import (
+    FAILED,
+    MISSING,
+    SKIPPED_DONE,
+    UPDATED,
+    WOULD_UPDATE,
+    Budget,
+    Outcome,
+    Progress,
+    RunReport,
+    outcome_for,
+)
 
 log = logging.getLogger("npzfix")
-
-EDGE_VERSION = "B_v1"
-EDGE_KEYS = ("edge_flag", "edge_version", "edge_provenance")
-LEGACY_KERNEL = 3  # files flagged by the original tool carry no provenance; it defaulted to 3
 
 
 @dataclass(frozen=True)
@@ -37,30 +43,6 @@ class EdgeRequest:
     durable: bool = True
 
 
-def provenance(kernel_size: int) -> dict:
-    return {
-        "rule": "method_b",
-        "version": EDGE_VERSION,
-        "kernel_size": int(kernel_size),
-        "tool": f"npzfix {__version__}",
-    }
-
-
-def is_done(flags: dict[str, np.ndarray], kernel_size: int) -> bool:
-    """Flag set and written by this rule with this kernel (legacy B_v1 files count as kernel 3)."""
-    if "edge_flag" not in flags or int(flags["edge_flag"]) != 1:
-        return False
-    if str(flags.get("edge_version", "")) != EDGE_VERSION:
-        return False
-    if "edge_provenance" not in flags:
-        return kernel_size == LEGACY_KERNEL
-    try:
-        prov = json.loads(str(flags["edge_provenance"]))
-    except ValueError:
-        return False
-    return prov.get("rule") == "method_b" and prov.get("kernel_size") == kernel_size
-
-
 def process_one(
     npz: str,
     json_path: str | None,
@@ -71,8 +53,7 @@ def process_one(
     durable: bool = True,
 ) -> Outcome:
     """One file, start to end; every problem becomes an Outcome, never an exception."""
-    from npzfix_core.edges import AnnotationError, method_b, parse_sa1b
-    from npzfix_core.rle import RleError
+    from npzfix_core.edges import method_b, parse_sa1b
 
     t0 = time.perf_counter()
 
@@ -80,8 +61,8 @@ def process_one(
         return Outcome(npz, status, reason, time.perf_counter() - t0)
 
     try:
-        flags = store.read_flags(npz, EDGE_KEYS)
-        if skip_if_processed and is_done(flags, kernel_size):
+        prov = EdgeProvenance(kernel_size)
+        if skip_if_processed and prov.is_done(store.read_flags(npz, EDGE_KEYS)):
             return out(SKIPPED_DONE)
         if json_path is None:
             return out(MISSING, "no JSON found for this NPZ")
@@ -93,25 +74,12 @@ def process_one(
             return out(WOULD_UPDATE)
         arrays = {"edge_64x64": maps[64], "edge_32x32": maps[32], "edge_256x256": maps[256]}
         if set_flag:
-            arrays["edge_flag"] = np.array(1, dtype=np.uint8)
-            arrays["edge_version"] = np.array(EDGE_VERSION)
-            arrays["edge_provenance"] = np.array(json.dumps(provenance(kernel_size), sort_keys=True))
+            arrays.update(prov.arrays())
         # without a flag, the flag and provenance of an earlier run would vouch for edges they did not see
         store.update(npz, arrays, only_if_present={"edge_256x256"}, remove=set(EDGE_KEYS), durable=durable)
         return out(UPDATED)
-    except store.NpzError as exc:
-        return out(FAILED, f"NPZ: {exc}")
-    except json.JSONDecodeError as exc:
-        return out(FAILED, f"malformed JSON {json_path}: {exc}")
-    except (AnnotationError, RleError) as exc:
-        return out(FAILED, f"bad annotations in {json_path}: {exc}")
-    except FileNotFoundError as exc:
-        return out(FAILED, f"file vanished: {exc.filename}")
-    except OSError as exc:
-        return out(FAILED, f"I/O error: {exc.strerror or exc} ({exc.filename or npz})")
     except Exception as exc:  # a batch never dies on one file
-        log.exception("unexpected error on %s", npz)
-        return out(FAILED, f"unexpected {type(exc).__name__}: {exc}")
+        return outcome_for(npz, exc, json_path, time.perf_counter() - t0)
 
 
 def _init_worker() -> None:
@@ -135,8 +103,7 @@ def run_bounded(
     that dies (e.g. killed for memory) fails its file, not the run.
     """
 
-    def budget_left(in_flight: int) -> bool:
-        return max_updates is None or report.updated + in_flight < max_updates
+    budget = Budget(max_updates)
 
     def record(outcome: Outcome) -> None:
         report.add(outcome)
@@ -144,8 +111,8 @@ def run_bounded(
 
     if workers <= 1:
         for item in items:
-            if not budget_left(0):
-                report.stopped_early = f"--max-files {max_updates} reached"
+            if not budget.allows(report, 0):
+                report.stopped_early = budget.reason
                 return
             record(fn(*args_of(item)))
         return
@@ -165,10 +132,10 @@ def run_bounded(
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
         for item in items:
-            while len(pending) >= 2 * workers or (pending and not budget_left(len(pending))):
+            while len(pending) >= 2 * workers or (pending and not budget.allows(report, len(pending))):
                 harvest(wait(pending, return_when=FIRST_COMPLETED).done)
-            if not budget_left(len(pending)):
-                report.stopped_early = f"--max-files {max_updates} reached"
+            if not budget.allows(report, len(pending)):
+                report.stopped_early = budget.reason
                 break
             try:
                 pending[pool.submit(fn, *args_of(item))] = item.npz
@@ -184,8 +151,9 @@ def run_edges(req: EdgeRequest, progress: bool = True) -> RunReport:
         raise ValueError("--kernel-size must be >= 1")
     if not os.path.isdir(req.npz_dir):
         raise FileNotFoundError(f"NPZ directory {req.npz_dir} does not exist")
-    report = RunReport("edges", provenance=provenance(req.kernel_size), dry_run=req.dry_run)
-    report.provenance["request"] = asdict(req)
+    report = RunReport(
+        "edges", provenance=EdgeProvenance(req.kernel_size).as_dict(), request=asdict(req), dry_run=req.dry_run
+    )
     if not req.dry_run:
         for p in store.sweep_stale_temps(req.npz_dir):
             log.warning("removed a temp file left by an interrupted write: %s", p)

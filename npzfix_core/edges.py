@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from npzfix_core.errors import InputError
 from npzfix_core.rle import MaskRuns, decode_runs
 
 EDGE_SIZES = (256, 64, 32)
@@ -37,7 +38,7 @@ class ImageAnnotations:
     segmentations: list
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InputError):
     """The JSON does not describe an image with masks; the message says why."""
 
 

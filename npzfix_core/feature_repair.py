@@ -11,18 +11,19 @@ runs, so the device does not wait on I/O when the data allows it.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Union
 
 import numpy as np
 
-from npzfix_core import __version__, discovery, store
-from npzfix_core.images import ImageError, load_rgb
+from npzfix_core import discovery, store
+from npzfix_core import teacher as teacher_mod
+from npzfix_core.images import load_rgb
+from npzfix_core.provenance import FEATURE_KEYS, FeatureProvenance, FeatureState
 from npzfix_core.report import (
     FAILED,
     MISSING,
@@ -30,18 +31,18 @@ from npzfix_core.report import (
     SKIPPED_LEGACY,
     UPDATED,
     WOULD_UPDATE,
+    Budget,
     Outcome,
     Progress,
     RunReport,
+    outcome_for,
 )
-from npzfix_core.teacher import TeacherSpec
+from npzfix_core.teacher import Teacher, TeacherSpec
 
 log = logging.getLogger("npzfix")
 
 MODES = ("bulk", "samples", "train_test")
 STORE_DTYPES = ("keep", "float32", "float16")
-FLAG_KEYS = ("feature_flag", "feature_provenance")
-PROVENANCE_FIELDS = ("teacher", "config", "weights", "precision", "resolution", "scalp")
 
 
 def default_decode_workers() -> int:
@@ -103,22 +104,7 @@ def items_for(req: FeatureRequest) -> Iterator[discovery.WorkItem]:
     return discovery.sample_items(req.samples, list(req.npz_dirs))
 
 
-def stored_teacher(arrays: dict) -> dict | None:
-    """The provenance a file's features were written with; None when it has none (legacy or never repaired)."""
-    if "feature_provenance" not in arrays:
-        return None
-    try:
-        stored = json.loads(str(arrays["feature_provenance"]))
-    except ValueError:
-        return {}
-    return stored if isinstance(stored, dict) else {}
-
-
-def same_teacher(stored: dict, prov: dict) -> bool:
-    return all(stored.get(k) == prov.get(k) for k in PROVENANCE_FIELDS)
-
-
-def precheck(item: discovery.WorkItem, req: FeatureRequest, prov: dict) -> Outcome | None:
+def precheck(item: discovery.WorkItem, req: FeatureRequest, prov: FeatureProvenance) -> Outcome | None:
     """Outcome for items that need no compute (done, legacy-flagged, missing, unreadable), else None.
 
     Done first, sources second: a done file needs no image, so a shard whose JPEGs were deleted after
@@ -126,17 +112,13 @@ def precheck(item: discovery.WorkItem, req: FeatureRequest, prov: dict) -> Outco
     """
     try:
         if item.npz is not None and req.sets_flag and not req.force:
-            flags = store.read_flags(item.npz, FLAG_KEYS)
-            if "feature_flag" in flags and int(flags["feature_flag"]) == 1:
-                stored = stored_teacher(flags)
-                if stored is None:
-                    return Outcome(item.npz, SKIPPED_LEGACY, "flagged by the original tool (no provenance)")
-                if same_teacher(stored, prov):
-                    return Outcome(item.npz, SKIPPED_DONE)
-    except store.NpzError as exc:
-        return Outcome(item.npz, FAILED, f"NPZ: {exc}")
-    except OSError as exc:
-        return Outcome(item.npz, FAILED, f"I/O error: {exc}")
+            state = prov.state(store.read_flags(item.npz, FEATURE_KEYS))
+            if state is FeatureState.LEGACY:
+                return Outcome(item.npz, SKIPPED_LEGACY, "flagged by the original tool (no provenance)")
+            if state is FeatureState.DONE:
+                return Outcome(item.npz, SKIPPED_DONE)
+    except Exception as exc:
+        return outcome_for(item.npz, exc)
     if item.problem or item.npz is None or item.source is None:
         return Outcome(item.npz or item.source or item.stem, MISSING, item.problem or "missing source")
     return None
@@ -159,9 +141,11 @@ def fit(value: np.ndarray, existing: store.MemberInfo | None, store_dtype: str, 
     return value.reshape(existing.shape).astype(dtype, copy=False)
 
 
-def write_features(npz: str, p4: np.ndarray, p5: np.ndarray, req: FeatureRequest, prov: dict) -> store.UpdateResult:
+def write_features(
+    npz: str, p4: np.ndarray, p5: np.ndarray, req: FeatureRequest, prov: FeatureProvenance
+) -> store.UpdateResult:
     """Merge P4/P5 (and IMAGE_EMB_S16, flag, provenance) into the NPZ under its lock."""
-    record = json.dumps({**prov, "tool": f"npzfix {__version__}", "mode": req.mode}, sort_keys=True)
+    record = prov.record(req.mode)
 
     def prepare(existing: dict[str, store.MemberInfo]) -> dict[str, np.ndarray]:
         arrays = {
@@ -172,7 +156,7 @@ def write_features(npz: str, p4: np.ndarray, p5: np.ndarray, req: FeatureRequest
             arrays["IMAGE_EMB_S16"] = fit(p4, existing.get("IMAGE_EMB_S16"), req.store_dtype, "IMAGE_EMB_S16")
         if req.sets_flag:
             arrays["feature_flag"] = np.array(1, dtype=np.uint8)
-        arrays["feature_provenance"] = np.array(record)
+        arrays["feature_provenance"] = record
         return arrays
 
     return store.update(npz, prepare=prepare, durable=req.durable)
@@ -181,7 +165,7 @@ def write_features(npz: str, p4: np.ndarray, p5: np.ndarray, req: FeatureRequest
 @dataclass
 class _Loaded:
     item: discovery.WorkItem
-    image: object = None  # preprocessed tensor (3, R, R) or uint8 array
+    image: object = None  # preprocessed tensor (3, R, R), or a uint8 HxWx3 tensor for the device to preprocess
     error: Outcome | None = None
     t0: float = 0.0
 
@@ -202,32 +186,18 @@ def _load(item: discovery.WorkItem, resolution: int, device, stage: str) -> _Loa
 
         t = torch.from_numpy(img)
         return _Loaded(item, t.pin_memory() if torch.cuda.is_available() else t, t0=t0)
-    except ImageError as exc:
-        return _Loaded(item, error=Outcome(item.npz, FAILED, str(exc)), t0=t0)
-    except FileNotFoundError as exc:
-        return _Loaded(item, error=Outcome(item.npz, MISSING, f"file vanished: {exc.filename}"), t0=t0)
-    except store.NpzError as exc:
-        return _Loaded(item, error=Outcome(item.npz, FAILED, f"NPZ: {exc}"), t0=t0)
     except Exception as exc:
-        log.exception("unexpected error loading %s", item.source)
-        return _Loaded(item, error=Outcome(item.npz, FAILED, f"unexpected {type(exc).__name__}: {exc}"), t0=t0)
+        return _Loaded(item, error=outcome_for(item.npz, exc), t0=t0)
 
 
-def _write(item: discovery.WorkItem, p4, p5, event, req: FeatureRequest, prov: dict, t0: float) -> Outcome:
+def _write(item: discovery.WorkItem, p4, p5, event, req: FeatureRequest, prov: FeatureProvenance, t0: float) -> Outcome:
     try:
         if event is not None:
             event.synchronize()  # the device-to-host copy was queued asynchronously
         write_features(item.npz, p4.numpy(), p5.numpy(), req, prov)
         return Outcome(item.npz, UPDATED, seconds=time.perf_counter() - t0)
-    except store.NpzError as exc:
-        return Outcome(item.npz, FAILED, f"NPZ: {exc}")
-    except FileNotFoundError as exc:
-        return Outcome(item.npz, FAILED, f"file vanished: {exc.filename}")
-    except OSError as exc:
-        return Outcome(item.npz, FAILED, f"I/O error: {exc.strerror or exc} ({exc.filename or item.npz})")
     except Exception as exc:
-        log.exception("unexpected error writing %s", item.npz)
-        return Outcome(item.npz, FAILED, f"unexpected {type(exc).__name__}: {exc}")
+        return outcome_for(item.npz, exc)
 
 
 @dataclass
@@ -243,6 +213,9 @@ class Timings:
     images: int = 0
     _gpu: collections.deque = field(default_factory=collections.deque, repr=False)
 
+    def record_gpu(self, start, end) -> None:
+        self._gpu.append((start, end))
+
     def drain(self, wait: bool = False) -> None:
         while self._gpu and (wait or self._gpu[0][1].query()):
             start, end = self._gpu.popleft()
@@ -254,28 +227,191 @@ class Timings:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
 
-def run_features(req: FeatureRequest, teacher=None, progress: bool = True) -> RunReport:
+TeacherSource = Union[Teacher, Callable[[], Teacher], None]
+
+
+class _Pipeline:
+    """discover -> admit -> decode -> encode -> write, each stage bounded so memory stays flat.
+
+    Decoding the next batch and writing the last happen while the encoder runs; the teacher is built (from
+    the factory) only when the first file needs it, so runs with nothing to do never load a model.
+    """
+
+    def __init__(self, req: FeatureRequest, prov: FeatureProvenance, teacher: TeacherSource, report, bar):
+        self.req, self.prov, self.report, self.bar = req, prov, report, bar
+        self.teacher: Teacher | None = teacher if isinstance(teacher, Teacher) else None
+        self._factory = teacher if callable(teacher) and self.teacher is None else None
+        self.budget = Budget(req.max_files)
+        self.timings = Timings()
+        self.admitted = self.finished = 0
+        self.pending: collections.deque[Future] = collections.deque()  # decode futures -> _Loaded
+        self.writes: collections.deque[Future] = collections.deque()  # write futures -> Outcome
+        self.batch_size = req.batch_size
+        self.prefetch = 2 * (req.batch_size or 8) + req.workers  # two batches ahead, one image per decode thread
+
+    # bookkeeping
+    def record(self, outcome: Outcome) -> None:
+        self.report.add(outcome)
+        self.bar.step(self.report)
+
+    def finish(self, outcome: Outcome) -> None:
+        self.finished += 1
+        self.record(outcome)
+
+    def budget_left(self) -> bool:
+        return self.budget.allows(self.report, self.admitted - self.finished)
+
+    # stages
+    def run(self, items: Iterable[discovery.WorkItem]) -> None:
+        items = iter(items)
+        exhausted = False
+        with (
+            ThreadPoolExecutor(self.req.workers, thread_name_prefix="decode") as self.decode_pool,
+            ThreadPoolExecutor(self.req.writers, thread_name_prefix="write") as self.write_pool,
+        ):
+            while True:
+                exhausted = exhausted or not self.admit(items)
+                while self.writes and self.writes[0].done():
+                    self.finish(self.writes.popleft().result())
+                self.timings.drain()
+                if self.pending:
+                    batch = self.next_batch()
+                    if batch:
+                        self.encode(batch)
+                    while len(self.writes) > 2 * self.batch_size:  # writers fell behind: backpressure
+                        self.finish(self.writes.popleft().result())
+                elif self.writes:
+                    self.finish(self.writes.popleft().result())  # may free budget for more files
+                elif exhausted:
+                    return
+                else:
+                    self.report.stopped_early = self.budget.reason
+                    return
+
+    def admit(self, items: Iterator[discovery.WorkItem]) -> bool:
+        """Skip-check items and hand those with work to the decoders; False once items are exhausted."""
+        while len(self.pending) < self.prefetch and self.budget_left():
+            item = next(items, None)
+            if item is None:
+                return False
+            pre = precheck(item, self.req, self.prov)
+            if pre is not None:
+                self.record(pre)
+                continue
+            device = self.device()
+            self.admitted += 1
+            self.pending.append(self.decode_pool.submit(_load, item, self.prov.resolution, device, self.stage(device)))
+        return True
+
+    def device(self):
+        if self.teacher is None and not self.req.dry_run:
+            self.teacher = self._factory() if self._factory else teacher_mod.build(self.req.teacher)
+        return self.teacher.device if self.teacher is not None else None
+
+    def stage(self, device) -> str:
+        if device is None:
+            return "decode"  # dry run: check and decode, compute nothing
+        on = self.req.preprocess_on
+        return "pin" if on == "device" or (on == "auto" and device.type != "cpu") else "preprocess"
+
+    def next_batch(self) -> list[_Loaded]:
+        """Whichever images are decoded first: one slow file never holds the device back."""
+        if not self.batch_size:
+            self.batch_size = 1 if self.teacher is None or self.teacher.device.type == "cpu" else 8
+        batch: list[_Loaded] = []
+        t = time.perf_counter()
+        while self.pending and len(batch) < self.batch_size:
+            done = [f for f in self.pending if f.done()] or list(wait(self.pending, return_when=FIRST_COMPLETED).done)
+            for f in done[: self.batch_size - len(batch)]:
+                self.pending.remove(f)
+                loaded = f.result()
+                if loaded.error is not None:
+                    self.finish(loaded.error)
+                elif self.req.dry_run:
+                    self.finish(Outcome(loaded.item.npz, WOULD_UPDATE))
+                else:
+                    batch.append(loaded)
+        self.timings.wait_decode_s += time.perf_counter() - t
+        return batch
+
+    def encode(self, batch: list[_Loaded]) -> None:
+        """One forward pass; an out-of-memory batch is split, any other error fails the batch's files only."""
+        import torch
+
+        from npzfix_core.images import preprocess
+
+        teacher = self.teacher
+        t = time.perf_counter()
+        cuda = teacher.device.type == "cuda"
+        try:
+            if batch[0].image.dtype == torch.uint8:  # decoded only: preprocess on the device, as a batch
+                x = preprocess([b.image for b in batch], teacher.resolution, teacher.device)
+            else:
+                x = torch.stack([b.image for b in batch])
+            if cuda:
+                start = torch.cuda.Event(enable_timing=True)
+                start.record()
+            p4, p5 = teacher.encode(x)
+            event = None
+            if cuda:
+                end = torch.cuda.Event(enable_timing=True)
+                end.record()
+                self.timings.record_gpu(start, end)
+                p4 = p4.to("cpu", non_blocking=True)  # lands in pinned memory; the writer waits on `event`
+                p5 = p5.to("cpu", non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                self.finish(Outcome(batch[0].item.npz, FAILED, "encoder: out of GPU memory for a single image"))
+                return
+            log.warning("out of GPU memory on a batch of %d: splitting it", len(batch))
+            torch.cuda.empty_cache()
+            half = len(batch) // 2
+            self.encode(batch[:half])
+            self.encode(batch[half:])
+            return
+        except Exception as exc:  # the batch fails, the run goes on
+            log.exception("encoder failed on a batch of %d", len(batch))
+            for b in batch:
+                self.finish(Outcome(b.item.npz, FAILED, f"encoder: {type(exc).__name__}: {exc}"))
+            return
+        if not cuda:
+            self.timings.encoder_s += time.perf_counter() - t
+        self.timings.batches += 1
+        self.timings.images += len(batch)
+        self.write(batch, p4, p5, event)
+
+    def write(self, batch: list[_Loaded], p4, p5, event) -> None:
+        for i, b in enumerate(batch):
+            args = (b.item, p4[i : i + 1], p5[i : i + 1], event, self.req, self.prov, b.t0)
+            self.writes.append(self.write_pool.submit(_write, *args))
+
+
+def run_features(req: FeatureRequest, teacher: TeacherSource = None, progress: bool = True) -> RunReport:
     """Recompute features for every item of the request's layout; per-file problems land in the report.
 
-    ``teacher`` may be a built ``Teacher`` (Dagster's resource keeps one per run);
-    otherwise it is built here from ``req.teacher`` unless nothing needs computing.
+    ``teacher``: a built ``Teacher``, or a factory called only once some file needs a model (Dagster's
+    resource resolves and leases the device there), or None to build one from ``req.teacher`` likewise.
     """
     req.validate()
-    from npzfix_core import teacher as teacher_mod
-
-    prov = teacher.provenance if teacher is not None else teacher_mod.provenance(req.teacher)
-    report = RunReport(f"features ({req.mode})", provenance=dict(prov), dry_run=req.dry_run)
-    report.provenance["request"] = {k: v for k, v in asdict(req).items() if k != "teacher"}
-    if str(prov.get("weights", "")).startswith("random-init"):
-        report.provenance["WARNING"] = "randomly initialised teacher: not real SAM2 features (demo/test only)"
-    timings = Timings()
+    prov = teacher.provenance if isinstance(teacher, Teacher) else teacher_mod.provenance(req.teacher)
+    report = RunReport(
+        f"features ({req.mode})",
+        provenance=prov.as_dict(),
+        request={k: v for k, v in asdict(req).items() if k != "teacher"},
+        dry_run=req.dry_run,
+    )
+    if prov.random_init:
+        report.warnings.append("randomly initialised teacher: not real SAM2 features (demo/test only)")
     bar = Progress(None, f"features {req.mode}", enabled=progress)
     items = items_for(req) if req.dry_run else _sweeping(items_for(req))
+    pipeline = _Pipeline(req, prov, teacher, report, bar)
     try:
-        _pipeline(req, items, prov, teacher, report, timings, bar)
+        pipeline.run(items)
     finally:
         bar.close()
-    report.provenance["timings"] = timings.summary()
+    report.timings = pipeline.timings.summary()
     return report.finish()
 
 
@@ -290,135 +426,3 @@ def _sweeping(items: Iterable[discovery.WorkItem]) -> Iterator[discovery.WorkIte
             for p in store.sweep_stale_temps(d):
                 log.warning("removed a temp file left by an interrupted write: %s", p)
         yield item
-
-
-def _pipeline(req, items, prov, teacher, report: RunReport, timings: Timings, bar: Progress) -> None:
-    from npzfix_core import teacher as teacher_mod
-
-    def record(o: Outcome) -> None:
-        report.add(o)
-        bar.step(report)
-
-    state = {"admitted": 0, "finished": 0}
-
-    def budget() -> bool:
-        in_flight = state["admitted"] - state["finished"]
-        return req.max_files is None or report.updated + in_flight < req.max_files
-
-    def finish(o: Outcome) -> None:
-        state["finished"] += 1
-        record(o)
-
-    items = iter(items)
-    batch_size = req.batch_size
-    pending: collections.deque[Future] = collections.deque()
-    writes: collections.deque[Future] = collections.deque()
-    prefetch = 2 * (req.batch_size or 8) + req.workers  # two batches ahead, plus one image per decode thread
-    exhausted = False
-    resolution = teacher.resolution if teacher is not None else prov["resolution"]
-
-    with (
-        ThreadPoolExecutor(req.workers, thread_name_prefix="decode") as decode_pool,
-        ThreadPoolExecutor(req.writers, thread_name_prefix="write") as write_pool,
-    ):
-        while True:
-            while not exhausted and len(pending) < prefetch and budget():
-                item = next(items, None)
-                if item is None:
-                    exhausted = True
-                    break
-                pre = precheck(item, req, prov)
-                if pre is not None:
-                    record(pre)
-                    continue
-                if teacher is None and not req.dry_run:
-                    teacher = teacher_mod.build(req.teacher)  # only once there is work for it
-                device = teacher.device if teacher is not None else None
-                if device is None:
-                    stage = "decode"  # dry run: check and decode, compute nothing
-                elif req.preprocess_on == "device" or (req.preprocess_on == "auto" and device.type != "cpu"):
-                    stage = "pin"
-                else:
-                    stage = "preprocess"
-                state["admitted"] += 1
-                pending.append(decode_pool.submit(_load, item, resolution, device, stage))
-            while writes and writes[0].done():
-                finish(writes.popleft().result())
-            timings.drain()
-            if pending:
-                if not batch_size:
-                    batch_size = 1 if teacher is None or teacher.device.type == "cpu" else 8
-                batch: list[_Loaded] = []
-                t = time.perf_counter()
-                while pending and len(batch) < batch_size:
-                    # whichever images are decoded first: one slow file never holds the device back
-                    done = [f for f in pending if f.done()] or list(wait(pending, return_when=FIRST_COMPLETED).done)
-                    for f in done[: batch_size - len(batch)]:
-                        pending.remove(f)
-                        loaded = f.result()
-                        if loaded.error is not None:
-                            finish(loaded.error)
-                        elif req.dry_run:
-                            finish(Outcome(loaded.item.npz, WOULD_UPDATE))
-                        else:
-                            batch.append(loaded)
-                timings.wait_decode_s += time.perf_counter() - t
-                if batch:
-                    _encode_and_queue(batch, teacher, req, prov, write_pool, writes, timings, finish)
-                while len(writes) > 2 * batch_size:  # writers fell behind: backpressure
-                    finish(writes.popleft().result())
-            elif writes:
-                finish(writes.popleft().result())  # may free budget for more files
-            elif exhausted:
-                break
-            else:
-                report.stopped_early = f"--max-files {req.max_files} reached"
-                break
-
-
-def _encode_and_queue(batch, teacher, req, prov, write_pool, writes, timings: Timings, finish) -> None:
-    import torch
-
-    from npzfix_core.images import preprocess
-
-    t = time.perf_counter()
-    cuda = teacher.device.type == "cuda"
-    try:
-        if batch[0].image.dtype == torch.uint8:  # decoded only: preprocess on the device, as a batch
-            x = preprocess([b.image for b in batch], teacher.resolution, teacher.device)
-        else:
-            x = torch.stack([b.image for b in batch])
-        if cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            start.record()
-        p4, p5 = teacher.encode(x)
-        event = None
-        if cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            timings._gpu.append((start, end))
-            p4 = p4.to("cpu", non_blocking=True)  # lands in pinned memory; the writer waits on `event`
-            p5 = p5.to("cpu", non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-    except torch.cuda.OutOfMemoryError:
-        if len(batch) == 1:
-            finish(Outcome(batch[0].item.npz, FAILED, "encoder: out of GPU memory for a single image"))
-            return
-        log.warning("out of GPU memory on a batch of %d: splitting it", len(batch))
-        torch.cuda.empty_cache()
-        half = len(batch) // 2
-        for part in (batch[:half], batch[half:]):
-            _encode_and_queue(part, teacher, req, prov, write_pool, writes, timings, finish)
-        return
-    except Exception as exc:  # the batch fails, the run goes on
-        log.exception("encoder failed on a batch of %d", len(batch))
-        for b in batch:
-            finish(Outcome(b.item.npz, FAILED, f"encoder: {type(exc).__name__}: {exc}"))
-        return
-    if not cuda:
-        timings.encoder_s += time.perf_counter() - t
-    timings.batches += 1
-    timings.images += len(batch)
-    for i, b in enumerate(batch):
-        writes.append(write_pool.submit(_write, b.item, p4[i : i + 1], p5[i : i + 1], event, req, prov, b.t0))

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from npzfix_core.errors import InputError
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     pass
 
 

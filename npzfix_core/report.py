@@ -34,10 +34,51 @@ class Outcome:
     seconds: float = 0.0
 
 
+def outcome_for(path: str, exc: BaseException, source: str | None = None, seconds: float = 0.0) -> Outcome:
+    """The one mapping from a per-file exception to its Outcome, shared by every runner: a file that vanished
+    is a missing source everywhere; bad input names the source; anything else fails only this file."""
+    import json
+
+    from npzfix_core.errors import InputError
+    from npzfix_core.store import NpzError
+
+    where = f" {source}" if source else ""
+    if isinstance(exc, NpzError):
+        return Outcome(path, FAILED, f"NPZ: {exc}", seconds)
+    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+        return Outcome(path, FAILED, f"malformed JSON{where}: {exc}", seconds)
+    if isinstance(exc, InputError):
+        return Outcome(path, FAILED, f"bad input{where}: {exc}", seconds)
+    if isinstance(exc, FileNotFoundError):
+        return Outcome(path, MISSING, f"file vanished: {exc.filename or path}", seconds)
+    if isinstance(exc, OSError):
+        return Outcome(path, FAILED, f"I/O error: {exc.strerror or exc} ({exc.filename or path})", seconds)
+    log.error("unexpected %s on %s", type(exc).__name__, path, exc_info=exc)
+    return Outcome(path, FAILED, f"unexpected {type(exc).__name__}: {exc}", seconds)
+
+
+class Budget:
+    """``--max-files``: bounds files *updated*, counting those in flight, so repeated bounded runs make
+    progress (skipped files do not count) and parallel stages never overshoot."""
+
+    def __init__(self, max_updates: int | None):
+        self.max_updates = max_updates
+
+    def allows(self, report: "RunReport", in_flight: int) -> bool:
+        return self.max_updates is None or report.updated + in_flight < self.max_updates
+
+    @property
+    def reason(self) -> str:
+        return f"--max-files {self.max_updates} reached"
+
+
 @dataclass
 class RunReport:
     tool: str
-    provenance: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # what the run writes beside its flags
+    request: dict[str, Any] = field(default_factory=dict)  # the request it ran, as given
+    timings: dict[str, Any] = field(default_factory=dict)  # where the time went (features)
+    warnings: list[str] = field(default_factory=list)  # said once per run, e.g. a random-init teacher
     counts: dict[str, int] = field(default_factory=lambda: {s: 0 for s in STATUSES})
     failures: list[dict[str, str]] = field(default_factory=list)  # path, status, reason
     seen: int = 0

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from npzfix_core.errors import InputError
 
-class RleError(ValueError):
+
+class RleError(InputError):
     """A segmentation that does not describe a mask of the stated image size."""
 
 

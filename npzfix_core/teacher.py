@@ -12,7 +12,9 @@ import hashlib
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from npzfix_core.provenance import FeatureProvenance
 
 log = logging.getLogger("npzfix")
 
@@ -88,7 +90,7 @@ class Teacher:
     device: object  # torch.device
     resolution: int
     precision: str
-    provenance: dict = field(default_factory=dict)
+    provenance: FeatureProvenance
 
     def encode(self, batch):
         """Normalised float batch (B, 3, R, R) on the device -> (P4, P5) float32 on the device."""
@@ -111,26 +113,24 @@ class Teacher:
         return p4, p5
 
 
-def provenance(spec: TeacherSpec) -> dict:
+def provenance(spec: TeacherSpec) -> FeatureProvenance:
     """What identifies the features a teacher writes; computed without torch (dry runs, skip checks)."""
     spec.validate()
-    return {
-        "teacher": "sam2",
-        "config": spec.resolved_config(),
-        "weights": f"random-init:{spec.random_init_seed}"
+    return FeatureProvenance(
+        config=spec.resolved_config(),
+        weights=f"random-init:{spec.random_init_seed}"
         if spec.weights is None
         else f"sha256:{file_digest(spec.weights)}",
-        "precision": spec.precision,
-        "resolution": spec.resolution or 1024,
-        "scalp": 0,
-    }
+        precision=spec.precision,
+        resolution=spec.resolution or 1024,
+    )
 
 
 def build(spec: TeacherSpec) -> Teacher:
     """Build the encoder: seeded random init, or a checkpoint loaded strictly with ``weights_only=True``."""
     spec.validate()
-    import torch
     import sam2  # noqa: F401  (initialises Hydra with sam2's config module; must come first)
+    import torch
     from sam2.build_sam import build_sam2
 
     from npzfix_core.devices import to_torch_device
@@ -165,5 +165,5 @@ def build(spec: TeacherSpec) -> Teacher:
     encoder = model.image_encoder
     del model  # never hand a scalp=0 model to SAM2ImagePredictor: keep only the encoder
     encoder.to(device).eval()
-    log.info("teacher %s (%s) on %s, %s, input %d", config, prov["weights"], device, spec.precision, prov["resolution"])
-    return Teacher(encoder, device, prov["resolution"], spec.precision, prov)
+    log.info("teacher %s (%s) on %s, %s, input %d", config, prov.weights, device, spec.precision, prov.resolution)
+    return Teacher(encoder, device, prov.resolution, spec.precision, prov)

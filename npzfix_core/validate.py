@@ -15,7 +15,8 @@ from typing import Iterable
 import numpy as np
 
 from npzfix_core import store
-from npzfix_core.edge_repair import is_done as edges_done
+from npzfix_core.provenance import EdgeProvenance, FeatureProvenance, flag_set, stored_teacher
+from npzfix_core.report import outcome_for
 
 
 @dataclass
@@ -64,7 +65,7 @@ def check_edges(paths: Iterable[str], kernel_size: int, json_dir: str | None = N
             if v.shape != (side, side) or v.dtype != np.uint8 or v.max(initial=0) > 1:
                 res.fail(p, f"{key} is {v.dtype}{v.shape} with max {v.max(initial=0)}, want uint8 0/1 ({side},{side})")
                 bad = True
-        if not edges_done(a, kernel_size):
+        if not EdgeProvenance(kernel_size).is_done(a):
             res.fail(p, f"edge flag/version/provenance do not say Method B with kernel {kernel_size}")
             bad = True
         if bad or i >= recompute:
@@ -72,8 +73,12 @@ def check_edges(paths: Iterable[str], kernel_size: int, json_dir: str | None = N
         j = discovery.find_json(p, json_dir)
         if j is None:
             continue
-        with open(j) as f:
-            want = method_b(parse_sa1b(json.load(f)), kernel_size)
+        try:
+            with open(j, "rb") as f:
+                want = method_b(parse_sa1b(json.loads(f.read())), kernel_size)
+        except Exception as exc:  # the check reports a bad source; it never crashes the step
+            res.fail(p, f"cannot recompute its edges: {outcome_for(p, exc, j).reason}")
+            continue
         for size in (64, 32, 256):
             key = f"edge_{size}x{size}"
             if key in a and not np.array_equal(a[key], want[size]):
@@ -81,10 +86,10 @@ def check_edges(paths: Iterable[str], kernel_size: int, json_dir: str | None = N
     return res
 
 
-def check_features(paths: Iterable[str], provenance: dict | None = None, needs_flag: bool = True) -> CheckResult:
+def check_features(
+    paths: Iterable[str], provenance: FeatureProvenance | None = None, needs_flag: bool = True
+) -> CheckResult:
     """P4/P5 present, float, finite, 256 channels, P5 half of P4; IMAGE_EMB_S16 == P4; flag and same teacher."""
-    from npzfix_core.feature_repair import same_teacher, stored_teacher
-
     res = CheckResult()
     for p in paths:
         if (a := _read(p, res)) is None:
@@ -101,21 +106,16 @@ def check_features(paths: Iterable[str], provenance: dict | None = None, needs_f
             res.fail(p, f"shapes P4 {p4.shape} / P5 {p5.shape} are not (.,256,H,W) / (.,256,H/2,W/2)")
         if "IMAGE_EMB_S16" in a and not np.array_equal(a["IMAGE_EMB_S16"].astype(np.float32), p4.astype(np.float32)):
             res.fail(p, "IMAGE_EMB_S16 disagrees with P4_S16")
-        if needs_flag and not ("feature_flag" in a and int(a["feature_flag"]) == 1):
+        if needs_flag and not flag_set(a, "feature_flag"):
             res.fail(p, "feature_flag is not 1")
         if provenance is not None:
-            stored = stored_teacher(a)
-            if stored is None:
+            has_record, stored = stored_teacher(a)
+            if not has_record:
                 res.fail(
                     p, "no feature provenance: never repaired by npzfix (or flagged by the original tool; use force)"
                 )
-                continue
-            if not same_teacher(stored, provenance):
-                res.fail(
-                    p,
-                    f"written by another teacher: {stored.get('config')} {stored.get('weights')} "
-                    f"{stored.get('precision')} @{stored.get('resolution')}",
-                )
+            elif not provenance.same_teacher(stored):
+                res.fail(p, f"written by another teacher: {stored.describe() if stored else 'unreadable provenance'}")
     return res
 
 
@@ -132,7 +132,7 @@ def count_not_done(paths: Iterable[str], features: bool = True, edges: bool = Tr
         except (store.NpzError, OSError):
             continue
         else:
-            if (features and int(f.get("feature_flag", 0)) != 1) or (edges and int(f.get("edge_flag", 0)) != 1):
+            if (features and not flag_set(f, "feature_flag")) or (edges and not flag_set(f, "edge_flag")):
                 n += 1
         if stop_at is not None and n >= stop_at:
             break

@@ -1,43 +1,20 @@
 """The three caches, one partition per dataset directory. The files are the asset: nothing is pickled.
 
-Each body turns config and resources into one core call, then the core's report
-into metadata and check results; all computation lives in ``npzfix_core``.
+Each body turns config and resources into one core call; ``_result`` turns the core's report into
+metadata and check results. All computation lives in ``npzfix_core``.
 """
 
 import os
 import re
-import warnings
-from typing import Optional
+from typing import Callable, Optional
 
-from dagster import AssetCheckSpec, AssetExecutionContext, Config, Failure, MaterializeResult, asset
+from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, asset
 
-from npzfix_dagster import metadata
+from npzfix_core.report import RunReport
+from npzfix_dagster import checks, metadata
 from npzfix_dagster.k8s import CPU_TAGS, GPU_TAGS
 from npzfix_dagster.partitions import PartitionKeyError, sa1b_dir, sa1b_dirs, split_extracted_dir, train_test_splits
 from npzfix_dagster.resources import DatasetRoots, Sam2Teacher
-
-
-def _checks(key: str, partitions_def) -> list[AssetCheckSpec]:
-    """Checks recorded per partition (Dagster marks partitioned check specs as a preview feature)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the preview warning, once per definition load
-        return [
-            AssetCheckSpec(
-                "no_failed_files",
-                asset=key,
-                partitions_def=partitions_def,
-                description="Every file of the partition was processed without error.",
-            ),
-            AssetCheckSpec(
-                "sample_valid",
-                asset=key,
-                partitions_def=partitions_def,
-                description="A sample of files has the right keys, shapes, dtypes, values, flags and provenance.",
-            ),
-        ]
-
-
-SAMPLE = 8
 
 
 class FeaturesConfig(Config):
@@ -64,7 +41,7 @@ class EdgesConfig(Config):
     durable: bool = True
 
 
-def _partition_dir(root: str, key: str, to_dir) -> str:
+def _partition_dir(root: str, key: str, to_dir: Callable[[str, str], str]) -> str:
     """The partition's directory; a key outside its root or a vanished directory is a clear Failure."""
     try:
         path = to_dir(root, key)
@@ -78,25 +55,44 @@ def _partition_dir(root: str, key: str, to_dir) -> str:
     return path
 
 
-def _report_path(roots: DatasetRoots, asset_name: str, key: str, run_id: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "__", key)
-    return os.path.join(roots.previews(), asset_name, f"{safe}.{run_id[:8]}.report")
+def _result(
+    context: AssetExecutionContext,
+    roots: DatasetRoots,
+    directory: str,
+    seen_dir,
+    report: RunReport,
+    sample_check: Callable[[list[str]], object],
+    glob: Optional[str] = None,
+) -> MaterializeResult:
+    """Report file, checks over the directory as the run left it, preview, metadata: the same for every asset."""
+    from npzfix_core import discovery, preview
+
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "__", context.partition_key)
+    base = os.path.join(roots.previews(), context.asset_key.to_user_string(), f"{safe}.{context.run.run_id[:8]}")
+    json_path, _ = report.write(base + ".report")
+    paths = discovery.npz_in_dir(directory, glob)
+    png = preview.render(paths, base + ".preview.png")
+    context.log.info(report.summary())
+    return MaterializeResult(
+        metadata={
+            **metadata.report_metadata(report, directory, json_path, seen_dir),
+            **metadata.preview_metadata(png),
+        },
+        check_results=[checks.no_failed_files(report), sample_check(paths)],
+    )
 
 
 def _features(
-    context,
+    context: AssetExecutionContext,
     config: FeaturesConfig,
     roots: DatasetRoots,
     teacher: Sam2Teacher,
     mode: str,
     directory: str,
-    asset_name: str,
 ) -> MaterializeResult:
-    from npzfix_core import discovery, preview
+    from npzfix_core import discovery
     from npzfix_core.feature_repair import FeatureRequest, default_decode_workers, run_features
-    from npzfix_core.validate import check_features, sample
 
-    key = context.partition_key
     req = FeatureRequest(
         mode=mode,
         teacher=teacher.spec(),
@@ -111,39 +107,15 @@ def _features(
         dry_run=config.dry_run,
         durable=config.durable,
     )
-    needs_model = not config.dry_run
     seen_dir = discovery.snapshot(directory)
-    report = run_features(req, teacher=_LazyTeacher(teacher) if needs_model else None, progress=True)
-    base = _report_path(roots, asset_name, key, context.run.run_id)
-    json_path, _ = report.write(base)
-    paths = discovery.npz_in_dir(directory)
-    check = check_features(sample(paths, SAMPLE), teacher.provenance(), needs_flag=True)
-    png = preview.render(paths, base[: -len(".report")] + ".preview.png")
-    context.log.info(report.summary())
-    return MaterializeResult(
-        metadata={
-            **metadata.report_metadata(report, directory, json_path, seen_dir),
-            **metadata.preview_metadata(png),
-        },
-        check_results=[metadata.no_failures_check(report), metadata.sample_check(check)],
-    )
-
-
-class _LazyTeacher:
-    """Hands the core a teacher whose model is built only if some file needs it."""
-
-    def __init__(self, resource: Sam2Teacher):
-        self._resource = resource
-        self.provenance = resource.provenance()
-        self.resolution = self.provenance["resolution"]
-
-    def __getattr__(self, name):
-        return getattr(self._resource.get(), name)
+    report = run_features(req, teacher=teacher.build, progress=True)  # the model is built only if a file needs it
+    prov = teacher.provenance()
+    return _result(context, roots, directory, seen_dir, report, lambda p: checks.features_sample_valid(p, prov))
 
 
 @asset(
     partitions_def=sa1b_dirs,
-    check_specs=_checks("sa1b_features_fixed", sa1b_dirs),
+    check_specs=checks.specs("sa1b_features_fixed", sa1b_dirs),
     pool="gpu",
     op_tags=GPU_TAGS,
     group_name="sa1b",
@@ -153,14 +125,14 @@ def sa1b_features_fixed(
     context: AssetExecutionContext, config: FeaturesConfig, roots: DatasetRoots, teacher: Sam2Teacher
 ) -> MaterializeResult:
     """Every SA-1B NPZ in this directory carries P4_S16/P5_S32 from the configured SAM2 teacher, with
-    feature_flag=1 and the teacher's provenance (tool 1: bulk_fix_npz_features)."""
+    feature_flag=1 and the teacher's provenance."""
     directory = _partition_dir(roots.require("sa1b_root"), context.partition_key, sa1b_dir)
-    return _features(context, config, roots, teacher, "bulk", directory, "sa1b_features_fixed")
+    return _features(context, config, roots, teacher, "bulk", directory)
 
 
 @asset(
     partitions_def=train_test_splits,
-    check_specs=_checks("train_test_features_fixed", train_test_splits),
+    check_specs=checks.specs("train_test_features_fixed", train_test_splits),
     pool="gpu",
     op_tags=GPU_TAGS,
     group_name="train_test",
@@ -170,26 +142,23 @@ def train_test_features_fixed(
     context: AssetExecutionContext, config: FeaturesConfig, roots: DatasetRoots, teacher: Sam2Teacher
 ) -> MaterializeResult:
     """Every NPZ in <split>/extracted carries P4_S16/P5_S32 from the configured SAM2 teacher, computed from
-    the image in <split>/, with feature_flag=1 (tool 3: fix_train_test_npz)."""
-    key = context.partition_key
-    directory = _partition_dir(roots.require("train_test_root"), key, split_extracted_dir)
-    return _features(context, config, roots, teacher, "train_test", directory, "train_test_features_fixed")
+    the image in <split>/, with feature_flag=1."""
+    directory = _partition_dir(roots.require("train_test_root"), context.partition_key, split_extracted_dir)
+    return _features(context, config, roots, teacher, "train_test", directory)
 
 
 @asset(
     partitions_def=sa1b_dirs,
-    check_specs=_checks("edges_B_v1", sa1b_dirs),
+    check_specs=checks.specs("edges_B_v1", sa1b_dirs),
     op_tags=CPU_TAGS,
     group_name="sa1b",
     kinds={"numpy", "opencv"},
 )
 def edges_B_v1(context: AssetExecutionContext, config: EdgesConfig, roots: DatasetRoots) -> MaterializeResult:
     """Every SA-1B NPZ in this directory carries Method-B edge maps (edge_64x64, edge_32x32, and edge_256x256
-    where present) computed from its SA-1B JSON, flagged B_v1 with the kernel size
-    (tool 4: update_edge_maps_from_npz)."""
-    from npzfix_core import discovery, preview
+    where present) computed from its SA-1B JSON, flagged B_v1 with the kernel size."""
+    from npzfix_core import discovery
     from npzfix_core.edge_repair import EdgeRequest, run_edges
-    from npzfix_core.validate import check_edges, sample
 
     key = context.partition_key
     directory = _partition_dir(roots.require("sa1b_root"), key, sa1b_dir)
@@ -209,16 +178,5 @@ def edges_B_v1(context: AssetExecutionContext, config: EdgesConfig, roots: Datas
     )
     seen_dir = discovery.snapshot(directory)
     report = run_edges(req, progress=True)
-    base = _report_path(roots, "edges_B_v1", key, context.run.run_id)
-    json_path, _ = report.write(base)
-    paths = discovery.npz_in_dir(directory, config.glob)
-    check = check_edges(sample(paths, SAMPLE), config.kernel_size, json_dir)
-    png = preview.render(paths, base[: -len(".report")] + ".preview.png")
-    context.log.info(report.summary())
-    return MaterializeResult(
-        metadata={
-            **metadata.report_metadata(report, directory, json_path, seen_dir),
-            **metadata.preview_metadata(png),
-        },
-        check_results=[metadata.no_failures_check(report), metadata.sample_check(check)],
-    )
+    sample_check = lambda paths: checks.edges_sample_valid(paths, config.kernel_size, json_dir)  # noqa: E731
+    return _result(context, roots, directory, seen_dir, report, sample_check, config.glob)

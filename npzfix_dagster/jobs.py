@@ -1,8 +1,19 @@
-"""Jobs: the asset jobs the sensors and schedules launch, and tool 2 (sample-list repair) as a job."""
+"""Jobs: the asset jobs the sensors and schedules launch (with their pod resources), and sample-list repair."""
 
 from typing import List, Optional
 
-from dagster import AssetSelection, Config, Failure, OpExecutionContext, Output, define_asset_job, job, op
+from dagster import (
+    AssetSelection,
+    Config,
+    Failure,
+    Nothing,
+    OpExecutionContext,
+    Out,
+    Output,
+    define_asset_job,
+    job,
+    op,
+)
 
 from npzfix_dagster import metadata
 from npzfix_dagster.k8s import CPU_TAGS, GPU_TAGS
@@ -42,6 +53,7 @@ class SampleListConfig(Config):
 @op(
     pool="gpu",
     tags=GPU_TAGS,
+    out=Out(Nothing),
     description="Recompute P4_S16, P5_S32 and IMAGE_EMB_S16 for the images of a sample list (no flag).",
 )
 def fix_from_sample_list(context: OpExecutionContext, config: SampleListConfig, teacher: Sam2Teacher):
@@ -62,20 +74,18 @@ def fix_from_sample_list(context: OpExecutionContext, config: SampleListConfig, 
         req.validate()
     except (ValueError, FileNotFoundError) as exc:
         raise Failure(description=str(exc)) from exc
-    from npzfix_dagster.assets import _LazyTeacher
-
-    report = run_features(req, teacher=None if config.dry_run else _LazyTeacher(teacher), progress=True)
+    report = run_features(req, teacher=teacher.build, progress=True)
     json_path = report.write(config.report)[0] if config.report else None
     context.log.info(report.summary())
     md = metadata.report_metadata(report, config.samples, json_path)
     if report.failed:
         raise Failure(description=f"{report.failed} file(s) failed; all others were processed", metadata=md)
-    return Output(report.counts["updated"], metadata=md)
+    return Output(None, metadata=md)  # the NPZ files are the result: nothing is stored by an IO manager
 
 
 @job(
     tags=GPU_TAGS,
-    description="Tool 2: repair NPZs of a sample list, NPZs scattered over --npz-dirs. Launch with run config.",
+    description="Sample-list repair: recompute the NPZs of the images in a list, NPZs scattered over --npz-dirs. Launch with run config.",
 )
 def sample_list_job():
     fix_from_sample_list()

@@ -5,16 +5,15 @@ from __future__ import annotations
 import base64
 import os
 
-from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
+from dagster import MetadataValue
 
 from npzfix_core.discovery import DirSnapshot
 from npzfix_core.report import RunReport
-from npzfix_core.validate import CheckResult
 
 MAX_ROWS = 50
 
 
-def _md_table(rows: list[dict], cols: list[str]) -> str:
+def md_table(rows: list[dict], cols: list[str]) -> str:
     if not rows:
         return "_none_"
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -29,7 +28,6 @@ def report_metadata(
     report: RunReport, directory: str, report_path: str | None, seen_dir: DirSnapshot | None = None
 ) -> dict:
     c = report.counts
-    prov = {k: v for k, v in report.provenance.items() if k not in ("request", "timings")}
     md = {
         "directory": MetadataValue.path(directory),
         "seen": report.seen,
@@ -41,11 +39,13 @@ def report_metadata(
         "failed": c["failed"],
         "files_per_s": round(report.files_per_s, 2),
         "duration_s": round(report.elapsed, 2),
-        "failures": MetadataValue.md(_md_table(report.failures, ["path", "status", "reason"])),
-        "provenance": MetadataValue.json(prov),
+        "failures": MetadataValue.md(md_table(report.failures, ["path", "status", "reason"])),
+        "provenance": MetadataValue.json(report.provenance),
     }
-    if "timings" in report.provenance:
-        md["timings"] = MetadataValue.json(report.provenance["timings"])
+    if report.timings:
+        md["timings"] = MetadataValue.json(report.timings)
+    if report.warnings:
+        md["warnings"] = MetadataValue.md("\n".join(f"- {w}" for w in report.warnings))
     if report.stopped_early:
         md["stopped_early"] = report.stopped_early
     if seen_dir is not None:  # what the daily re-check compares with, without reading the files again
@@ -70,29 +70,3 @@ def preview_metadata(png: str | None) -> dict:
         b64 = base64.b64encode(jpg.tobytes()).decode()
         md["preview_image"] = MetadataValue.md(f"image | edges | P4 PCA\n\n![preview](data:image/jpeg;base64,{b64})")
     return md
-
-
-def no_failures_check(report: RunReport) -> AssetCheckResult:
-    return AssetCheckResult(
-        check_name="no_failed_files",
-        passed=report.counts["failed"] == 0,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={
-            "failed": report.counts["failed"],
-            "missing_source": report.counts["missing_source"],
-            "failures": MetadataValue.md(_md_table(report.failures, ["path", "status", "reason"])),
-        },
-    )
-
-
-def sample_check(result: CheckResult) -> AssetCheckResult:
-    return AssetCheckResult(
-        check_name="sample_valid",
-        passed=result.passed,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={
-            "checked": result.checked,
-            "problems": len(result.problems),
-            "details": MetadataValue.md(_md_table(result.problems, ["path", "problem"])),
-        },
-    )

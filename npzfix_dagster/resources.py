@@ -55,11 +55,10 @@ class Sam2Teacher(ConfigurableResource):
 
     _teacher: object = PrivateAttr(default=None)
 
-    def spec(self, resolve_device: bool = False):
-        from npzfix_core import devices
+    def spec(self, device: str = "cpu"):
+        """The teacher as the core describes it; the device is resolved (and leased) only by ``build``."""
         from npzfix_core.teacher import TeacherSpec
 
-        device = devices.resolve(self.device, self.gpus) if resolve_device else "cpu"
         return TeacherSpec(
             weights=self.weights,
             config=self.config,
@@ -69,17 +68,19 @@ class Sam2Teacher(ConfigurableResource):
             resolution=self.resolution,
         )
 
-    def provenance(self) -> dict:
+    def provenance(self):
+        """What identifies the features this teacher writes (FeatureProvenance); no model, no torch."""
         from npzfix_core.teacher import provenance
 
         return provenance(self.spec())
 
-    def get(self):
-        """The built teacher; built on first use so runs with nothing to do never load a model."""
+    def build(self):
+        """The teacher factory handed to the core: resolves and leases a device, builds the model once per run."""
         if self._teacher is None:
+            from npzfix_core import devices
             from npzfix_core.teacher import build
 
-            self._teacher = build(self.spec(resolve_device=True))
+            self._teacher = build(self.spec(devices.resolve(self.device, self.gpus)))
         return self._teacher
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:

@@ -7,13 +7,13 @@ for all partitions together), one ``stat`` of the directory, and the flags of a 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
 
 from dagster import AssetKey, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
+from npzfix_core.provenance import FeatureProvenance
 from npzfix_dagster.jobs import sa1b_job, train_test_job
 from npzfix_dagster.partitions import PartitionKeyError, sa1b_dir, sa1b_dirs, split_extracted_dir, train_test_splits
 from npzfix_dagster.resources import DatasetRoots, Sam2Teacher
@@ -55,14 +55,18 @@ def _not_done_sample(directory: str, features: bool, edges: bool) -> bool:
 
 
 def decide(
-    key: str, directory: str, latest: dict[str, dict | None], teacher_prov: dict | None, features: bool, edges: bool
+    key: str,
+    directory: str,
+    latest: dict[str, dict | None],
+    teacher_prov: FeatureProvenance | None,
+    features: bool,
+    edges: bool,
 ) -> Verdict:
     """Why this partition needs a run (or None), from its assets' latest metadata and O(1) file reads.
 
     ``latest`` maps each asset of the job to its latest materialization metadata (None: never).
     """
     from npzfix_core import discovery
-    from npzfix_core.feature_repair import same_teacher
 
     for asset, md in sorted(latest.items()):
         if md is None:
@@ -70,8 +74,7 @@ def decide(
         if md.get("stopped_early"):
             return Verdict(key, f"{asset}: last run stopped early ({md['stopped_early']})")
         if asset in FEATURE_ASSETS and teacher_prov is not None:
-            stored = md.get("provenance") or {}
-            if not same_teacher(stored, teacher_prov):
+            if not teacher_prov.same_teacher(FeatureProvenance.from_dict(md.get("provenance"))):
                 return Verdict(key, f"{asset}: teacher changed since the last run")
     mtime = os.stat(directory).st_mtime_ns
     for asset, md in sorted(latest.items()):

@@ -145,7 +145,9 @@ def test_sample_list_job(tmp_path, instance):
             "ops": {"fix_from_sample_list": {"config": {"samples": str(lst), "npz_dirs": [res.root], "max_images": 2}}}
         },
     )
-    assert result.success and result.output_for_node("fix_from_sample_list") == 2
+    assert result.success
+    mats = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    assert mats[0].event_specific_data.metadata["updated"].value == 2  # metadata, no pickled value
     flagged = [("feature_flag" in store.inspect(p), "feature_provenance" in store.inspect(p)) for p in res.npz]
     assert flagged == [(False, True), (False, True), (False, False)]
 
@@ -513,3 +515,28 @@ def _cheap_run_case(tmp_path, instance):
     assert len(per_file) <= 25  # the first 20, then a count (the failures table and report hold all 150)
     assert any("130 more failed files" in (e.user_message or "") for e in logs)
     assert len(logs) < 100
+
+
+def test_a_legacy_flagged_file_with_a_malformed_json_fails_the_check_not_the_step(tmp_path, instance):
+    root = str(tmp_path / "sa1b")
+    res = _shard(root, "sa_000040", n=2, states=("fresh", "fresh"))
+    key = "sa_000040/extracted"
+    instance.add_dynamic_partitions("sa1b_dirs", [key])
+    r = _resources(tmp_path, sa1b=root)
+    assert materialize([edges_B_v1], partition_key=key, instance=instance, resources=r).success
+    bad = res.npz[0]
+    arrays = store.read_arrays(bad)
+    arrays.pop("edge_provenance")  # as the original tool left it: flag + B_v1, no provenance
+    np.savez(bad, **arrays)
+    with open(os.path.join(res.root, os.path.basename(bad).replace("_features.npz", ".json")), "w") as f:
+        f.write("{broken")
+    result = materialize([edges_B_v1], partition_key=key, instance=instance, resources=r)  # skip_if_processed
+    assert result.success and _md(result, "edges_B_v1")["skipped_done"].value == 2
+    evals = {
+        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+    assert evals["no_failed_files"].passed and not evals["sample_valid"].passed
+    details = evals["sample_valid"].metadata["details"].value
+    assert os.path.basename(bad) in details and "malformed JSON" in details

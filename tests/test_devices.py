@@ -115,6 +115,14 @@ def test_eight_processes_on_four_gpus_get_distinct_leases_and_take_over_when_a_h
         assert sorted(t[2] for t in taken) == sorted([got[holders[0]][2], got[holders[1]][2]])
         assert max(float(t[0]) for t in taken) - t_free < 5  # taken over within a couple of polls
         assert not [k for k, _ in sel.select(timeout=0)]  # still two waiting
+        t_start = min(float(v[0]) for v in got.values())
+        print(
+            "\nlease timeline (s):",
+            " ".join(f"{v[2]}@{float(v[0]) - t_start:.2f}" for v in got.values()),
+            f"| holders of {got[holders[0]][2]} killed -9, {got[holders[1]][2]} terminated at {t_free - t_start:.2f}"
+            " | taken over:",
+            " ".join(f"{t[2]}@{float(t[0]) - t_start:.2f}" for t in taken),
+        )
     finally:
         for p in procs:
             p.kill()

@@ -92,3 +92,34 @@ def test_listing_cache_finds_what_stat_finds(tmp_path):
         npz = str(ext / f"{stem}_features.npz")
         assert discovery.find_image(npz, listings=listings) == discovery.find_image(npz)
         assert discovery.find_json(npz, listings=listings) == discovery.find_json(npz)
+
+
+def test_one_mapping_from_exception_to_outcome():
+    import json as _json
+
+    from npzfix_core import report, store
+    from npzfix_core.edges import AnnotationError
+
+    vanished = FileNotFoundError(2, "No such file", "/d/a_features.npz")
+    assert report.outcome_for("/d/a_features.npz", vanished).status == report.MISSING
+    assert "file vanished" in report.outcome_for("/d/a_features.npz", vanished).reason
+    o = report.outcome_for("p", AnnotationError("annotation 3 has no segmentation"), "/j/a.json")
+    assert o.status == report.FAILED and o.reason == "bad input /j/a.json: annotation 3 has no segmentation"
+    assert "malformed JSON /j/a.json" in report.outcome_for("p", _json.JSONDecodeError("x", "{", 1), "/j/a.json").reason
+    assert report.outcome_for("p", UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"), "/j").reason.startswith(
+        "malformed JSON"
+    )
+    assert report.outcome_for("p", store.NpzError("truncated")).reason == "NPZ: truncated"
+    assert report.outcome_for("p", PermissionError(13, "Permission denied", "/d")).reason.startswith("I/O error")
+
+
+def test_flags_are_read_leniently():
+    import numpy as np
+
+    from npzfix_core.provenance import EdgeProvenance, flag_set
+
+    assert flag_set({"f": np.array(1, np.uint8)}, "f") and flag_set({"f": np.array([1])}, "f")
+    assert not flag_set({"f": np.array("1")}, "f") and not flag_set({"f": np.array([1, 1])}, "f")
+    assert not flag_set({}, "f") and not flag_set({"f": np.array(0)}, "f")
+    legacy = {"edge_flag": np.array([1], np.uint8), "edge_version": np.array("B_v1")}
+    assert EdgeProvenance(3).is_done(legacy) and not EdgeProvenance(5).is_done(legacy)

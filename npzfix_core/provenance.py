@@ -1,0 +1,146 @@
+"""What wrote a file's features or edges, and when a file counts as done: one place for both runners and checks.
+
+A flag alone cannot tell which teacher or rule wrote a file, so npzfix records provenance beside it
+(a JSON string member). Files flagged by the original tools carry none; design §6 settles them: an
+``edge_version='B_v1'`` flag counts as Method B with kernel 3; a ``feature_flag`` is "legacy": skipped,
+counted apart, redone with ``--force``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import numpy as np
+
+from npzfix_core import __version__
+
+TOOL = f"npzfix {__version__}"
+EDGE_VERSION = "B_v1"
+EDGE_RULE = "method_b"
+LEGACY_KERNEL = 3  # the original edge tool's default
+EDGE_KEYS = ("edge_flag", "edge_version", "edge_provenance")
+FEATURE_KEYS = ("feature_flag", "feature_provenance")
+
+
+def flag_set(flags: Mapping[str, np.ndarray], key: str) -> bool:
+    """A flag reads as set only if it is one number equal to 1; any other shape or type means "not done"
+    (a malformed flag must not fail every ``--skip-if-processed`` run)."""
+    value = flags.get(key)
+    if value is None:
+        return False
+    a = np.asarray(value)
+    if a.size != 1 or a.dtype.kind not in "biuf":
+        return False
+    return a.reshape(()).item() == 1
+
+
+def _stored_json(flags: Mapping[str, np.ndarray], key: str) -> dict | None:
+    """The provenance record as a dict; None when absent, {} when unreadable (then it matches nothing)."""
+    if key not in flags:
+        return None
+    try:
+        value = json.loads(str(np.asarray(flags[key]).reshape(-1)[0]) if np.asarray(flags[key]).size else "")
+    except (ValueError, IndexError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class EdgeProvenance:
+    kernel_size: int
+    rule: str = EDGE_RULE
+    version: str = EDGE_VERSION
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Flag, version and provenance members, as written beside the edge maps."""
+        record = {"rule": self.rule, "version": self.version, "kernel_size": self.kernel_size, "tool": TOOL}
+        return {
+            "edge_flag": np.array(1, dtype=np.uint8),
+            "edge_version": np.array(self.version),
+            "edge_provenance": np.array(json.dumps(record, sort_keys=True)),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "tool": TOOL}
+
+    @classmethod
+    def stored(cls, flags: Mapping[str, np.ndarray]) -> EdgeProvenance | None:
+        """What a flagged file says wrote its edges (a legacy B_v1 flag: kernel 3); None when not flagged."""
+        if not flag_set(flags, "edge_flag") or str(flags.get("edge_version", "")) != EDGE_VERSION:
+            return None
+        record = _stored_json(flags, "edge_provenance")
+        if record is None:
+            return cls(LEGACY_KERNEL)
+        kernel = record.get("kernel_size")
+        if record.get("rule") != EDGE_RULE or not isinstance(kernel, int):
+            return None
+        return cls(kernel, EDGE_RULE, str(record.get("version", EDGE_VERSION)))
+
+    def is_done(self, flags: Mapping[str, np.ndarray]) -> bool:
+        return EdgeProvenance.stored(flags) == self
+
+
+TEACHER_FIELDS = ("teacher", "config", "weights", "precision", "resolution", "scalp")
+
+
+class FeatureState(enum.Enum):
+    DONE = "done"  # flag + this teacher
+    LEGACY = "legacy"  # flagged by the original tool: no provenance
+    TODO = "todo"  # not flagged, or written by another teacher
+
+
+@dataclass(frozen=True)
+class FeatureProvenance:
+    """Identifies the teacher that wrote a file's features; computed without torch."""
+
+    config: str
+    weights: str  # "sha256:<16 hex>" of the checkpoint, or "random-init:<seed>"
+    precision: str
+    resolution: int
+    scalp: int = 0
+    teacher: str = "sam2"
+
+    @property
+    def random_init(self) -> bool:
+        return self.weights.startswith("random-init")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def record(self, mode: str) -> np.ndarray:
+        """The ``feature_provenance`` member: this teacher, the tool and the mode that wrote the file."""
+        return np.array(json.dumps({**self.as_dict(), "tool": TOOL, "mode": mode}, sort_keys=True))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> FeatureProvenance | None:
+        """From a stored record or recorded metadata; None when it does not name a teacher."""
+        if not isinstance(d, Mapping) or not all(k in d for k in TEACHER_FIELDS):
+            return None
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except TypeError:
+            return None
+
+    def same_teacher(self, other: FeatureProvenance | None) -> bool:
+        return other is not None and all(getattr(self, k) == getattr(other, k) for k in TEACHER_FIELDS)
+
+    def state(self, flags: Mapping[str, np.ndarray]) -> FeatureState:
+        if not flag_set(flags, "feature_flag"):
+            return FeatureState.TODO
+        record = _stored_json(flags, "feature_provenance")
+        if record is None:
+            return FeatureState.LEGACY
+        return FeatureState.DONE if self.same_teacher(FeatureProvenance.from_dict(record)) else FeatureState.TODO
+
+    def describe(self) -> str:
+        return f"{self.config} {self.weights} {self.precision} @{self.resolution}"
+
+
+def stored_teacher(flags: Mapping[str, np.ndarray]) -> tuple[bool, FeatureProvenance | None]:
+    """(has a provenance record, the teacher it names or None when unreadable)."""
+    record = _stored_json(flags, "feature_provenance")
+    return record is not None, FeatureProvenance.from_dict(record)
