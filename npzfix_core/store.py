@@ -16,21 +16,17 @@ import fcntl
 import functools
 import io
 import os
-import struct
 import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
+from npzfix_core import zipraw
+
 TMP_MARKER = ".npzfix-tmp-"
-_CHUNK = 1 << 20
-_LOCAL = struct.Struct("<IHHHHHIIIHH")
-_CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
-_EOCD = struct.Struct("<IHHHHIIH")
-_LIMIT = 0xFFFFFFFF
 
 
 class NpzError(Exception):
@@ -55,11 +51,15 @@ def _key(name: str) -> str:
     return name[:-4] if name.endswith(".npy") else name
 
 
+class _ObjectArray(ValueError):
+    """An npy header asks for Python objects: loading it would mean unpickling."""
+
+
 def _open_zip(path: str | os.PathLike) -> zipfile.ZipFile:
     try:
         zf = zipfile.ZipFile(path)
     except FileNotFoundError:
-        raise
+        raise  # a vanished file, not a damaged one
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise NpzError(f"not a readable NPZ (zip) file: {exc}") from exc
     for info in zf.infolist():
@@ -122,70 +122,10 @@ def _decode_small(raw: bytes) -> np.ndarray:
     hlen = _header_len(raw[:12])
     shape, fortran, dtype = _parse_header(bytes(raw[:hlen]))
     if dtype.hasobject:
-        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+        raise _ObjectArray()
     count = int(np.prod(shape, dtype=np.int64))
     data = np.frombuffer(raw, dtype=dtype, count=count, offset=hlen).copy()
     return data.reshape(shape[::-1]).T if fortran else data.reshape(shape)
-
-
-@dataclass(frozen=True)
-class _Entry:
-    method: int
-    crc: int
-    csize: int
-    usize: int
-    offset: int
-
-
-def _quick_directory(fd: int, size: int) -> dict[str, _Entry] | None:
-    """Central directory from one read of the file's tail; None when zipfile must do it (zip64, comments...)."""
-    tail_len = min(size, 8192)
-    tail = os.pread(fd, tail_len, size - tail_len)
-    if len(tail) < 22 or tail[-22:-18] != b"PK\x05\x06":
-        return None
-    _, disk, _, n_here, n_total, cd_size, cd_off, clen = _EOCD.unpack(tail[-22:])
-    if disk or n_here != n_total or n_total == 0xFFFF or cd_off == _LIMIT:
-        return None
-    start = tail_len - 22 - cd_size
-    if start < 0:
-        return None
-    cd, pos, out = tail[start : tail_len - 22], 0, {}
-    for _ in range(n_total):
-        if cd[pos : pos + 4] != b"PK\x01\x02":
-            return None
-        f = _CENTRAL.unpack_from(cd, pos)
-        flags, method, crc, csize, usize, nlen, elen, klen, off = (
-            f[3],
-            f[4],
-            f[7],
-            f[8],
-            f[9],
-            f[10],
-            f[11],
-            f[12],
-            f[16],
-        )
-        if flags & 1 or _LIMIT in (csize, usize, off):
-            return None
-        name = cd[pos + 46 : pos + 46 + nlen].decode("utf-8" if flags & 0x800 else "cp437")
-        out[name] = _Entry(method, crc, csize, usize, off)
-        pos += 46 + nlen + elen + klen
-    return out
-
-
-def _quick_member(fd: int, e: _Entry) -> bytes:
-    head = os.pread(fd, _LOCAL.size, e.offset)
-    if len(head) != _LOCAL.size or head[:4] != b"PK\x03\x04":
-        raise NpzError("bad local header")
-    nlen, elen = struct.unpack("<HH", head[26:30])
-    raw = os.pread(fd, e.csize, e.offset + _LOCAL.size + nlen + elen)
-    if e.method == zipfile.ZIP_DEFLATED:
-        raw = zlib.decompress(raw, -15)
-    elif e.method != zipfile.ZIP_STORED:
-        raise NpzError("unsupported compression")
-    if len(raw) != e.usize or zlib.crc32(raw) != e.crc:
-        raise NpzError("CRC mismatch: member is damaged")
-    return raw
 
 
 def read_flags(path: str | os.PathLike, keys: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -193,13 +133,9 @@ def read_flags(path: str | os.PathLike, keys: list[str] | tuple[str, ...]) -> di
 
     This is the "already done?" check run on every file of a million-file pass.
     """
+    fd = os.open(path, os.O_RDONLY)
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise
-    try:
-        size = os.fstat(fd).st_size
-        directory = _quick_directory(fd, size)
+        directory = zipraw.read_directory(fd, os.fstat(fd).st_size)
         if directory is None:
             return read_arrays(path, keys)
         out = {}
@@ -207,13 +143,13 @@ def read_flags(path: str | os.PathLike, keys: list[str] | tuple[str, ...]) -> di
             e = directory.get(key + ".npy")
             if e is None:
                 continue
-            if e.usize > _SMALL:
+            if e.size > _SMALL:
                 return read_arrays(path, keys)
             try:
-                out[key] = _decode_small(_quick_member(fd, e))
-            except (ValueError, zlib.error) as exc:
-                if "allow_pickle" in str(exc):
-                    raise _pickle_error(f"{key}.npy") from exc
+                out[key] = _decode_small(zipraw.read_member(fd, e))
+            except _ObjectArray as exc:
+                raise _pickle_error(f"{key}.npy") from exc
+            except ValueError as exc:  # ZipRawError, bad npy header
                 raise NpzError(f"member {key}.npy is damaged: {exc}") from exc
         return out
     finally:
@@ -233,11 +169,12 @@ def read_arrays(path: str | os.PathLike, keys: list[str] | tuple[str, ...] | Non
                 if info.file_size <= _SMALL:
                     out[key] = _decode_small(zf.read(info))
                     continue
+                _member_header(zf, info)  # refuses a pickled member before its data is read
                 with zf.open(info) as fp:
                     out[key] = np.lib.format.read_array(fp, allow_pickle=False)
+            except _ObjectArray as exc:
+                raise _pickle_error(info.filename) from exc
             except ValueError as exc:
-                if "allow_pickle" in str(exc):
-                    raise _pickle_error(info.filename) from exc
                 raise NpzError(f"member {info.filename!r} is damaged: {exc}") from exc
             except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
                 raise NpzError(f"member {info.filename!r} is damaged: {exc}") from exc
@@ -265,90 +202,10 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)
 
 
-def _dos_time(date_time: tuple[int, ...]) -> tuple[int, int]:
-    y, mo, d, h, mi, s = date_time
-    return (h << 11) | (mi << 5) | (s // 2), ((y - 1980) << 9) | (mo << 5) | d
-
-
-class _ZipWriter:
-    """The few dozen lines of zip we need to copy members raw (zipfile cannot)."""
-
-    def __init__(self, fp: BinaryIO):
-        self.fp = fp
-        self.entries: list[bytes] = []
-
-    def _header(self, name: bytes, method: int, crc: int, csize: int, usize: int, date_time) -> tuple[int, int, int]:
-        offset = self.fp.tell()
-        if max(offset, csize, usize) >= _LIMIT:
-            raise NpzError("NPZ members over 4 GiB are not supported by the in-place writer")
-        t, d = _dos_time(date_time)
-        flags = 0x800 if any(b > 127 for b in name) else 0
-        self.fp.write(_LOCAL.pack(0x04034B50, 20, flags, method, t, d, crc, csize, usize, len(name), 0))
-        self.fp.write(name)
-        self.entries.append(
-            _CENTRAL.pack(
-                0x02014B50,
-                (3 << 8) | 20,
-                20,
-                flags,
-                method,
-                t,
-                d,
-                crc,
-                csize,
-                usize,
-                len(name),
-                0,
-                0,
-                0,
-                0,
-                0o100644 << 16,
-                offset,
-            )
-            + name
-        )
-        return t, d, offset
-
-    def copy_raw(self, src: BinaryIO, info: zipfile.ZipInfo) -> None:
-        src.seek(info.header_offset)
-        head = src.read(_LOCAL.size)
-        if len(head) != _LOCAL.size or head[:4] != b"PK\x03\x04":
-            raise NpzError(f"member {info.filename!r}: bad local header")
-        nlen, elen = struct.unpack("<HH", head[26:30])
-        src.seek(info.header_offset + _LOCAL.size + nlen + elen)
-        self._header(
-            info.filename.encode(), info.compress_type, info.CRC, info.compress_size, info.file_size, info.date_time
-        )
-        left = info.compress_size
-        while left:
-            chunk = src.read(min(_CHUNK, left))
-            if not chunk:
-                raise NpzError(f"member {info.filename!r} is truncated")
-            self.fp.write(chunk)
-            left -= len(chunk)
-
-    def add_array(self, key: str, array: np.ndarray, deflate: bool) -> None:
-        buf = io.BytesIO()
-        np.lib.format.write_array(buf, np.asanyarray(array), allow_pickle=False)
-        raw = buf.getbuffer()
-        crc = zlib.crc32(raw)
-        if deflate:
-            comp = zlib.compressobj(6, zlib.DEFLATED, -15)
-            data = comp.compress(raw) + comp.flush()
-            method = zipfile.ZIP_DEFLATED
-        else:
-            data, method = raw, zipfile.ZIP_STORED
-        self._header(f"{key}.npy".encode(), method, crc, len(data), len(raw), (1980, 1, 1, 0, 0, 0))
-        self.fp.write(data)
-
-    def close(self) -> None:
-        start = self.fp.tell()
-        for entry in self.entries:
-            self.fp.write(entry)
-        size = self.fp.tell() - start
-        if len(self.entries) >= 0xFFFF or start >= _LIMIT:
-            raise NpzError("NPZ too large for the in-place writer")
-        self.fp.write(_EOCD.pack(0x06054B50, 0, 0, len(self.entries), len(self.entries), size, start, 0))
+def _npy_bytes(array: np.ndarray) -> memoryview:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asanyarray(array), allow_pickle=False)
+    return buf.getbuffer()
 
 
 def _fsync_dir(directory: str) -> None:
@@ -395,12 +252,12 @@ def update(
             fd, tmp = tempfile.mkstemp(prefix=f".{name}{TMP_MARKER}", dir=directory or ".")
             try:
                 with os.fdopen(fd, "wb") as out:
-                    writer = _ZipWriter(out)
+                    writer = zipraw.RawZipWriter(out)
                     for info in infos:
                         if _key(info.filename) not in chosen and _key(info.filename) not in remove:
                             writer.copy_raw(src, info)
                     for key, array in chosen.items():
-                        writer.add_array(key, array, deflate)
+                        writer.add(f"{key}.npy", _npy_bytes(array), deflate)
                     writer.close()
                     out.flush()
                     os.fchmod(out.fileno(), st.st_mode & 0o7777)
@@ -410,9 +267,11 @@ def update(
                         os.fsync(out.fileno())
                     size_after = out.tell()
                 os.replace(tmp, path)
-            except BaseException:
+            except BaseException as exc:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
+                if isinstance(exc, zipraw.ZipRawError):
+                    raise NpzError(str(exc)) from exc
                 raise
         if durable:
             _fsync_dir(directory or ".")

@@ -103,7 +103,7 @@ def test_disk_full_during_write_leaves_file_and_no_temp(tmp_path, monkeypatch):
     def full(self, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store._ZipWriter, "add_array", full)
+    monkeypatch.setattr(store.zipraw.RawZipWriter, "add", full)
     with pytest.raises(OSError) as ei:
         store.update(p, {"edge_flag": np.array(1, np.uint8)})
     assert ei.value.errno == errno.ENOSPC
