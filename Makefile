@@ -20,8 +20,8 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PIP) install -r requirements.txt 2>&1 | $(QUIET)
 	SAM2_BUILD_CUDA=0 $(PIP) install --no-build-isolation --no-deps sam2==1.1.0 2>&1 | $(QUIET)
 	# hydra/omegaconf pin ANTLR 4.9; Dagster's selection grammar needs 4.13: a private copy (npzfix_dagster/antlr_compat.py)
-	$(PIP) install --no-deps --target $(VENV)/antlr4-4.13 antlr4-python3-runtime==4.13.2 2>&1 | $(QUIET)
 	$(PIP) install --no-deps --no-build-isolation -e . 2>&1 | $(QUIET)
+	$(PY) -m npzfix_dagster.antlr_compat install 2>&1 | $(QUIET)
 	$(PY) -c "import torch, sam2, dagster, cv2, pycocotools, pandas, npzfix_core; print('setup ok: torch', torch.__version__, 'dagster', dagster.__version__)"
 	touch $(STAMP)
 

@@ -96,13 +96,20 @@ def _csv(v: str | None) -> tuple[str, ...]:
 
 def cmd_features(args) -> int:
     from npzfix_core import devices
-    from npzfix_core.feature_repair import FeatureRequest, default_decode_workers, run_features
+    from npzfix_core.feature_repair import (
+        BULK,
+        SAMPLES,
+        TRAIN_TEST,
+        FeatureRequest,
+        default_decode_workers,
+        run_features,
+    )
     from npzfix_core.teacher import TeacherError, TeacherSpec
 
-    modes = [m for m, v in (("bulk", args.root), ("samples", args.samples), ("train_test", args.extracted_dirs)) if v]
+    modes = [m for m, v in ((BULK, args.root), (SAMPLES, args.samples), (TRAIN_TEST, args.extracted_dirs)) if v]
     if len(modes) != 1:
-        raise UsageError("give exactly one of --root (tool 1), --samples (tool 2), --extracted-dirs (tool 3)")
-    if args.npz_dirs and modes[0] != "samples":
+        raise UsageError("give exactly one of --root (bulk), --samples (sample list), --extracted-dirs (train/test)")
+    if args.npz_dirs and modes[0] != SAMPLES:
         raise UsageError("--npz-dirs goes with --samples")
     limit = args.max_files if args.max_files is not None else args.max_images
     try:
@@ -228,10 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser(
         "features", help="recompute SAM2 P4/P5 (bulk_fix / fix_npz_features_inplace / fix_train_test_npz)"
     )
-    f.add_argument("--root", help="tool 1: scan this root recursively; sets feature_flag=1")
-    f.add_argument("--samples", help="tool 2: image list, one path per line; sets no flag")
-    f.add_argument("--npz-dirs", help="tool 2: comma-separated dirs searched for NPZs not beside their image")
-    f.add_argument("--extracted-dirs", help="tool 3: comma-separated <split>/extracted dirs; sets feature_flag=1")
+    f.add_argument("--root", help="bulk: scan this root recursively; sets feature_flag=1")
+    f.add_argument("--samples", help="sample list: image paths, one per line; sets no flag")
+    f.add_argument("--npz-dirs", help="sample list: comma-separated dirs searched for NPZs not beside their image")
+    f.add_argument("--extracted-dirs", help="train/test: comma-separated <split>/extracted dirs; sets feature_flag=1")
     f.add_argument("--weights", help="SAM2 checkpoint (e.g. sam2.1_hiera_base_plus.pt); config follows from its name")
     f.add_argument("--config", help="SAM2 config, e.g. configs/sam2.1/sam2.1_hiera_b+.yaml")
     f.add_argument("--random-init", type=int, metavar="SEED", help="seeded random teacher, for demos and tests only")
@@ -243,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--workers", type=_positive, help="image decode threads (default: the host's cores - 1, 2..16)")
     f.add_argument("--writers", type=_positive, default=4, help="NPZ writer threads")
     f.add_argument("--max-files", type=_positive, help="update at most this many files (skipped ones don't count)")
-    f.add_argument("--max-images", type=_positive, help="tool 2's name for --max-files")
+    f.add_argument("--max-images", type=_positive, help="the sample-list name for --max-files")
     f.add_argument(
         "--store-dtype",
         choices=("keep", "float32", "float16"),

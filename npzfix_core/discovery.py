@@ -8,6 +8,7 @@ on its item, never raised for the batch.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -146,7 +147,7 @@ def _item(npz: str, source: str | None, what: str) -> WorkItem:
 def edge_items(
     npz_dir: str, json_dir: str | None = None, order: str = "name", glob: str | None = None
 ) -> list[WorkItem]:
-    """Tool 4: ``<npz_dir>/<stem>_features.npz`` -> ``<json_dir>/<stem>.json``."""
+    """Edges: ``<npz_dir>/<stem>_features.npz`` -> ``<json_dir>/<stem>.json``."""
     paths = npz_in_dir(npz_dir, glob)
     if order == "mtime":
         paths.sort(key=lambda p: (os.stat(p).st_mtime_ns, p))
@@ -157,7 +158,7 @@ def edge_items(
 
 
 def bulk_items(root: str, recursive: bool = True) -> Iterator[WorkItem]:
-    """Tool 1: recursive scan of ``root`` (or its own files only: one Dagster partition is one directory);
+    """Bulk: recursive scan of ``root`` (or its own files only: one Dagster partition is one directory);
     image beside the NPZ or in its parent."""
     listings = Listings()
     for p in scan_npz(root) if recursive else npz_in_dir(root):
@@ -165,7 +166,7 @@ def bulk_items(root: str, recursive: bool = True) -> Iterator[WorkItem]:
 
 
 def train_test_items(extracted_dirs: Iterable[str]) -> Iterator[WorkItem]:
-    """Tool 3: ``<split>/extracted/<stem>_features.npz``, image in ``<split>/``."""
+    """Train/test: ``<split>/extracted/<stem>_features.npz``, image in ``<split>/``."""
     for d in extracted_dirs:
         parent = os.path.dirname(os.path.abspath(d))
         listings = Listings()
@@ -185,7 +186,7 @@ def build_index(search_dirs: Iterable[str]) -> dict[str, str]:
 
 
 def sample_items(samples_file: str, search_dirs: list[str]) -> Iterator[WorkItem]:
-    """Tool 2: one image path per line -> same-dir ``_features``, same-dir ``_sam2_features``, then the index."""
+    """Sample list: one image path per line -> same-dir ``_features``, same-dir ``_sam2_features``, then the index."""
     index: dict[str, str] | None = None
     with open(samples_file) as f:
         lines = [ln.strip() for ln in f]
@@ -219,7 +220,6 @@ def holds_npz(directory: str) -> bool:
 def npz_names_signature(directory: str) -> tuple[int, str]:
     """(count, digest) of the feature NPZ names in a directory: changes when files are added or removed,
     not when an existing file is rewritten in place."""
-    import hashlib
 
     h = hashlib.sha1()
     names = sorted(e.name for e in os.scandir(directory) if stem_of(e.name) is not None and not e.name.startswith("."))

@@ -1,12 +1,14 @@
-"""Tool 4 as a function: rebuild Method-B edge maps for every NPZ of a directory."""
+"""Edges mode: rebuild Method-B edge maps for every NPZ of a directory."""
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
@@ -53,7 +55,7 @@ def process_one(
     durable: bool = True,
 ) -> Outcome:
     """One file, start to end; every problem becomes an Outcome, never an exception."""
-    from npzfix_core.edges import method_b, parse_sa1b
+    from npzfix_core.edges import method_b, parse_sa1b  # OpenCV: imported in the worker that needs it
 
     t0 = time.perf_counter()
 
@@ -116,8 +118,6 @@ def run_bounded(
                 return
             record(fn(*args_of(item)))
         return
-    import multiprocessing
-    from concurrent.futures.process import BrokenProcessPool
 
     pending: dict[Future, str] = {}
 

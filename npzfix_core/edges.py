@@ -224,7 +224,7 @@ def method_b_reference(
 ) -> dict[int, np.ndarray]:
     """The original formula, verbatim: full decode and full-image gradient per mask.
 
-    Kept as the yardstick for tests, benchmarks and ``npzfix edges --verify``.
+    Kept as the yardstick for tests and benchmarks.
     """
     from pycocotools import mask as mask_utils
 

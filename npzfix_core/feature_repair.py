@@ -1,4 +1,4 @@
-"""Tools 1-3 as one function: recompute P4/P5 with the SAM2 teacher, batched and overlapped.
+"""Bulk, sample-list and train/test modes as one function: recompute P4/P5 with the SAM2 teacher, batched and overlapped.
 
 Stages, each bounded so memory stays flat on any dataset size:
   discovery -> skip check (tiny reads) -> decode + preprocess (thread pool)
@@ -41,7 +41,8 @@ from npzfix_core.teacher import Teacher, TeacherSpec
 
 log = logging.getLogger("npzfix")
 
-MODES = ("bulk", "samples", "train_test")
+BULK, SAMPLES, TRAIN_TEST = "bulk", "samples", "train_test"  # root scan | image list | <split>/extracted dirs
+MODES = (BULK, SAMPLES, TRAIN_TEST)
 STORE_DTYPES = ("keep", "float32", "float16")
 
 
@@ -52,7 +53,7 @@ def default_decode_workers() -> int:
 
 @dataclass(frozen=True)
 class FeatureRequest:
-    mode: str  # bulk (tool 1) | samples (tool 2) | train_test (tool 3)
+    mode: str  # one of MODES
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     root: str | None = None
     recursive: bool = True  # bulk: the whole tree under root, or only root's own files (a Dagster partition)
@@ -71,7 +72,7 @@ class FeatureRequest:
 
     @property
     def sets_flag(self) -> bool:
-        return self.mode != "samples"
+        return self.mode != SAMPLES
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -83,23 +84,23 @@ class FeatureRequest:
         if self.batch_size < 0 or self.workers < 1 or self.writers < 1:
             raise ValueError("--batch-size must be >= 0 (0: auto), --workers and --writers >= 1")
         given, flag = {
-            "bulk": (self.root, "--root"),
-            "samples": (self.samples, "--samples"),
-            "train_test": (self.extracted_dirs, "--extracted-dirs"),
+            BULK: (self.root, "--root"),
+            SAMPLES: (self.samples, "--samples"),
+            TRAIN_TEST: (self.extracted_dirs, "--extracted-dirs"),
         }[self.mode]
         if not given:
             raise ValueError(f"mode {self.mode} needs {flag}")
-        for d in {"bulk": [self.root], "train_test": list(self.extracted_dirs)}.get(self.mode, []):
+        for d in {BULK: [self.root], TRAIN_TEST: list(self.extracted_dirs)}.get(self.mode, []):
             if not os.path.isdir(d):
                 raise FileNotFoundError(f"directory {d} does not exist")
-        if self.mode == "samples" and not os.path.isfile(self.samples):
+        if self.mode == SAMPLES and not os.path.isfile(self.samples):
             raise FileNotFoundError(f"sample list {self.samples} does not exist")
 
 
 def items_for(req: FeatureRequest) -> Iterator[discovery.WorkItem]:
-    if req.mode == "bulk":
+    if req.mode == BULK:
         return discovery.bulk_items(req.root, req.recursive)
-    if req.mode == "train_test":
+    if req.mode == TRAIN_TEST:
         return discovery.train_test_items(req.extracted_dirs)
     return discovery.sample_items(req.samples, list(req.npz_dirs))
 
@@ -152,7 +153,7 @@ def write_features(
             "P4_S16": fit(p4, existing.get("P4_S16"), req.store_dtype, "P4_S16"),
             "P5_S32": fit(p5, existing.get("P5_S32"), req.store_dtype, "P5_S32"),
         }
-        if req.mode == "samples" or "IMAGE_EMB_S16" in existing:
+        if req.mode == SAMPLES or "IMAGE_EMB_S16" in existing:
             arrays["IMAGE_EMB_S16"] = fit(p4, existing.get("IMAGE_EMB_S16"), req.store_dtype, "IMAGE_EMB_S16")
         if req.sets_flag:
             arrays["feature_flag"] = np.array(1, dtype=np.uint8)

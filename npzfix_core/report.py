@@ -11,6 +11,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from npzfix_core.errors import InputError
+
 log = logging.getLogger("npzfix")
 
 # Outcome statuses a work item can end in.
@@ -37,10 +39,7 @@ class Outcome:
 def outcome_for(path: str, exc: BaseException, source: str | None = None, seconds: float = 0.0) -> Outcome:
     """The one mapping from a per-file exception to its Outcome, shared by every runner: a file that vanished
     is a missing source everywhere; bad input names the source; anything else fails only this file."""
-    import json
-
-    from npzfix_core.errors import InputError
-    from npzfix_core.store import NpzError
+    from npzfix_core.store import NpzError  # the store imports NumPy; a report alone does not need it
 
     where = f" {source}" if source else ""
     if isinstance(exc, NpzError):

@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 
 STATES = ("fresh", "no_edges", "with_256", "flagged", "stale", "feature_flagged", "corrupt", "no_json")
-GOOD_STATES = tuple(s for s in STATES if s not in ("corrupt", "no_json"))
 MASK_KINDS = ("blob", "border", "pixel", "line", "ring", "empty", "full", "overlap", "rect")
 
 

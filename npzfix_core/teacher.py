@@ -1,7 +1,7 @@
 """Builds the SAM2 teacher: checkpoint name -> config, all four FPN levels kept, strict load, device.
 
 Like sam2's own ``build_sam.py``, this module knows where weights and configs
-come from and nothing about the dataset; ``pipeline.py`` runs what it builds.
+come from and nothing about the dataset; ``feature_repair`` runs what it builds.
 torch and sam2 are imported here only, and only when a teacher is built.
 """
 

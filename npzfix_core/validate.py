@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
-from npzfix_core import store
+from npzfix_core import discovery, store
 from npzfix_core.provenance import EdgeProvenance, FeatureProvenance, flag_set, stored_teacher
 from npzfix_core.report import outcome_for
 
@@ -47,8 +47,7 @@ def sample(paths: list[str], n: int, seed: int = 0) -> list[str]:
 
 def check_edges(paths: Iterable[str], kernel_size: int, json_dir: str | None = None, recompute: int = 8) -> CheckResult:
     """Keys, shapes, dtypes, 0/1 values, flag and provenance; the first ``recompute`` files are recomputed exactly."""
-    from npzfix_core import discovery
-    from npzfix_core.edges import method_b, parse_sa1b
+    from npzfix_core.edges import method_b, parse_sa1b  # OpenCV: only when edges are checked
 
     res = CheckResult()
     for i, p in enumerate(paths):

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, asset
 
+from npzfix_core.feature_repair import BULK, TRAIN_TEST
 from npzfix_core.report import RunReport
 from npzfix_dagster import checks, metadata
 from npzfix_dagster.k8s import CPU_TAGS, GPU_TAGS
@@ -96,9 +97,9 @@ def _features(
     req = FeatureRequest(
         mode=mode,
         teacher=teacher.spec(),
-        root=directory if mode == "bulk" else None,
+        root=directory if mode == BULK else None,
         recursive=False,  # a partition is the NPZ files directly in its directory
-        extracted_dirs=(directory,) if mode == "train_test" else (),
+        extracted_dirs=(directory,) if mode == TRAIN_TEST else (),
         max_files=config.max_files,
         batch_size=teacher.batch_size,
         workers=teacher.decode_workers or default_decode_workers(),
@@ -127,7 +128,7 @@ def sa1b_features_fixed(
     """Every SA-1B NPZ in this directory carries P4_S16/P5_S32 from the configured SAM2 teacher, with
     feature_flag=1 and the teacher's provenance."""
     directory = _partition_dir(roots.require("sa1b_root"), context.partition_key, sa1b_dir)
-    return _features(context, config, roots, teacher, "bulk", directory)
+    return _features(context, config, roots, teacher, BULK, directory)
 
 
 @asset(
@@ -144,7 +145,7 @@ def train_test_features_fixed(
     """Every NPZ in <split>/extracted carries P4_S16/P5_S32 from the configured SAM2 teacher, computed from
     the image in <split>/, with feature_flag=1."""
     directory = _partition_dir(roots.require("train_test_root"), context.partition_key, split_extracted_dir)
-    return _features(context, config, roots, teacher, "train_test", directory)
+    return _features(context, config, roots, teacher, TRAIN_TEST, directory)
 
 
 @asset(

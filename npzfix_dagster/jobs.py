@@ -57,10 +57,10 @@ class SampleListConfig(Config):
     description="Recompute P4_S16, P5_S32 and IMAGE_EMB_S16 for the images of a sample list (no flag).",
 )
 def fix_from_sample_list(context: OpExecutionContext, config: SampleListConfig, teacher: Sam2Teacher):
-    from npzfix_core.feature_repair import FeatureRequest, default_decode_workers, run_features
+    from npzfix_core.feature_repair import SAMPLES, FeatureRequest, default_decode_workers, run_features
 
     req = FeatureRequest(
-        mode="samples",
+        mode=SAMPLES,
         teacher=teacher.spec(),
         samples=config.samples,
         npz_dirs=tuple(config.npz_dirs),

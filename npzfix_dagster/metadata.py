@@ -8,9 +8,10 @@ import os
 from dagster import MetadataValue
 
 from npzfix_core.discovery import DirSnapshot
-from npzfix_core.report import RunReport
+from npzfix_core.report import WOULD_UPDATE, RunReport
 
 MAX_ROWS = 50
+COUNT_LABELS = {WOULD_UPDATE: "would_update (dry run)"}  # every other count is labelled by its status
 
 
 def md_table(rows: list[dict], cols: list[str]) -> str:
@@ -27,16 +28,10 @@ def md_table(rows: list[dict], cols: list[str]) -> str:
 def report_metadata(
     report: RunReport, directory: str, report_path: str | None, seen_dir: DirSnapshot | None = None
 ) -> dict:
-    c = report.counts
     md = {
         "directory": MetadataValue.path(directory),
         "seen": report.seen,
-        "updated": c["updated"],
-        "would_update (dry run)": c["would_update"],
-        "skipped_done": c["skipped_done"],
-        "skipped_legacy": c["skipped_legacy"],
-        "missing_source": c["missing_source"],
-        "failed": c["failed"],
+        **{COUNT_LABELS.get(status, status): n for status, n in report.counts.items()},
         "files_per_s": round(report.files_per_s, 2),
         "duration_s": round(report.elapsed, 2),
         "failures": MetadataValue.md(md_table(report.failures, ["path", "status", "reason"])),

@@ -12,6 +12,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from conftest import BIN, NPZFIX, sha
 from dagster import (
     AssetKey,
     DagsterInstance,
@@ -22,7 +23,6 @@ from dagster import (
     materialize,
 )
 
-from conftest import BIN, NPZFIX, sha
 from npzfix_core import store, synth
 from npzfix_core.edges import method_b_reference, parse_sa1b
 from npzfix_dagster.assets import edges_B_v1, sa1b_features_fixed, train_test_features_fixed
@@ -357,6 +357,15 @@ def test_dagster_selection_grammar_and_sam2_hydra_share_a_process():
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "ok 64", p.stdout + p.stderr[-2000:]
+
+
+def test_missing_antlr_bridge_fails_loudly_with_the_fix(tmp_path):
+    env = dict(os.environ, NPZFIX_ANTLR413_DIR=str(tmp_path / "nowhere"))
+    p = subprocess.run(
+        [sys.executable, "-c", "import npzfix_dagster.definitions"], capture_output=True, text=True, env=env
+    )
+    assert p.returncode != 0
+    assert "AntlrBridgeError" in p.stderr and "-m npzfix_dagster.antlr_compat install" in p.stderr
 
 
 def test_sensor_tick_on_an_unchanged_tree_lists_no_directory(tmp_path, instance, monkeypatch):

@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import NPZFIX, raw_members, run_cli, sha, temp_files
+
 from npzfix_core import edge_repair, store, synth
 from npzfix_core.edges import method_b_reference, parse_sa1b
 

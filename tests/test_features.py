@@ -7,9 +7,9 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import NPZFIX, run_cli, sha, temp_files
 from PIL import Image
 
-from conftest import NPZFIX, run_cli, sha, temp_files
 from npzfix_core import store, synth
 from npzfix_core.feature_repair import FeatureRequest, run_features
 from npzfix_core.teacher import TeacherSpec, build, config_for_checkpoint
@@ -30,8 +30,8 @@ def reference_model():
 
 
 def _reference_model(seed, ckpt=None):
-    import torch
     import sam2  # noqa: F401
+    import torch
     from sam2.build_sam import build_sam2
 
     torch.manual_seed(seed)

@@ -3,7 +3,6 @@ for a feature run and for an edges run, built by the launcher itself from deploy
 
 import json
 import os
-import sys
 
 import pytest
 import yaml

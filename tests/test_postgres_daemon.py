@@ -12,8 +12,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-
 from conftest import BIN, NPZFIX
+
 from npzfix_core import store, synth
 from npzfix_core.edges import method_b_reference, parse_sa1b
 from npzfix_dagster import local_postgres

@@ -9,8 +9,8 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from conftest import raw_members, sha, temp_files
+
 from npzfix_core import store
 
 
