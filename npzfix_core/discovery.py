@@ -259,15 +259,8 @@ def snapshot(directory: str) -> DirSnapshot:
 
 
 def dataset_dirs(root: str) -> list[str]:
-    """Directories under ``root`` holding feature NPZs, relative to ``root`` ("." for the root itself)."""
+    """Directories under ``root`` holding feature NPZs, relative to ``root`` ("." for the root itself).
+
+    Each is one partition: exactly the NPZ files directly in it (nested directories are partitions of their
+    own, never part of their parent's)."""
     return [os.path.relpath(d, root) for d in walk_dirs(root) if holds_npz(d)]
-
-
-def split_dirs(root: str) -> list[str]:
-    """Train/test splits: ``<root>/<split>/extracted`` holding feature NPZs -> ``<split>``."""
-    try:
-        with os.scandir(root) as it:
-            splits = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
-    except OSError:
-        return []
-    return [s for s in splits if holds_npz(os.path.join(root, s, "extracted"))]

@@ -43,16 +43,26 @@ def split_extracted_dir(root: str, key: str) -> str:
     return os.path.join(key_dir(root, key), "extracted")
 
 
+def key_of(rel_dir: str, partitions_def_name: str) -> str | None:
+    """The partition key of a directory holding NPZs (relative to its root), the inverse of ``sa1b_dir`` /
+    ``split_extracted_dir``; None when the directory is not a partition of that kind. The one place where
+    directories become keys (sync, sensors)."""
+    rel = os.path.normpath(rel_dir)
+    if partitions_def_name == sa1b_dirs.name:
+        return rel
+    split, leaf = os.path.split(rel)
+    return split if leaf == "extracted" and split not in ("", ".") and "/" not in split else None
+
+
 def discover(sa1b_root: str | None, train_test_root: str | None) -> dict[str, list[str]]:
     """Partition keys found on disk now, per partitions definition name."""
     from npzfix_core import discovery
 
-    return {
-        sa1b_dirs.name: discovery.dataset_dirs(sa1b_root) if sa1b_root and os.path.isdir(sa1b_root) else [],
-        train_test_splits.name: discovery.split_dirs(train_test_root)
-        if train_test_root and os.path.isdir(train_test_root)
-        else [],
-    }
+    out: dict[str, list[str]] = {}
+    for name, root in ((sa1b_dirs.name, sa1b_root), (train_test_splits.name, train_test_root)):
+        rels = discovery.dataset_dirs(root) if root and os.path.isdir(root) else []
+        out[name] = [k for k in (key_of(r, name) for r in rels) if k is not None]
+    return out
 
 
 def sync(instance, sa1b_root: str | None, train_test_root: str | None) -> dict[str, list[str]]:

@@ -14,7 +14,7 @@ import time
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from npzfix_dagster.jobs import sa1b_job, train_test_job
-from npzfix_dagster.partitions import sa1b_dirs, train_test_splits
+from npzfix_dagster.partitions import key_of, sa1b_dirs, train_test_splits
 from npzfix_dagster.resources import DatasetRoots
 
 MAX_RUNS_PER_TICK = 50
@@ -62,15 +62,7 @@ def _scan(root: str, state: dict, budget_s: float = LIST_BUDGET_S) -> tuple[dict
     return new_state, deferred
 
 
-def _partition_of(rel: str, is_split_root: bool) -> str | None:
-    """Directory (relative to the root) -> partition key; train/test partitions are ``<split>`` for ``<split>/extracted``."""
-    if not is_split_root:
-        return rel
-    split, leaf = os.path.split(rel)
-    return split if leaf == "extracted" and split not in ("", ".") and "/" not in split else None
-
-
-def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, job_name: str, is_split_root: bool):
+def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, job_name: str):
     if not root or not os.path.isdir(root):
         return SkipReason(f"root {root!r} is not configured or does not exist")
     cursor = json.loads(context.cursor) if context.cursor else {}
@@ -82,7 +74,7 @@ def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, jo
     wanted = sorted(
         (key, rel)
         for rel, e in state.items()
-        if e.get("sig") and e["sig"] != e.get("req") and (key := _partition_of(rel, is_split_root)) is not None
+        if e.get("sig") and e["sig"] != e.get("req") and (key := key_of(rel, partitions_def.name)) is not None
     )
     todo = wanted[:MAX_RUNS_PER_TICK]
     known = set(context.instance.get_dynamic_partitions(partitions_def.name))
@@ -125,7 +117,7 @@ def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, jo
     description="Adds a partition for each new SA-1B directory holding NPZs and materializes features and edges.",
 )
 def sa1b_new_dirs_sensor(context: SensorEvaluationContext, roots: DatasetRoots):
-    return _tick(context, roots.sa1b_root, sa1b_dirs, sa1b_job.name, is_split_root=False)
+    return _tick(context, roots.sa1b_root, sa1b_dirs, sa1b_job.name)
 
 
 @sensor(
@@ -135,4 +127,4 @@ def sa1b_new_dirs_sensor(context: SensorEvaluationContext, roots: DatasetRoots):
     description="Adds a partition for each new <split>/extracted and materializes its features.",
 )
 def train_test_new_splits_sensor(context: SensorEvaluationContext, roots: DatasetRoots):
-    return _tick(context, roots.train_test_root, train_test_splits, train_test_job.name, is_split_root=True)
+    return _tick(context, roots.train_test_root, train_test_splits, train_test_job.name)

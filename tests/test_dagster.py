@@ -549,3 +549,23 @@ def test_a_legacy_flagged_file_with_a_malformed_json_fails_the_check_not_the_ste
     assert evals["no_failed_files"].passed and not evals["sample_valid"].passed
     details = evals["sample_valid"].metadata["details"].value
     assert os.path.basename(bad) in details and "malformed JSON" in details
+
+
+def test_a_partition_is_the_files_directly_in_its_directory(tmp_path, instance):
+    """Nested NPZ directories are partitions of their own: no asset of the outer one touches them."""
+    from npzfix_dagster.partitions import discover, key_of
+
+    root = str(tmp_path / "sa1b")
+    outer = _shard(root, "sa_000050", n=2, states=("fresh", "fresh"))
+    inner = _shard(os.path.join(root, "sa_000050", "extracted"), "more", n=1, states=("fresh",))
+    keys = discover(root, None)["sa1b_dirs"]
+    assert keys == ["sa_000050/extracted", "sa_000050/extracted/more/extracted"]
+    assert key_of("train_1200/extracted", "train_test_splits") == "train_1200"
+    assert key_of("train_1200", "train_test_splits") is None and key_of("a/b/extracted", "train_test_splits") is None
+    instance.add_dynamic_partitions("sa1b_dirs", keys)
+    before = sha(inner.npz[0])
+    r = _resources(tmp_path, sa1b=root)
+    for asset in (sa1b_features_fixed, edges_B_v1):
+        md = _md(materialize([asset], partition_key=keys[0], instance=instance, resources=r), asset.key.path[-1])
+        assert md["seen"].value == 2
+    assert sha(inner.npz[0]) == before and all(int(store.read_flags(p, ["edge_flag"])["edge_flag"]) for p in outer.npz)
