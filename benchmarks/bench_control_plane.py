@@ -17,6 +17,18 @@ import tempfile
 import time
 
 SA1B_FILES = 11_000_000
+# What the asset page and its Partitions tab ask for (the health bar, the partition list, their statuses).
+ASSET_PAGE = """
+query($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode {
+      partitionStats { numMaterialized numPartitions numFailed numMaterializing }
+      partitionKeysByDimension { name partitionKeys }
+      assetPartitionStatuses { ... on DefaultPartitionStatuses { materializedPartitions failedPartitions } }
+    }
+  }
+}
+"""
 
 
 def build_tree(root: str, dirs: int, files: int) -> None:
@@ -107,6 +119,58 @@ def measure(instance, root: str, keys: list[str]) -> dict[str, float]:
     return out
 
 
+def ui_timings(home: str, root: str, env_extra: dict, n_partitions: int) -> dict[str, float]:
+    """dagster-webserver on the instance: seconds for the asset page's GraphQL, per asset (median of 3)."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, DAGSTER_HOME=home, NPZFIX_SA1B_ROOT=root, **env_extra)
+    web = os.path.join(os.path.dirname(sys.executable), "dagster-webserver")
+    proc = subprocess.Popen(
+        [web, "-w", os.path.join(here, "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        env=env,
+        cwd=here,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    out: dict[str, float] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        for asset in ("sa1b_features_fixed", "edges_B_v1"):
+            times = []
+            for _ in range(3):
+                body = json.dumps({"query": ASSET_PAGE, "variables": {"key": {"path": [asset]}}}).encode()
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"}
+                )
+                t = time.perf_counter()
+                with urllib.request.urlopen(req, timeout=120) as r:
+                    data = json.loads(r.read())
+                times.append(time.perf_counter() - t)
+            node = data["data"]["assetNodeOrError"]
+            assert node["partitionStats"]["numPartitions"] == n_partitions, data
+            out[f"UI asset page {asset}"] = sorted(times)[1]
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dirs", type=int, default=1000)
@@ -114,7 +178,7 @@ def main() -> None:
     ap.add_argument("--no-postgres", action="store_true")
     a = ap.parse_args()
 
-    from dagster import DagsterInstance, instance_for_test
+    from dagster import DagsterInstance
 
     from npzfix_dagster import local_postgres
     from npzfix_dagster.resources import Sam2Teacher
@@ -128,12 +192,16 @@ def main() -> None:
             f"tree: {a.dirs} dirs x {a.files} files = {a.dirs * a.files:,} NPZ names ({time.perf_counter() - t:.0f} s to build)"
         )
         keys = [f"sa_{i:06d}/extracted" for i in range(a.dirs)]
-        prov = Sam2Teacher(random_init_seed=0, resolution=256, device="cpu").provenance()
+        prov = Sam2Teacher(random_init_seed=0, resolution=256, device="cpu").provenance().as_dict()
         results = {}
-        with instance_for_test() as inst:
+        sqlite_home = os.path.join(d, "sqlite_home")
+        os.makedirs(sqlite_home)
+        shutil.copy(os.path.join(here, "deploy", "dagster.yaml"), os.path.join(sqlite_home, "dagster.yaml"))
+        with DagsterInstance.from_config(sqlite_home) as inst:
             inst.add_dynamic_partitions("sa1b_dirs", keys)
             record_materializations(inst, root, keys, prov)
             results["SQLite"] = measure(inst, root, keys)
+        results["SQLite"].update(ui_timings(sqlite_home, root, {}, len(keys)))
         if not a.no_postgres:
             pgdata = os.path.join(d, "pg")
             url, _ = local_postgres.start(pgdata)
@@ -146,14 +214,17 @@ def main() -> None:
                     inst.add_dynamic_partitions("sa1b_dirs", keys)
                     record_materializations(inst, root, keys, prov)
                     results["PostgreSQL"] = measure(inst, root, keys)
+                results["PostgreSQL"].update(ui_timings(home, root, {"NPZFIX_PG_URL": url}, len(keys)))
             finally:
                 local_postgres.stop(pgdata)
     scale = SA1B_FILES / (a.dirs * a.files)
     names = list(next(iter(results.values())))
-    print(f"\n{'':26}" + "".join(f"{k:>14}" for k in results))
+    print(f"\n{'':36}" + "".join(f"{k:>14}" for k in results))
     for n in names:
         unit = "" if n.endswith("drain") else " s"
-        print(f"{n:26}" + "".join(f"{r[n]:>12.2f}{unit:2}" for r in results.values()))
+        if not all(n in r for r in results.values()):
+            continue
+        print(f"{n:36}" + "".join(f"{r[n]:>12.2f}{unit:2}" for r in results.values()))
     first = max(r["sensor first tick"] for r in results.values())
     print(
         f"\nfull SA-1B ({SA1B_FILES:,} files, {scale:.0f}x these): the first sensor listing grows with files, "
