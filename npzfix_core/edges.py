@@ -20,6 +20,7 @@ thresholds at > 0. Two facts make it cheap without changing a single bit:
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import cv2
@@ -38,6 +39,14 @@ class ImageAnnotations:
     segmentations: list
 
 
+MAX_PIXELS_ENV = "NPZFIX_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 100_000_000  # SA-1B images are ~3.4 MP; a 20000x20000 claim would cost GBs per file
+
+
+def max_pixels() -> int:
+    return int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
+
+
 class AnnotationError(InputError):
     """The JSON does not describe an image with masks; the message says why."""
 
@@ -52,18 +61,18 @@ def parse_sa1b(doc: object) -> ImageAnnotations:
     anns = doc["annotations"]
     if not isinstance(image, dict) or "height" not in image or "width" not in image:
         raise AnnotationError("JSON has no image.height/image.width")
-    try:
-        h, w = int(image["height"]), int(image["width"])
-    except (TypeError, ValueError) as exc:
-        raise AnnotationError(f"bad image size: {exc}") from exc
-    if h <= 0 or w <= 0:
-        raise AnnotationError(f"bad image size {h}x{w}")
+    h, w = image["height"], image["width"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
+        raise AnnotationError(f"image size {h!r}x{w!r} is not two positive integers"[:200])
+    limit = max_pixels()
+    if h * w > limit:
+        raise AnnotationError(f"image size {h}x{w} is over the {limit:,}-pixel limit ({MAX_PIXELS_ENV})")
     if not isinstance(anns, list):
         raise AnnotationError("'annotations' is not a list")
     segs = []
     for i, ann in enumerate(anns):
         if not isinstance(ann, dict) or "segmentation" not in ann:
-            raise AnnotationError(f"annotation {i} has no segmentation")
+            raise AnnotationError(f"annotation {i} is not an object with a 'segmentation'")
         segs.append(ann["segmentation"])
     return ImageAnnotations(h, w, segs)
 

@@ -29,25 +29,57 @@ class MaskRuns:
     lengths: np.ndarray  # int64 length of each run
 
 
+def _size(value) -> tuple[int, int]:
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value)):
+        raise RleError(f"'size' must be [height, width] of positive integers, got {value!r}"[:200])
+    return int(value[0]), int(value[1])
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _polygons(segmentation: list, height: int, width: int) -> list[list[float]]:
+    """Polygons checked before pycocotools sees them: it crashes the process on absurd coordinates."""
+    bound = 2 * max(height, width) + 1024
+    for j, poly in enumerate(segmentation):
+        if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+            raise RleError(f"polygon {j} is not a list of at least 3 x,y pairs")
+        for v in poly:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not (-bound <= v <= bound):
+                raise RleError(f"polygon {j} has a coordinate {v!r} that is not a number within ±{bound}")
+    return segmentation
+
+
 def _as_compressed(segmentation, height: int, width: int) -> tuple[bytes, tuple[int, int]]:
     if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), (str, bytes)):
         counts = segmentation["counts"]
-        size = segmentation.get("size")
-        if not (isinstance(size, (list, tuple)) and len(size) == 2):
-            raise RleError("RLE without a valid 'size'")
-        return (counts.encode("ascii") if isinstance(counts, str) else counts), (int(size[0]), int(size[1]))
+        size = _size(segmentation.get("size"))
+        if isinstance(counts, str):
+            if not counts.isascii():
+                raise RleError("RLE counts hold non-ASCII characters")
+            counts = counts.encode("ascii")
+        return counts, size
     from pycocotools import mask as mask_utils
 
-    if isinstance(segmentation, dict):  # uncompressed RLE
-        size = segmentation.get("size")
-        if not (isinstance(size, (list, tuple)) and len(size) == 2):
-            raise RleError("RLE without a valid 'size'")
-        rle = mask_utils.frPyObjects(segmentation, int(size[0]), int(size[1]))
-    elif isinstance(segmentation, list):  # polygons
-        rles = mask_utils.frPyObjects(segmentation, height, width)
-        rle = mask_utils.merge(rles) if rles else mask_utils.frPyObjects([[0, 0, 0, 0, 0, 0]], height, width)[0]
-    else:
-        raise RleError(f"unsupported segmentation type {type(segmentation).__name__}")
+    try:
+        if isinstance(segmentation, dict):  # uncompressed RLE
+            size = _size(segmentation.get("size"))
+            counts = segmentation.get("counts")
+            if not (isinstance(counts, list) and all(_is_int(c) and c >= 0 for c in counts)):
+                raise RleError("uncompressed RLE counts must be a list of non-negative integers")
+            if sum(counts) != size[0] * size[1]:
+                raise RleError(f"RLE covers {sum(counts)} pixels, its size says {size[0] * size[1]}")
+            rle = mask_utils.frPyObjects(segmentation, *size)
+        elif isinstance(segmentation, list):  # polygons
+            rles = mask_utils.frPyObjects(_polygons(segmentation, height, width), height, width)
+            rle = mask_utils.merge(rles) if rles else mask_utils.frPyObjects([[0, 0, 0, 0, 0, 0]], height, width)[0]
+        else:
+            raise RleError(f"unsupported segmentation type {type(segmentation).__name__}")
+    except RleError:
+        raise
+    except Exception as exc:  # pycocotools raises bare Exception, TypeError, OverflowError...
+        raise RleError(f"pycocotools refused the segmentation: {type(exc).__name__}: {exc}") from exc
     return rle["counts"], tuple(rle["size"])
 
 
@@ -55,7 +87,10 @@ def decode_runs(segmentations: list, height: int, width: int) -> list[MaskRuns]:
     """Runs of ones for each segmentation; raises RleError on malformed or mis-sized input."""
     strings: list[bytes] = []
     for i, seg in enumerate(segmentations):
-        counts, size = _as_compressed(seg, height, width)
+        try:
+            counts, size = _as_compressed(seg, height, width)
+        except RleError as exc:
+            raise RleError(f"annotation {i}: {exc}") from exc
         if size != (height, width):
             raise RleError(f"annotation {i}: RLE size {list(size)} disagrees with image size {[height, width]}")
         if not counts:
@@ -65,13 +100,18 @@ def decode_runs(segmentations: list, height: int, width: int) -> list[MaskRuns]:
         return []
 
     lens = np.fromiter((len(s) for s in strings), np.int64, len(strings))
-    c = np.frombuffer(b"".join(strings), np.uint8).astype(np.int64) - 48
-    if c.min() < 0 or c.max() > 63:
-        raise RleError("RLE counts contain characters outside the COCO alphabet")
-    more = (c & 0x20) != 0
     string_end = np.cumsum(lens) - 1
+
+    def annotation_at(char_pos: int) -> int:
+        return int(np.searchsorted(string_end, char_pos))
+
+    c = np.frombuffer(b"".join(strings), np.uint8).astype(np.int64) - 48
+    bad_char = np.flatnonzero((c < 0) | (c > 63))
+    if len(bad_char):
+        raise RleError(f"annotation {annotation_at(bad_char[0])}: RLE counts hold characters outside the COCO alphabet")
+    more = (c & 0x20) != 0
     if more[string_end].any():
-        raise RleError("RLE counts string ends inside a number")
+        raise RleError(f"annotation {int(np.flatnonzero(more[string_end])[0])}: RLE counts string ends inside a number")
     ends = np.flatnonzero(~more)  # last char of each number
     starts = np.empty_like(ends)
     starts[0] = 0
@@ -79,7 +119,7 @@ def decode_runs(segmentations: list, height: int, width: int) -> list[MaskRuns]:
     group = np.repeat(np.arange(len(ends)), ends - starts + 1)
     k = np.arange(len(c)) - starts[group]
     if k.max() > 11:
-        raise RleError("RLE count too large")
+        raise RleError(f"annotation {annotation_at(int(np.argmax(k)))}: RLE count too large")
     x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
     neg = (c[ends] & 0x10) != 0
     x[neg] -= np.left_shift(1, 5 * (k[ends][neg] + 1))
@@ -95,7 +135,8 @@ def decode_runs(segmentations: list, height: int, width: int) -> list[MaskRuns]:
         base = np.where(first > 0, cs[np.maximum(first - 1, 0)], 0)
         counts[parity_mask] = (cs - base[string_of])[parity_mask]
     if (counts < 0).any():
-        raise RleError("RLE counts decode to negative run lengths")
+        pos = ends[int(np.flatnonzero(counts < 0)[0])]
+        raise RleError(f"annotation {annotation_at(pos)}: RLE counts decode to negative run lengths")
 
     # Positions: cumulative sum of run lengths within each string.
     cs = np.cumsum(counts)

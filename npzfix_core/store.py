@@ -14,9 +14,13 @@ import contextlib
 import errno
 import fcntl
 import functools
+import hashlib
 import io
+import logging
 import os
+import stat
 import tempfile
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -27,6 +31,10 @@ import numpy as np
 from npzfix_core import zipraw
 
 TMP_MARKER = ".npzfix-tmp-"
+NAME_MAX = 255  # bytes in one path component (Linux file systems)
+LOCK_TIMEOUT_ENV = "NPZFIX_LOCK_TIMEOUT_S"
+DEFAULT_LOCK_TIMEOUT_S = 300.0  # another writer holds a file for a few ms; minutes means something is stuck
+log = logging.getLogger("npzfix")
 
 
 class NpzError(Exception):
@@ -133,7 +141,7 @@ def read_flags(path: str | os.PathLike, keys: list[str] | tuple[str, ...]) -> di
 
     This is the "already done?" check run on every file of a million-file pass.
     """
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_regular(path)
     try:
         directory = zipraw.read_directory(fd, os.fstat(fd).st_size)
         if directory is None:
@@ -181,14 +189,43 @@ def read_arrays(path: str | os.PathLike, keys: list[str] | tuple[str, ...] | Non
     return out
 
 
-@contextlib.contextmanager
-def locked(path: str | os.PathLike) -> Iterator[None]:
-    """Exclusive lock on the NPZ itself; retried if the path was replaced while we waited."""
-    path = os.fspath(path)
+def open_regular(path: str | os.PathLike) -> int:
+    """A read-only descriptor of a regular file; never blocks (a FIFO or device named like an NPZ would)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NpzError(f"{os.fspath(path)} is not a regular file")
+    return fd
+
+
+def _flock_within(fd: int, path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    delay, warned = 0.005, False
     while True:
-        fd = os.open(path, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise NpzError(
+                    f"locked by another process for over {timeout:.0f} s (raise {LOCK_TIMEOUT_ENV} to wait longer)"
+                ) from None
+            if not warned and delay >= 0.5:
+                log.info("waiting for the lock on %s (held by another npzfix writer)", path)
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike, timeout: float | None = None) -> Iterator[None]:
+    """Exclusive lock on the NPZ itself, waited for at most ``timeout`` s; retried if the path was replaced."""
+    path = os.fspath(path)
+    timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_S)) if timeout is None else timeout
+    while True:
+        fd = open_regular(path)
+        try:
+            _flock_within(fd, path, timeout)
             held, now = os.fstat(fd), os.stat(path)
         except BaseException:
             os.close(fd)
@@ -200,6 +237,25 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def temp_prefix(name: str) -> str:
+    """``.<name>.npzfix-tmp-`` for the temp file beside ``name``; a long name is cut and hashed so that the
+    temp (plus mkstemp's 8 random characters) stays within NAME_MAX."""
+    prefix = f".{name}{TMP_MARKER}"
+    if len(os.fsencode(prefix)) + 8 <= NAME_MAX:
+        return prefix
+    digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:16]
+    head = os.fsencode(name)[:150].decode(errors="ignore") if name.isascii() else name[:40]
+    return f".{head}~{digest}{TMP_MARKER}"
+
+
+def _temp_target(temp_name: str, names: list[str]) -> str | None:
+    """The file name a temp belongs to (among ``names`` when its prefix was hashed)."""
+    stem = temp_name[1:].split(TMP_MARKER, 1)[0]
+    if "~" in stem and len(stem.rsplit("~", 1)[1]) == 16:
+        return next((n for n in names if temp_prefix(n) == f".{stem}{TMP_MARKER}"), stem)
+    return stem
 
 
 def _npy_bytes(array: np.ndarray) -> memoryview:
@@ -234,7 +290,9 @@ def update(
     with a reason, or OSError from the file system; the file is then unchanged
     and no temp file remains.
     """
-    path = os.path.realpath(path)  # a symlinked cache: update the file it points to, keep the link
+    real = os.path.realpath(path)  # a symlinked cache: update the file it points to, keep the link
+    linked = os.path.dirname(real) != os.path.dirname(os.path.abspath(path))
+    path = real
     directory, name = os.path.split(path)
     with locked(path):
         st = os.stat(path)
@@ -249,7 +307,9 @@ def update(
                 if np.asanyarray(value).dtype.hasobject:
                     raise NpzError(f"refusing to write object array for {key!r}")
             deflate = any(i.compress_type == zipfile.ZIP_DEFLATED for i in infos)
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}{TMP_MARKER}", dir=directory or ".")
+            if linked:  # temps of this target live beside it, where a run's sweep never looks: under the
+                _remove_temps_of(directory, name)  # lock, any of them was left by a killed writer
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), dir=directory or ".")
             try:
                 with os.fdopen(fd, "wb") as out:
                     writer = zipraw.RawZipWriter(out)
@@ -278,35 +338,56 @@ def update(
     return UpdateResult(tuple(chosen), st.st_size, size_after)
 
 
+def _remove_temps_of(directory: str, name: str) -> None:
+    prefix = temp_prefix(name)
+    with contextlib.suppress(OSError), os.scandir(directory) as it:
+        for entry in it:
+            if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    log.warning("removed a temp file left by an interrupted write: %s", entry.path)
+
+
 def sweep_stale_temps(directory: str | os.PathLike) -> list[str]:
-    """Remove temp files left by killed writers; a live writer holds its target's lock, so is left alone."""
+    """Remove temp files left by killed writers; a live writer holds its target's lock, so is left alone.
+
+    Never blocks and never fails the run: a target that is not a regular file cannot have a live writer,
+    and an entry that cannot be removed (a directory, another user's file) is logged and left.
+    """
     removed: list[str] = []
     directory = os.fspath(directory)
     try:
-        entries = list(os.scandir(directory))
+        with os.scandir(directory) as it:
+            entries = list(it)
     except OSError:
         return removed
+    names = [e.name for e in entries]
     for entry in entries:
         if not (entry.name.startswith(".") and TMP_MARKER in entry.name):
             continue
-        target = os.path.join(directory, entry.name[1:].split(TMP_MARKER, 1)[0])
+        target = os.path.join(directory, _temp_target(entry.name, names))
+        fd = None
         try:
-            fd = os.open(target, os.O_RDONLY)
-        except FileNotFoundError:
-            fd = None
-        except OSError:
-            continue
-        try:
+            fd = open_regular(target)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (FileNotFoundError, NpzError):
+            pass  # no target, or not a file we write: nobody writes this temp
+        except OSError as exc:
             if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as exc:
-                    if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                        continue
-                    raise
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-                removed.append(entry.path)
+                os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                log.warning("left %s: cannot check its target: %s", entry.path, exc)
+            continue  # a live writer holds the target
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                log.warning("left %s: a directory named like an npzfix temp file", entry.path)
+                continue
+            os.unlink(entry.path)
+            removed.append(entry.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove stale temp %s: %s", entry.path, exc)
         finally:
             if fd is not None:
                 os.close(fd)

@@ -213,3 +213,68 @@ def test_randomised_updates_agree_with_numpy(tmp_path):
             flags = store.read_flags(p, list(expected))
             for k, v in flags.items():
                 np.testing.assert_array_equal(v, expected[k])
+
+
+def test_nothing_in_a_data_directory_blocks_or_stops_the_sweep(tmp_path):
+    """Issue 12 #3, #6: a FIFO named like an NPZ, a directory named like a temp: no hang, no crash."""
+    os.mkfifo(tmp_path / "f_features.npz")
+    (tmp_path / f".f_features.npz{store.TMP_MARKER}old").write_bytes(b"x")
+    (tmp_path / f".d_features.npz{store.TMP_MARKER}somedir").mkdir()
+    _make(tmp_path / "d_features.npz")
+    removed = store.sweep_stale_temps(tmp_path)  # would block forever opening the FIFO
+    assert [os.path.basename(p) for p in removed] == [f".f_features.npz{store.TMP_MARKER}old"]
+    assert (tmp_path / f".d_features.npz{store.TMP_MARKER}somedir").is_dir()
+    with pytest.raises(store.NpzError, match="not a regular file"):
+        store.read_flags(tmp_path / "f_features.npz", ["edge_flag"])
+    with pytest.raises(store.NpzError, match="not a regular file"):
+        store.update(tmp_path / "f_features.npz", {"a": np.zeros(1)})
+
+
+def test_a_lock_held_elsewhere_is_waited_for_within_a_bound(tmp_path):
+    p = tmp_path / "a_features.npz"
+    _make(p)
+    before = sha(p)
+    holder = os.open(p, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process's writer (flock locks are per open file description)
+    try:
+        with pytest.raises(store.NpzError, match="locked by another process"):
+            with store.locked(p, timeout=0.3):
+                pass
+        os.environ[store.LOCK_TIMEOUT_ENV] = "0.2"
+        with pytest.raises(store.NpzError, match="locked"):
+            store.update(p, {"x": np.zeros(1)})
+    finally:
+        os.environ.pop(store.LOCK_TIMEOUT_ENV, None)
+        os.close(holder)
+    assert sha(p) == before
+    store.update(p, {"x": np.zeros(1)})
+
+
+def test_names_up_to_name_max_can_be_updated_and_their_temps_swept(tmp_path):
+    """Issue 12 #9: the temp name ('.<name>.npzfix-tmp-XXXXXXXX') must fit NAME_MAX too."""
+    for name in ("a" * 241 + "_features.npz", "ü" * 100 + "_features.npz"):
+        p = tmp_path / name
+        assert len(os.fsencode(name)) <= 255
+        _make(p)
+        store.update(p, {"edge_flag": np.array(1, np.uint8)})
+        assert store.read_flags(p, ["edge_flag"])["edge_flag"] == 1
+        stale = tmp_path / (store.temp_prefix(name) + "killed0")
+        assert len(os.fsencode(stale.name)) <= 255
+        stale.write_bytes(b"half")
+        assert store.sweep_stale_temps(tmp_path) == [str(stale)]
+    assert temp_files(tmp_path) == []
+
+
+def test_temps_beside_a_symlinked_npz_target_are_swept(tmp_path):
+    """Issue 12 #8: temps are created beside the target, outside the run's directory; the next update of
+    that target removes them (under its lock, any such temp is a killed writer's)."""
+    outside, run_dir = tmp_path / "store", tmp_path / "extracted"
+    outside.mkdir()
+    run_dir.mkdir()
+    _make(outside / "a_features.npz")
+    os.symlink(outside / "a_features.npz", run_dir / "a_features.npz")
+    stale = outside / f".a_features.npz{store.TMP_MARKER}killed"
+    stale.write_bytes(b"600 MB of half a zip")
+    store.update(run_dir / "a_features.npz", {"edge_flag": np.array(1, np.uint8)})
+    assert not stale.exists() and os.path.islink(run_dir / "a_features.npz")
+    assert store.read_flags(outside / "a_features.npz", ["edge_flag"])["edge_flag"] == 1
