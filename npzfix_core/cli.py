@@ -86,6 +86,7 @@ def cmd_edges(args) -> int:
         workers=args.workers,
         dry_run=args.dry_run,
         durable=args.durable,
+        retry_killed=args.retry_killed,
     )
     return _finish(run_edges(req), args)
 
@@ -226,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--set-edge-flag", action="store_true", help="accepted for compatibility: flags are always set")
     e.add_argument("--no-edge-flag", action="store_true", help="write edge maps without flag and provenance")
+    e.add_argument(
+        "--retry-killed",
+        action="store_true",
+        help="also try files that killed a worker process in an earlier run (skipped by default)",
+    )
     e.add_argument("--order", choices=("name", "mtime"), default="name")
     e.add_argument("--glob", help="only NPZ file names matching this pattern")
     e.add_argument("--workers", type=_positive, default=1, help="worker processes")

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
@@ -26,6 +23,7 @@ from npzfix_core.report import (
     RunReport,
     outcome_for,
 )
+from npzfix_core.workers import KillerRegistry, WorkerPool
 
 log = logging.getLogger("npzfix")
 
@@ -43,6 +41,7 @@ class EdgeRequest:
     workers: int = 1
     dry_run: bool = False
     durable: bool = True
+    retry_killed: bool = False  # try files that killed a worker process in an earlier run
 
 
 def process_one(
@@ -98,13 +97,14 @@ def run_bounded(
     workers: int,
     max_updates: int | None,
     progress: Progress,
+    killers: KillerRegistry | None = None,
 ) -> None:
     """Run ``fn(*args_of(item))`` over items (in ``workers`` processes when > 1) until ``max_updates`` are done.
 
     Skipped files do not count toward the bound, so repeated bounded runs make progress. A worker process
-    that dies (e.g. killed for memory) fails its file, not the run.
+    that dies (a segfault, the OOM killer) fails only the file it held, is replaced, and the run goes on;
+    the file is remembered in ``killers`` so the next run skips it unless asked to retry.
     """
-
     budget = Budget(max_updates)
 
     def record(outcome: Outcome) -> None:
@@ -119,30 +119,36 @@ def run_bounded(
             record(fn(*args_of(item)))
         return
 
-    pending: dict[Future, str] = {}
+    killers = killers or KillerRegistry()
+    sources: dict[str, str | None] = {}
 
-    def harvest(done) -> None:
-        for f in done:
-            path = pending.pop(f)
-            try:
-                record(f.result())
-            except BrokenProcessPool as exc:
-                record(Outcome(path, FAILED, f"worker process died: {exc}"))
+    def harvest(pool: WorkerPool) -> None:
+        for path, outcome, died in pool.wait():
+            if died is not None:
+                killers.remember(path, sources.get(path), died)
+                for temp in store.sweep_stale_temps(os.path.dirname(path)):  # what it was writing
+                    log.warning("removed the temp file of a dead worker: %s", temp)
+                outcome = Outcome(path, FAILED, f"{died} (remembered: the next run skips it unless retried)")
+            sources.pop(path, None)
+            record(outcome)
 
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+    with WorkerPool(workers, fn, initializer=_init_worker) as pool:
         for item in items:
-            while len(pending) >= 2 * workers or (pending and not budget.allows(report, len(pending))):
-                harvest(wait(pending, return_when=FIRST_COMPLETED).done)
-            if not budget.allows(report, len(pending)):
+            while pool.busy and (not pool.idle or not budget.allows(report, pool.busy)):
+                harvest(pool)
+            if not budget.allows(report, pool.busy):
                 report.stopped_early = budget.reason
                 break
-            try:
-                pending[pool.submit(fn, *args_of(item))] = item.npz
-            except BrokenProcessPool:
-                report.stopped_early = "a worker process died; rerun to finish the remaining files"
-                break
-        harvest(list(pending))
+            earlier = killers.killed_before(item.npz, item.source) if item.npz else None
+            if earlier:
+                record(
+                    Outcome(item.npz, FAILED, f"skipped: in an earlier run the {earlier}; retry with --retry-killed")
+                )
+                continue
+            sources[item.npz] = item.source
+            pool.submit(item.npz, args_of(item))
+        while pool.busy:
+            harvest(pool)
 
 
 def run_edges(req: EdgeRequest, progress: bool = True) -> RunReport:
@@ -176,6 +182,7 @@ def run_edges(req: EdgeRequest, progress: bool = True) -> RunReport:
             req.workers,
             req.max_files,
             bar,
+            KillerRegistry(retry=req.retry_killed),
         )
     finally:
         bar.close()

@@ -40,6 +40,7 @@ class EdgesConfig(Config):
     order: str = "name"
     dry_run: bool = False
     durable: bool = True
+    retry_killed: bool = False
 
 
 def _partition_dir(root: str, key: str, to_dir: Callable[[str, str], str]) -> str:
@@ -176,6 +177,7 @@ def edges_B_v1(context: AssetExecutionContext, config: EdgesConfig, roots: Datas
         workers=config.workers,
         dry_run=config.dry_run,
         durable=config.durable,
+        retry_killed=config.retry_killed,
     )
     seen_dir = discovery.snapshot(directory)
     report = run_edges(req, progress=True)

@@ -19,6 +19,12 @@ NPZFIX = os.path.join(BIN, "npzfix")
 SMALL_SIZES = ((120, 180), (1, 1), (37, 300), (256, 256), (300, 257), (64, 40))
 
 
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path, monkeypatch):
+    """Files that killed a worker are remembered per test, not in the real ~/.cache."""
+    monkeypatch.setenv("NPZFIX_STATE_DIR", str(tmp_path / "npzfix_state"))
+
+
 @pytest.fixture
 def dataset(tmp_path):
     """A small SA-1B-like shard in every NPZ state (corrupt and missing-JSON included)."""

@@ -287,13 +287,22 @@ def test_a_dying_worker_process_fails_its_file_not_the_run(tmp_path):
     from npzfix_core.discovery import WorkItem
     from npzfix_core.report import Progress, RunReport
 
-    items = [WorkItem(str(tmp_path / f"s{i}_features.npz"), None, f"s{i}") for i in range(4)]
-    report = RunReport("edges")
-    edge_repair.run_bounded(
-        iter(items), lambda it: (it.npz,), _crash_on_second, report, 2, None, Progress(None, "t", enabled=False)
-    )
-    assert report.seen >= 2 and report.counts["failed"] >= 1
-    assert any("worker process died" in f["reason"] for f in report.failures)
+    items = [WorkItem(str(tmp_path / f"s{i}_features.npz"), None, f"s{i}") for i in range(12)]
+
+    def run():
+        report = RunReport("edges")
+        edge_repair.run_bounded(
+            iter(items), lambda it: (it.npz,), _crash_on_second, report, 2, None, Progress(None, "t", enabled=False)
+        )
+        return report
+
+    report = run()
+    # only the file the dead worker held fails; the pool is replaced and every other file is processed
+    assert report.seen == 12 and report.counts["updated"] == 10 and report.counts["failed"] == 2
+    assert sorted(os.path.basename(f["path"]) for f in report.failures) == ["s11_features.npz", "s1_features.npz"]
+    assert all("worker process exited with status 9 while processing this file" in f["reason"] for f in report.failures)
+    again = run()  # remembered: the next run does not die at the same place
+    assert again.counts["updated"] == 10 and all("earlier run" in f["reason"] for f in again.failures)
 
 
 def test_json_without_annotations_fails_and_leaves_the_npz_untouched(tmp_path):
@@ -336,3 +345,84 @@ def test_no_edge_flag_drops_the_flag_and_provenance_it_no_longer_vouches_for(tmp
     rep = edge_repair.run_edges(edge_repair.EdgeRequest(ext, kernel_size=5, skip_if_processed=True), progress=False)
     assert rep.counts["updated"] == 1
     np.testing.assert_array_equal(store.read_arrays(npz)["edge_64x64"], _expected(npz, 5)[64])
+
+
+def _children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    with open(f"/proc/{d}/cmdline", "rb") as f:
+                        out.append((int(d), f.read().replace(b"\0", b" ").decode(errors="replace")))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _slow_shard(tmp_path, n):
+    return synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=n, seed=8, sizes=((900, 1300),), masks=60, states=("fresh",), feature_hw=4)
+    )
+
+
+def _wait_for_workers(proc, n=2, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = [pid for pid, cmd in _children(proc.pid) if "spawn_main" in cmd]
+        if len(workers) >= n:
+            return workers
+        time.sleep(0.05)
+    raise AssertionError("workers did not start")
+
+
+def test_killing_a_worker_fails_only_its_file_and_the_run_goes_on(tmp_path):
+    """Issue 12 #4: kill -9 of one of two workers mid-run."""
+    res = _slow_shard(tmp_path, 40)
+    ext = os.path.dirname(res.npz[0])
+    rep = tmp_path / "rep"
+    proc = subprocess.Popen(
+        [NPZFIX, "edges", "--npz-dir", ext, "--workers", "2", "--report", str(rep)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    victim = _wait_for_workers(proc)[0]
+    time.sleep(0.5)  # mid-run
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out + err
+    report = json.load(open(str(rep) + ".json"))
+    assert report["seen"] == 40 and report["counts"]["failed"] == 1 and report["counts"]["updated"] == 39
+    assert "killed by SIGKILL while processing this file" in report["failures"][0]["reason"]
+    assert temp_files(ext) == []
+
+
+def test_killing_the_main_process_takes_its_workers_along(tmp_path):
+    """Issue 12 #7: no orphaned workers (or resource tracker) after kill -9 of the main process."""
+    res = _slow_shard(tmp_path, 40)
+    proc = subprocess.Popen(
+        [NPZFIX, "edges", "--npz-dir", os.path.dirname(res.npz[0]), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for_workers(proc)
+    time.sleep(0.3)
+    kids = [pid for pid, _ in _children(proc.pid)]
+    assert kids
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(k) for k in kids):
+        time.sleep(0.1)
+    assert not [k for k in kids if _alive(k)]
