@@ -18,6 +18,21 @@ class UsageError(Exception):
     pass
 
 
+def _writable_file(flag: str, path: str | None) -> None:
+    """A --log/--report path must name files we can create: refused before any work (exit 2), not after."""
+    if not path:
+        return
+    base = path[:-5] if path.endswith(".json") else path
+    for name in [path] if flag == "--log" else [base + ".json", base + ".csv"]:
+        if os.path.isdir(name):
+            raise UsageError(f"{flag} {path}: {name} is a directory")
+    probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
+        raise UsageError(f"{flag} {path}: cannot create files under {probe}")
+
+
 def _setup_logging(log_path: str | None, verbose: bool = False) -> None:
     root = logging.getLogger("npzfix")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -29,21 +44,24 @@ def _setup_logging(log_path: str | None, verbose: bool = False) -> None:
     root.addHandler(err)
     if log_path:
         os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-        fh = logging.FileHandler(log_path)
+        fh = logging.FileHandler(log_path, encoding="utf-8", errors="surrogateescape")
         fh.setFormatter(fmt)
         root.addHandler(fh)
     root.propagate = False
 
 
 def _finish(report, args) -> int:
+    """Summary first, then the report file: a report that cannot be written is said as such (exit 1 after a
+    clean run), never hiding what the run did."""
     print(report.summary())
-    if args.report:
-        j, c = report.write(args.report)
-        print(f"report: {j} (failures: {c})")
-    elif args.log:
-        base = os.path.splitext(args.log)[0] + ".report"
-        j, c = report.write(base)
-        print(f"report: {j} (failures: {c})")
+    base = args.report or (os.path.splitext(args.log)[0] + ".report" if args.log else None)
+    if base:
+        try:
+            j, c = report.write(base)
+            print(f"report: {j} (failures: {c})")
+        except OSError as exc:
+            print(f"npzfix: the run finished as above, but its report was not written: {exc}", file=sys.stderr)
+            return max(report.exit_code, 1)
     return report.exit_code
 
 
@@ -300,8 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     ap = parser or build_parser()
     args = ap.parse_args(argv)
-    _setup_logging(getattr(args, "log", None), getattr(args, "verbose", False))
     try:
+        _writable_file("--log", getattr(args, "log", None))
+        _writable_file("--report", getattr(args, "report", None))
+        _setup_logging(getattr(args, "log", None), getattr(args, "verbose", False))
         return args.fn(args)
     except UsageError as exc:
         print(f"npzfix: error: {exc}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -34,6 +35,21 @@ class Outcome:
     status: str
     reason: str = ""
     seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def _atomic_text(path: str, newline: str | None = None):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline=newline) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def outcome_for(path: str, exc: BaseException, source: str | None = None, seconds: float = 0.0) -> Outcome:
@@ -137,13 +153,15 @@ class RunReport:
         return pd.DataFrame(self.failures, columns=["path", "status", "reason"])
 
     def write(self, path: str) -> tuple[str, str]:
-        """JSON at ``path`` (``.json`` added if absent) and the failures as CSV beside it."""
+        """JSON at ``path`` (``.json`` added if absent) and the failures as CSV beside it, each replaced
+        atomically (a full disk leaves the previous file, not an empty one). Paths are kept losslessly:
+        a file name that is not UTF-8 goes to the CSV as its own bytes, to the JSON as escaped lone surrogates."""
         base = path[:-5] if path.endswith(".json") else path
         json_path, csv_path = base + ".json", base + ".csv"
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        with open(json_path, "w") as f:
+        with _atomic_text(json_path) as f:
             json.dump(self.to_dict(), f, indent=2)
-        with open(csv_path, "w", newline="") as f:
+        with _atomic_text(csv_path, newline="") as f:
             w = csv.DictWriter(f, fieldnames=["path", "status", "reason"])
             w.writeheader()
             w.writerows(self.failures)

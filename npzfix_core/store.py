@@ -258,6 +258,23 @@ def _temp_target(temp_name: str, names: list[str]) -> str | None:
     return stem
 
 
+def _keep_attributes(src_fd: int, dst_fd: int, st: os.stat_result) -> None:
+    """The replacement keeps the replaced file's permission bits, owner and group (where we may set them:
+    as root, or our own group) and extended attributes (where the file system has them). Hard links to
+    the old file are not followed: they keep the old content (an atomic replace makes a new inode)."""
+    os.fchmod(dst_fd, st.st_mode & 0o7777)
+    with contextlib.suppress(PermissionError):
+        os.fchown(dst_fd, st.st_uid, st.st_gid)
+    os.fchmod(dst_fd, st.st_mode & 0o7777)  # chown may clear setgid; put the bits back
+    try:
+        names = os.listxattr(src_fd)
+    except OSError:
+        return
+    for name in names:
+        with contextlib.suppress(OSError):
+            os.setxattr(dst_fd, name, os.getxattr(src_fd, name))
+
+
 def _npy_bytes(array: np.ndarray) -> memoryview:
     buf = io.BytesIO()
     np.lib.format.write_array(buf, np.asanyarray(array), allow_pickle=False)
@@ -320,9 +337,7 @@ def update(
                         writer.add(f"{key}.npy", _npy_bytes(array), deflate)
                     writer.close()
                     out.flush()
-                    os.fchmod(out.fileno(), st.st_mode & 0o7777)
-                    with contextlib.suppress(PermissionError):
-                        os.fchown(out.fileno(), st.st_uid, st.st_gid)
+                    _keep_attributes(src.fileno(), out.fileno(), st)
                     if durable:
                         os.fsync(out.fileno())
                     size_after = out.tell()

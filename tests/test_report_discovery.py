@@ -123,3 +123,50 @@ def test_flags_are_read_leniently():
     assert not flag_set({}, "f") and not flag_set({"f": np.array(0)}, "f")
     legacy = {"edge_flag": np.array([1], np.uint8), "edge_version": np.array("B_v1")}
     assert EdgeProvenance(3).is_done(legacy) and not EdgeProvenance(5).is_done(legacy)
+
+
+def test_reports_keep_non_utf8_names_and_are_written_atomically(tmp_path, monkeypatch):
+    import csv as _csv
+    import json as _json
+
+    from npzfix_core import report as rp
+
+    name = os.fsdecode(b"/d/caf\xe9_features.npz")  # a Latin-1 name on a UTF-8 system
+    r = rp.RunReport("edges")
+    r.add(rp.Outcome(name, rp.FAILED, "NPZ: truncated"))
+    j, c = r.finish().write(str(tmp_path / "rep"))
+    with open(c, "rb") as f:
+        assert b"/d/caf\xe9_features.npz" in f.read()  # the file's own bytes, losslessly
+    with open(j) as f:
+        assert os.fsencode(_json.load(f)["failures"][0]["path"]) == b"/d/caf\xe9_features.npz"
+    with open(c, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        assert [row["path"] for row in _csv.DictReader(f)] == [name]
+    before = open(j, "rb").read()
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rp.json, "dump", full)
+    try:
+        r.write(str(tmp_path / "rep"))
+        raise AssertionError("should have failed")
+    except OSError:
+        pass
+    assert open(j, "rb").read() == before  # the previous report, not an empty file
+    assert [n for n in os.listdir(tmp_path) if ".tmp-" in n] == []
+
+
+def test_report_and_log_paths_are_checked_before_any_work(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "d.json").mkdir()
+    p = run_cli("edges", "--npz-dir", tmp_path, "--log", tmp_path, check_rc=2)
+    assert "is a directory" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli("edges", "--npz-dir", tmp_path, "--report", tmp_path / "d", check_rc=2)
+    assert "is a directory" in p.stderr
+    (tmp_path / "a_file").write_text("x")
+    p = run_cli("edges", "--npz-dir", tmp_path, "--report", tmp_path / "a_file" / "rep", check_rc=2)
+    assert "cannot create" in p.stderr
+    # a report that fails only when written: said as such, after the run's own summary
+    p = run_cli("edges", "--npz-dir", tmp_path, "--report", "/proc/npzfix/rep", check_rc=1)
+    assert "npzfix edges: seen 0" in p.stdout and "report was not written" in p.stderr

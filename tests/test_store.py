@@ -278,3 +278,27 @@ def test_temps_beside_a_symlinked_npz_target_are_swept(tmp_path):
     store.update(run_dir / "a_features.npz", {"edge_flag": np.array(1, np.uint8)})
     assert not stale.exists() and os.path.islink(run_dir / "a_features.npz")
     assert store.read_flags(outside / "a_features.npz", ["edge_flag"])["edge_flag"] == 1
+
+
+def test_an_update_keeps_mode_owner_and_xattrs_and_leaves_hard_links_alone(tmp_path):
+    p = tmp_path / "a_features.npz"
+    _make(p)
+    os.chmod(p, 0o640)
+    if os.geteuid() == 0:
+        os.chown(p, 1234, 5678)
+    try:
+        os.setxattr(p, "user.npzfix_test", b"kept")
+        has_xattr = True
+    except OSError:
+        has_xattr = False  # the file system has none
+    link = tmp_path / "other_name.npz"
+    os.link(p, link)
+    old = sha(link)
+    store.update(p, {"edge_flag": np.array(1, np.uint8)})
+    st = os.stat(p)
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    if os.geteuid() == 0:
+        assert (st.st_uid, st.st_gid) == (1234, 5678)
+    if has_xattr:
+        assert os.getxattr(p, "user.npzfix_test") == b"kept"
+    assert sha(link) == old and os.stat(link).st_ino != st.st_ino  # documented: the link keeps the old file
