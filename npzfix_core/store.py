@@ -198,6 +198,20 @@ def open_regular(path: str | os.PathLike) -> int:
     return fd
 
 
+def lock_holder(fd: int) -> str:
+    """Who holds an flock on this file, from /proc/locks (Linux; '' when unknown)."""
+    st = os.fstat(fd)
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(st.st_ino):
+                    return f"pid {parts[4]}"
+    except OSError:
+        pass
+    return ""
+
+
 def _flock_within(fd: int, path: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     delay, warned = 0.005, False
@@ -207,11 +221,12 @@ def _flock_within(fd: int, path: str, timeout: float) -> None:
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
+                holder = lock_holder(fd) or "another process"
                 raise NpzError(
-                    f"locked by another process for over {timeout:.0f} s (raise {LOCK_TIMEOUT_ENV} to wait longer)"
+                    f"locked by {holder} for over {timeout:.0f} s (raise {LOCK_TIMEOUT_ENV} to wait longer)"
                 ) from None
             if not warned and delay >= 0.5:
-                log.info("waiting for the lock on %s (held by another npzfix writer)", path)
+                log.info("waiting for the lock on %s (held by %s)", path, lock_holder(fd) or "another writer")
                 warned = True
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
