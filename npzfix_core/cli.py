@@ -198,7 +198,7 @@ def cmd_check(args) -> int:
                 raise UsageError(str(exc)) from exc
         res = validate.check_features(paths, prov, needs_flag=not args.no_flag)
     for pr in res.problems:
-        print(f"  {pr['path']}: {pr['problem']}")
+        print(f"  {pr['path']}: {pr['problem']} -> {pr['remedy']}")
     print(f"npzfix check {args.kind}: {res.checked} file(s) checked, {len(res.problems)} problem(s)")
     return 0 if res.passed else 1
 
@@ -208,9 +208,9 @@ def cmd_synth(args) -> int:
 
     sizes = tuple(tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(","))
     states = tuple(args.states.split(",")) if args.states else synth.STATES
-    bad = [s for s in states if s not in synth.STATES]
+    bad = [s for s in states if s not in synth.ALL_STATES]
     if bad or any(len(s) != 2 or min(s) < 1 for s in sizes):
-        raise UsageError(f"bad --states {bad} or --sizes {args.sizes} (HxW,HxW; states from {synth.STATES})")
+        raise UsageError(f"bad --states {bad} or --sizes {args.sizes} (HxW,HxW; states from {synth.ALL_STATES})")
     spec = synth.SynthSpec(
         n=args.n,
         seed=args.seed,

@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+# What the repair tools meet in the wild. "flagged": done by the original edge tool (B_v1 flag, true Method-B
+# kernel-3 edges, no provenance); "feature_flagged": done by the original feature tool (legacy flag).
 STATES = ("fresh", "no_edges", "with_256", "flagged", "stale", "feature_flagged", "corrupt", "no_json")
+# Not in the wild, kept for the tests that need it: a B_v1 flag over edges that are NOT Method B.
+LYING_FLAG = "lying_flag"
+ALL_STATES = (*STATES, LYING_FLAG)
 MASK_KINDS = ("blob", "border", "pixel", "line", "ring", "empty", "full", "overlap", "rect")
 
 
@@ -107,11 +112,12 @@ def make_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def _npz_arrays(rng: np.random.Generator, state: str, fhw: int) -> dict[str, np.ndarray]:
+def _npz_arrays(rng: np.random.Generator, state: str, fhw: int, doc: dict | None) -> dict[str, np.ndarray]:
+    p4 = rng.standard_normal((1, 256, fhw, fhw), dtype=np.float32)
     a: dict[str, np.ndarray] = {
-        "P4_S16": rng.standard_normal((1, 256, fhw, fhw), dtype=np.float32),
+        "P4_S16": p4,
         "P5_S32": rng.standard_normal((1, 256, fhw // 2, fhw // 2), dtype=np.float32),
-        "IMAGE_EMB_S16": rng.standard_normal((1, 256, fhw, fhw), dtype=np.float32),
+        "IMAGE_EMB_S16": p4.copy(),  # the pair never disagrees in a real cache
         "P3_S8_f16": rng.standard_normal((1, 32, 8, 8)).astype(np.float16),
         "num_masks": np.array(int(rng.integers(0, 200)), dtype=np.int64),
         "source_name": np.array("extract_features_v1"),
@@ -119,11 +125,16 @@ def _npz_arrays(rng: np.random.Generator, state: str, fhw: int) -> dict[str, np.
     if state != "no_edges":
         a["edge_64x64"] = (rng.random((64, 64)) > 0.9).astype(np.uint8)
         a["edge_32x32"] = (rng.random((32, 32)) > 0.9).astype(np.uint8)
-    if state in ("with_256", "flagged", "stale"):
+    if state in ("with_256", "flagged", "stale", LYING_FLAG):
         a["edge_256x256"] = (rng.random((256, 256)) > 0.9).astype(np.uint8)
-    if state in ("flagged", "stale"):
+    if state == "flagged" and doc is not None:  # what the original tool wrote: true Method B, kernel 3
+        from npzfix_core.edges import method_b, parse_sa1b
+
+        maps = method_b(parse_sa1b(doc), 3)
+        a["edge_64x64"], a["edge_32x32"], a["edge_256x256"] = maps[64], maps[32], maps[256]
+    if state in ("flagged", "stale", LYING_FLAG):
         a["edge_flag"] = np.array(1, dtype=np.uint8)
-        a["edge_version"] = np.array("B_v1" if state == "flagged" else "A_v0")
+        a["edge_version"] = np.array("A_v0" if state == "stale" else "B_v1")
     if state == "feature_flagged":
         a["feature_flag"] = np.array(1, dtype=np.uint8)
     return a
@@ -142,6 +153,7 @@ def generate(out: str | os.PathLike, spec: SynthSpec = SynthSpec()) -> SynthResu
         stem = f"{spec.prefix}{spec.seed:03d}{i:05d}"
         img = make_image(rng, h, w)
         cv2.imwrite(os.path.join(root, f"{stem}.jpg"), img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+        doc = None
         if state != "no_json":
             doc = {
                 "image": {"image_id": i, "file_name": f"{stem}.jpg", "height": h, "width": w},
@@ -151,7 +163,7 @@ def generate(out: str | os.PathLike, spec: SynthSpec = SynthSpec()) -> SynthResu
                 json.dump(doc, f)
         path = os.path.join(ext_dir, f"{stem}{spec.suffix}.npz")
         saver = np.savez_compressed if spec.compressed else np.savez
-        saver(path, **_npz_arrays(rng, state, spec.feature_hw))
+        saver(path, **_npz_arrays(rng, state, spec.feature_hw, doc))
         if state == "corrupt":
             size = os.path.getsize(path)
             with open(path, "r+b") as f:

@@ -61,7 +61,8 @@ def _sample_valid(result: CheckResult) -> AssetCheckResult:
         metadata={
             "checked": result.checked,
             "problems": len(result.problems),
-            "details": MetadataValue.md(md_table(result.problems, ["path", "problem"])),
+            "legacy_flagged": result.legacy_flagged,
+            "details": MetadataValue.md(md_table(result.problems, ["path", "problem", "remedy"])),
         },
     )
 

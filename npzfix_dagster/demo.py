@@ -16,7 +16,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 
-def _generate(data: str) -> tuple[str, str]:
+def generate(data: str) -> tuple[str, str]:
+    """The demo dataset: two SA-1B shards in every realistic state (one corrupt file in sa_000001, on
+    purpose) and two train/test splits."""
     from npzfix_core import synth
 
     sa1b, tt = os.path.join(data, "sa1b"), os.path.join(data, "train_test")
@@ -43,6 +45,27 @@ def _generate(data: str) -> tuple[str, str]:
     return sa1b, tt
 
 
+def check_results(instance, run_id: str) -> list[str]:
+    """One line per asset check evaluated in a run: asset, check, partition, PASSED/FAILED and why."""
+    from dagster import DagsterEventType
+
+    lines = []
+    for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION):
+        ev = e.dagster_event.event_specific_data
+        line = (
+            f"{ev.asset_key.to_user_string()}.{ev.check_name} [{ev.partition}]: {'PASSED' if ev.passed else 'FAILED'}"
+        )
+        if not ev.passed:
+            md = ev.metadata
+            table = (md.get("failures") or md.get("details")).value
+            files = sorted(
+                {os.path.basename(r.split(" | ")[0].strip("| ")) for r in table.splitlines()[2:] if "|" in r}
+            )
+            line += f" ({', '.join(files)})"
+        lines.append(line)
+    return sorted(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", default="demo_data")
@@ -54,7 +77,7 @@ def main() -> int:
         shutil.rmtree(d, ignore_errors=True)
     os.makedirs(home)
     shutil.copy(os.path.join(REPO, "deploy", "dagster.yaml"), os.path.join(home, "dagster.yaml"))
-    sa1b, tt = _generate(data)
+    sa1b, tt = generate(data)
     env = dict(
         os.environ,
         DAGSTER_HOME=home,
@@ -100,12 +123,17 @@ def main() -> int:
                 print("     " + line.strip())
         if p.returncode:
             print(f"   exit status {p.returncode} (failed files are recorded; see the asset checks)")
+        for check in check_results(instance, instance.get_runs(limit=1)[0].run_id):
+            print(f"   check {check}")
     print(f"\nreports and preview images: {os.path.join(home, 'npzfix_previews')}")
     print(
         f"explore: DAGSTER_HOME={home} NPZFIX_SA1B_ROOT={sa1b} NPZFIX_TRAIN_TEST_ROOT={tt} "
         f"NPZFIX_RANDOM_INIT_SEED=0 NPZFIX_RESOLUTION={a.resolution} {bindir}/dagster dev -h 127.0.0.1 -p 3000"
     )
-    print("the corrupt file in sa_000001 is on purpose: it shows up as a failure and a failing 'no_failed_files' check")
+    print(
+        "the corrupt file in sa_000001 is on purpose: it is the only failure, and the only reason for the red "
+        "checks above (no_failed_files and sample_valid of sa_000001, each naming that file)"
+    )
     return 0
 
 

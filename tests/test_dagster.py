@@ -569,3 +569,39 @@ def test_a_partition_is_the_files_directly_in_its_directory(tmp_path, instance):
         md = _md(materialize([asset], partition_key=keys[0], instance=instance, resources=r), asset.key.path[-1])
         assert md["seen"].value == 2
     assert sha(inner.npz[0]) == before and all(int(store.read_flags(p, ["edge_flag"])["edge_flag"]) for p in outer.npz)
+
+
+def test_the_demo_ends_with_red_checks_only_for_its_corrupt_file(tmp_path):
+    """Whatever a run leaves as done, its checks pass; the demo's one corrupt file is the only red, named."""
+    from npzfix_dagster import demo
+    from npzfix_dagster.partitions import sync
+
+    sa1b, tt = demo.generate(str(tmp_path / "data"))
+    ext = os.path.join(sa1b, "sa_000001", "extracted")
+
+    def unreadable(name):
+        try:
+            store.inspect(os.path.join(ext, name))
+            return False
+        except store.NpzError:
+            return True
+
+    (bad,) = [n for n in os.listdir(ext) if unreadable(n)]
+    r = {"roots": DatasetRoots(sa1b_root=sa1b, train_test_root=tt, preview_dir=str(tmp_path / "p")), "teacher": TEACHER}
+    got = []
+    with instance_for_test() as instance:
+        sync(instance, sa1b, tt)
+        for assets, pdef in (
+            ([sa1b_features_fixed, edges_B_v1], "sa1b_dirs"),
+            ([train_test_features_fixed], "train_test_splits"),
+        ):
+            for key in instance.get_dynamic_partitions(pdef):
+                res = materialize(assets, partition_key=key, instance=instance, resources=r, raise_on_error=False)
+                got += demo.check_results(instance, res.run_id)
+    red = sorted(g for g in got if "FAILED" in g)
+    assert red == sorted(
+        f"{a}.{c} [sa_000001/extracted]: FAILED ({bad})"
+        for a in ("edges_B_v1", "sa1b_features_fixed")
+        for c in ("no_failed_files", "sample_valid")
+    ), got
+    assert len(got) == 2 * 2 * 2 + 2 * 2  # two checks of two assets on two shards, two checks on two splits
