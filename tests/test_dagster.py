@@ -605,3 +605,23 @@ def test_the_demo_ends_with_red_checks_only_for_its_corrupt_file(tmp_path):
         for c in ("no_failed_files", "sample_valid")
     ), got
     assert len(got) == 2 * 2 * 2 + 2 * 2  # two checks of two assets on two shards, two checks on two splits
+
+
+def test_dg_checks_lists_and_launches_this_project(tmp_path):
+    """Dagster 1.13's own tooling works here: `dg check defs`, `dg list defs`, `dg launch`."""
+    root = str(tmp_path / "sa1b")
+    res = _shard(root, "sa_000060", n=2, states=("fresh", "fresh"))
+    env = _env(tmp_path, root)
+    dg = os.path.join(BIN, "dg")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([dg, "check", "defs"], env=env, cwd=repo, capture_output=True, text=True)
+    assert p.returncode == 0 and "All definitions loaded successfully" in p.stdout + p.stderr, p.stderr[-2000:]
+    p = subprocess.run([dg, "list", "defs", "--json"], env=env, cwd=repo, capture_output=True, text=True)
+    listed = json.loads(p.stdout)
+    keys = {a["asset_key"] for a in listed["assets"]}
+    assert {"sa1b_features_fixed", "train_test_features_fixed", "edges_B_v1"} <= keys, keys
+    assert subprocess.run([NPZFIX, "partitions", "sync"], env=env, capture_output=True).returncode == 0
+    cmd = [dg, "launch", "--assets", "edges_B_v1", "--partition", "sa_000060/extracted"]
+    p = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert all(store.read_flags(q, ["edge_flag"])["edge_flag"] == 1 for q in res.npz)
