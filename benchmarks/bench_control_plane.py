@@ -57,7 +57,7 @@ def record_materializations(instance, root: str, keys: list[str], teacher_prov: 
     from npzfix_core import discovery
 
     for key in keys:
-        snap = discovery.snapshot(os.path.join(root, key))
+        snap = discovery.snapshot(os.path.join(root, key, "extracted"))
         common = {
             "updated": 1100,
             "failed": 0,
@@ -106,7 +106,8 @@ def measure(instance, root: str, keys: list[str]) -> dict[str, float]:
     new = os.path.join(root, "sa_new", "extracted")
     os.makedirs(new)
     shutil.copy(
-        os.path.join(root, keys[0], os.listdir(os.path.join(root, keys[0]))[0]), os.path.join(new, "x_features.npz")
+        os.path.join(root, keys[0], "extracted", os.listdir(os.path.join(root, keys[0], "extracted"))[0]),
+        os.path.join(new, "x_features.npz"),
     )
     r, out["sensor one new dir"] = sensor(r.cursor)
     assert len(r.run_requests) == 1
@@ -191,7 +192,7 @@ def main() -> None:
         print(
             f"tree: {a.dirs} dirs x {a.files} files = {a.dirs * a.files:,} NPZ names ({time.perf_counter() - t:.0f} s to build)"
         )
-        keys = [f"sa_{i:06d}/extracted" for i in range(a.dirs)]
+        keys = [f"sa_{i:06d}" for i in range(a.dirs)]  # each names sa_XXXXXX/extracted
         prov = Sam2Teacher(random_init_seed=0, resolution=256, device="cpu").provenance().as_dict()
         results = {}
         sqlite_home = os.path.join(d, "sqlite_home")

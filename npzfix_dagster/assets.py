@@ -164,7 +164,7 @@ def edges_B_v1(context: AssetExecutionContext, config: EdgesConfig, roots: Datas
 
     key = context.partition_key
     directory = _partition_dir(roots.require("sa1b_root"), key, sa1b_dir)
-    json_dir = roots.json_dir_for(key)
+    json_dir = roots.json_dir_for(directory)
     req = EdgeRequest(
         npz_dir=directory,
         json_dir=json_dir,

@@ -31,6 +31,8 @@ def cmd_partitions(args) -> int:
                 "nothing to sync: set NPZFIX_SA1B_ROOT / NPZFIX_TRAIN_TEST_ROOT or pass the roots"
             )
         added = partitions.sync(instance, sa1b, tt)
+        for old_new in added.pop("migrated", []):
+            print(f"sa1b_dirs: renamed {old_new} (short keys stay distinguishable in the UI)")
         for name, keys in added.items():
             print(
                 f"{name}: added {len(keys)}"

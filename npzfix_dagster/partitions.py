@@ -1,4 +1,10 @@
-"""One dynamic partition per dataset directory, keyed by its path relative to the configured root."""
+"""One dynamic partition per dataset directory, keyed by its path relative to the configured root.
+
+Keys must stay distinguishable where the UI cuts them short (chips, health bars, run tags), so the
+trailing ``extracted`` shared by every SA-1B shard is left out: ``sa_000020`` is the key of
+``sa_000020/extracted``. ``key_of`` and ``sa1b_dir`` are the only mapping, both ways; a key spelled the old
+way (``sa_000020/extracted``) still names the same directory, and ``npzfix partitions sync`` migrates it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import os
 
 from dagster import DynamicPartitionsDefinition
 
-# Every directory holding *_features.npz under NPZFIX_SA1B_ROOT, e.g. "sa_000020/extracted".
+# Every directory holding *_features.npz under NPZFIX_SA1B_ROOT, e.g. "sa_000020" for sa_000020/extracted.
 sa1b_dirs = DynamicPartitionsDefinition(name="sa1b_dirs")
 # Every split under NPZFIX_TRAIN_TEST_ROOT with <split>/extracted, e.g. "train_1200", "test".
 train_test_splits = DynamicPartitionsDefinition(name="train_test_splits")
@@ -33,8 +39,13 @@ def key_dir(root: str, key: str) -> str:
     return os.path.join(root, key) if key != "." else root
 
 
+LEAF = "extracted"
+
+
 def sa1b_dir(root: str, key: str) -> str:
-    return key_dir(root, key)
+    """``<key>/extracted`` where that directory exists, else ``<key>`` itself."""
+    d = key_dir(root, key)
+    return os.path.join(d, LEAF) if os.path.isdir(os.path.join(d, LEAF)) else d
 
 
 def split_extracted_dir(root: str, key: str) -> str:
@@ -48,10 +59,35 @@ def key_of(rel_dir: str, partitions_def_name: str) -> str | None:
     ``split_extracted_dir``; None when the directory is not a partition of that kind. The one place where
     directories become keys (sync, sensors)."""
     rel = os.path.normpath(rel_dir)
+    parent, leaf = os.path.split(rel)
     if partitions_def_name == sa1b_dirs.name:
-        return rel
-    split, leaf = os.path.split(rel)
-    return split if leaf == "extracted" and split not in ("", ".") and "/" not in split else None
+        return parent if leaf == LEAF and parent not in ("", ".") else rel
+    return parent if leaf == LEAF and parent not in ("", ".") and "/" not in parent else None
+
+
+def keys_for(rel_dirs: list[str], partitions_def_name: str) -> dict[str, str]:
+    """rel dir -> key for every directory that is a partition. Where a directory holds NPZ files beside an
+    ``extracted`` directory that does too, the key names ``extracted`` (as ``sa1b_dir`` resolves it) and the
+    outer directory's own files are left out, with a warning: one key, one directory."""
+    out: dict[str, str] = {}
+    taken: dict[str, str] = {}
+    for rel in sorted(rel_dirs, key=lambda r: (not r.endswith(LEAF), r)):  # extracted/ first
+        key = key_of(rel, partitions_def_name)
+        if key is None:
+            continue
+        if key in taken:
+            import logging
+
+            logging.getLogger("npzfix").warning(
+                "%s holds NPZ files beside %s: its own files are not a partition (key %r names the latter)",
+                rel,
+                taken[key],
+                key,
+            )
+            continue
+        taken[key] = rel
+        out[rel] = key
+    return out
 
 
 def discover(sa1b_root: str | None, train_test_root: str | None) -> dict[str, list[str]]:
@@ -61,12 +97,13 @@ def discover(sa1b_root: str | None, train_test_root: str | None) -> dict[str, li
     out: dict[str, list[str]] = {}
     for name, root in ((sa1b_dirs.name, sa1b_root), (train_test_splits.name, train_test_root)):
         rels = discovery.dataset_dirs(root) if root and os.path.isdir(root) else []
-        out[name] = [k for k in (key_of(r, name) for r in rels) if k is not None]
+        out[name] = sorted(keys_for(rels, name).values())
     return out
 
 
 def sync(instance, sa1b_root: str | None, train_test_root: str | None) -> dict[str, list[str]]:
-    """Add partitions for directories on disk that the instance does not know yet; returns what was added."""
+    """Add partitions for directories on disk that the instance does not know yet, and retire keys spelled
+    the old way (``<shard>/extracted``) whose directory now has its short key; returns what was added."""
     added = {}
     for name, keys in discover(sa1b_root, train_test_root).items():
         known = set(instance.get_dynamic_partitions(name))
@@ -74,4 +111,10 @@ def sync(instance, sa1b_root: str | None, train_test_root: str | None) -> dict[s
         if new:
             instance.add_dynamic_partitions(name, new)
         added[name] = new
+        if name == sa1b_dirs.name:
+            current = set(keys)
+            for old in sorted(known):
+                if old.endswith("/" + LEAF) and old not in current and key_of(old, name) in current:
+                    instance.delete_dynamic_partition(name, old)
+                    added.setdefault("migrated", []).append(f"{old} -> {key_of(old, name)}")
     return added

@@ -28,10 +28,13 @@ class DatasetRoots(ConfigurableResource):
             raise ValueError(f"{which} is not configured: set NPZFIX_{which.upper()} or the resource config")
         return value
 
-    def json_dir_for(self, key: str) -> Optional[str]:
-        from npzfix_dagster.partitions import key_dir
-
-        return key_dir(self.json_root, os.path.dirname(key) or ".") if self.json_root else None
+    def json_dir_for(self, directory: str) -> Optional[str]:
+        """``<json_root>/<shard>`` for ``<sa1b_root>/<shard>/extracted`` (SA-1B keeps each shard's JSON in
+        the shard); None (beside the NPZ dir's parent) without a JSON root."""
+        if not self.json_root:
+            return None
+        rel = os.path.relpath(os.path.dirname(directory), self.require("sa1b_root"))
+        return os.path.normpath(os.path.join(self.json_root, rel))
 
     def previews(self) -> str:
         if self.preview_dir:

@@ -14,7 +14,7 @@ import time
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from npzfix_dagster.jobs import sa1b_job, train_test_job
-from npzfix_dagster.partitions import key_of, sa1b_dirs, train_test_splits
+from npzfix_dagster.partitions import keys_for, sa1b_dirs, train_test_splits
 from npzfix_dagster.resources import DatasetRoots
 
 MAX_RUNS_PER_TICK = 50
@@ -71,11 +71,8 @@ def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, jo
     t0 = time.monotonic()
     state, deferred = _scan(root, cursor["dirs"])
     # new or changed since the last request; a backlog beyond the per-tick cap waits without re-listing
-    wanted = sorted(
-        (key, rel)
-        for rel, e in state.items()
-        if e.get("sig") and e["sig"] != e.get("req") and (key := key_of(rel, partitions_def.name)) is not None
-    )
+    keys = keys_for([rel for rel, e in state.items() if e.get("sig")], partitions_def.name)
+    wanted = sorted((key, rel) for rel, key in keys.items() if state[rel]["sig"] != state[rel].get("req"))
     todo = wanted[:MAX_RUNS_PER_TICK]
     known = set(context.instance.get_dynamic_partitions(partitions_def.name))
     add = [k for k, _ in todo if k not in known]

@@ -173,9 +173,9 @@ def test_sensor_adds_partitions_and_requests_runs_once(tmp_path, instance):
         return sa1b_new_dirs_sensor(ctx)
 
     r1 = tick(None)
-    assert [rr.partition_key for rr in r1.run_requests] == ["sa_000010/extracted"]
-    assert r1.dynamic_partitions_requests[0].partition_keys == ["sa_000010/extracted"]
-    instance.add_dynamic_partitions("sa1b_dirs", ["sa_000010/extracted"])
+    assert [rr.partition_key for rr in r1.run_requests] == ["sa_000010"]
+    assert r1.dynamic_partitions_requests[0].partition_keys == ["sa_000010"]
+    instance.add_dynamic_partitions("sa1b_dirs", ["sa_000010"])
     r2 = tick(r1.cursor)
     assert r2.run_requests == [] and r2.dynamic_partitions_requests == []
     # our own in-place rewrite changes the directory mtime but not its set of files: nothing to do
@@ -187,8 +187,8 @@ def test_sensor_adds_partitions_and_requests_runs_once(tmp_path, instance):
     _shard(root, "sa_000010", n=3, seed=5)
     _shard(root, "sa_000011", n=1, seed=6)
     r4 = tick(r3.cursor)
-    assert sorted(rr.partition_key for rr in r4.run_requests) == ["sa_000010/extracted", "sa_000011/extracted"]
-    assert r4.dynamic_partitions_requests[0].partition_keys == ["sa_000011/extracted"]
+    assert sorted(rr.partition_key for rr in r4.run_requests) == ["sa_000010", "sa_000011"]
+    assert r4.dynamic_partitions_requests[0].partition_keys == ["sa_000011"]
     assert tick(r4.cursor).run_requests == []
 
 
@@ -397,7 +397,7 @@ def test_sensor_tick_on_an_unchanged_tree_lists_no_directory(tmp_path, instance,
     assert second.run_requests == [] and listings == []
     np.savez(root / "sa_000007" / "extracted" / "new_features.npz", x=np.zeros(1))
     third = tick(second.cursor)
-    assert [r.partition_key for r in third.run_requests] == ["sa_000007/extracted"]
+    assert [r.partition_key for r in third.run_requests] == ["sa_000007"]
     assert {d for _, d in listings} == {str(root / "sa_000007" / "extracted")}
 
 
@@ -559,7 +559,7 @@ def test_a_partition_is_the_files_directly_in_its_directory(tmp_path, instance):
     outer = _shard(root, "sa_000050", n=2, states=("fresh", "fresh"))
     inner = _shard(os.path.join(root, "sa_000050", "extracted"), "more", n=1, states=("fresh",))
     keys = discover(root, None)["sa1b_dirs"]
-    assert keys == ["sa_000050/extracted", "sa_000050/extracted/more/extracted"]
+    assert keys == ["sa_000050", "sa_000050/extracted/more"]  # short keys: the shared 'extracted' left out
     assert key_of("train_1200/extracted", "train_test_splits") == "train_1200"
     assert key_of("train_1200", "train_test_splits") is None and key_of("a/b/extracted", "train_test_splits") is None
     instance.add_dynamic_partitions("sa1b_dirs", keys)
@@ -600,7 +600,7 @@ def test_the_demo_ends_with_red_checks_only_for_its_corrupt_file(tmp_path):
                 got += demo.check_results(instance, res.run_id)
     red = sorted(g for g in got if "FAILED" in g)
     assert red == sorted(
-        f"{a}.{c} [sa_000001/extracted]: FAILED ({bad})"
+        f"{a}.{c} [sa_000001]: FAILED ({bad})"
         for a in ("edges_B_v1", "sa1b_features_fixed")
         for c in ("no_failed_files", "sample_valid")
     ), got
@@ -621,7 +621,24 @@ def test_dg_checks_lists_and_launches_this_project(tmp_path):
     keys = {a["asset_key"] for a in listed["assets"]}
     assert {"sa1b_features_fixed", "train_test_features_fixed", "edges_B_v1"} <= keys, keys
     assert subprocess.run([NPZFIX, "partitions", "sync"], env=env, capture_output=True).returncode == 0
-    cmd = [dg, "launch", "--assets", "edges_B_v1", "--partition", "sa_000060/extracted"]
+    cmd = [dg, "launch", "--assets", "edges_B_v1", "--partition", "sa_000060"]
     p = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert all(store.read_flags(q, ["edge_flag"])["edge_flag"] == 1 for q in res.npz)
+
+
+def test_short_keys_name_their_extracted_directory_and_old_keys_are_migrated(tmp_path):
+    from npzfix_dagster.partitions import key_of, sa1b_dir, sync
+
+    root = str(tmp_path / "sa1b")
+    _shard(root, "sa_000070", n=1, states=("fresh",))
+    _shard(root, "sa_000071", n=1, states=("fresh",))
+    ext = os.path.join(root, "sa_000070", "extracted")
+    assert sa1b_dir(root, "sa_000070") == ext == sa1b_dir(root, "sa_000070/extracted")  # old spelling still works
+    assert key_of("sa_000070/extracted", "sa1b_dirs") == "sa_000070" and key_of("extracted", "sa1b_dirs") == "extracted"
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("sa1b_dirs", ["sa_000070/extracted"])
+        added = sync(instance, root, None)
+        assert added["sa1b_dirs"] == ["sa_000070", "sa_000071"]
+        assert added["migrated"] == ["sa_000070/extracted -> sa_000070"]
+        assert instance.get_dynamic_partitions("sa1b_dirs") == ["sa_000070", "sa_000071"]
