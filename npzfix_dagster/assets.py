@@ -15,7 +15,14 @@ from npzfix_core.report import RunReport
 from npzfix_dagster import checks, metadata
 from npzfix_dagster.k8s import CPU_TAGS, GPU_TAGS
 from npzfix_dagster.partitions import PartitionKeyError, sa1b_dir, sa1b_dirs, split_extracted_dir, train_test_splits
-from npzfix_dagster.resources import DatasetRoots, Sam2Teacher
+from npzfix_dagster.resources import (
+    DatasetRoots,
+    Sam2Teacher,
+    default_edge_kernel,
+    edges_code_version,
+    features_code_version,
+)
+from npzfix_dagster.sources import sa1b_npz_files, train_test_npz_files
 
 
 class FeaturesConfig(Config):
@@ -31,7 +38,7 @@ class FeaturesConfig(Config):
 class EdgesConfig(Config):
     """Mirrors ``npzfix edges`` flags."""
 
-    kernel_size: int = 3
+    kernel_size: int = default_edge_kernel()  # NPZFIX_EDGE_KERNEL, else 3; part of the asset's code version
     max_files: Optional[int] = None
     skip_if_processed: bool = True
     set_edge_flag: bool = True
@@ -117,6 +124,7 @@ def _features(
 
 @asset(
     partitions_def=sa1b_dirs,
+    deps=[sa1b_npz_files],
     check_specs=checks.specs("sa1b_features_fixed", sa1b_dirs),
     pool="gpu",
     op_tags=GPU_TAGS,
@@ -134,6 +142,7 @@ def sa1b_features_fixed(
 
 @asset(
     partitions_def=train_test_splits,
+    deps=[train_test_npz_files],
     check_specs=checks.specs("train_test_features_fixed", train_test_splits),
     pool="gpu",
     op_tags=GPU_TAGS,
@@ -151,6 +160,7 @@ def train_test_features_fixed(
 
 @asset(
     partitions_def=sa1b_dirs,
+    deps=[sa1b_npz_files],
     check_specs=checks.specs("edges_B_v1", sa1b_dirs),
     op_tags=CPU_TAGS,
     group_name="sa1b",
@@ -183,3 +193,14 @@ def edges_B_v1(context: AssetExecutionContext, config: EdgesConfig, roots: Datas
     report = run_edges(req, progress=True)
     sample_check = lambda paths: checks.edges_sample_valid(paths, config.kernel_size, json_dir)  # noqa: E731
     return _result(context, roots, directory, seen_dir, report, sample_check, config.glob)
+
+
+def versioned(teacher: Sam2Teacher, kernel_size: int) -> list:
+    """The three assets with code versions from what defines their output (the configured teacher, the edge
+    rule and kernel): after a change, the UI shows each partition as stale, "code version changed"."""
+    fv, ev = features_code_version(teacher), edges_code_version(kernel_size)
+    return [
+        sa1b_features_fixed.map_asset_specs(lambda spec: spec.replace_attributes(code_version=fv)),
+        train_test_features_fixed.map_asset_specs(lambda spec: spec.replace_attributes(code_version=fv)),
+        edges_B_v1.map_asset_specs(lambda spec: spec.replace_attributes(code_version=ev)),
+    ]

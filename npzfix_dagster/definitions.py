@@ -13,20 +13,22 @@ antlr_compat.install()  # before anything parses an asset-selection string (e.g.
 
 from dagster import Definitions, multiprocess_executor  # noqa: E402
 
-from npzfix_dagster.assets import edges_B_v1, sa1b_features_fixed, train_test_features_fixed
+from npzfix_dagster.assets import versioned
 from npzfix_dagster.jobs import sa1b_edges_job, sa1b_job, sample_list_job, train_test_job
-from npzfix_dagster.resources import roots_from_env, teacher_from_env
+from npzfix_dagster.resources import default_edge_kernel, roots_from_env, teacher_from_env
 from npzfix_dagster.schedules import sa1b_daily_recheck, train_test_daily_recheck
 from npzfix_dagster.sensors import sa1b_new_dirs_sensor, train_test_new_splits_sensor
+from npzfix_dagster.sources import sa1b_npz_files, train_test_npz_files
 
 # Steps of one run in parallel; GPU steps are further limited across runs by the "gpu" pool.
 MAX_CONCURRENT_STEPS = int(os.environ.get("NPZFIX_MAX_CONCURRENT_STEPS", "2"))
 
+teacher = teacher_from_env()
 defs = Definitions(
-    assets=[sa1b_features_fixed, train_test_features_fixed, edges_B_v1],
+    assets=[sa1b_npz_files, train_test_npz_files, *versioned(teacher, default_edge_kernel())],
     jobs=[sa1b_job, sa1b_edges_job, train_test_job, sample_list_job],
     sensors=[sa1b_new_dirs_sensor, train_test_new_splits_sensor],
     schedules=[sa1b_daily_recheck, train_test_daily_recheck],
-    resources={"roots": roots_from_env(), "teacher": teacher_from_env()},
+    resources={"roots": roots_from_env(), "teacher": teacher},
     executor=multiprocess_executor.configured({"max_concurrent": MAX_CONCURRENT_STEPS}),
 )

@@ -120,3 +120,38 @@ def teacher_from_env() -> Sam2Teacher:
         if _env(name) is not None:
             kw[key] = _env(name, cast)
     return Sam2Teacher(**kw)
+
+
+def features_code_version(teacher: Sam2Teacher, store_dtype: str = "keep") -> str:
+    """What defines a feature asset's output: teacher config, weights, precision, resolution, storage dtype.
+
+    Read at definitions load, so it must be cheap: weights are identified by name, size and mtime (the
+    files themselves record the sha256). A change shows every partition as "code version changed".
+    """
+    from npzfix_core.teacher import TeacherSpec
+
+    spec = TeacherSpec(weights=teacher.weights, config=teacher.config, random_init_seed=teacher.random_init_seed)
+    try:
+        config = spec.resolved_config()
+    except ValueError:
+        config = teacher.config or "?"
+    if teacher.weights:
+        try:
+            st = os.stat(teacher.weights)
+            weights = f"{os.path.basename(teacher.weights)}:{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            weights = f"{teacher.weights}:missing"
+    else:
+        weights = f"random-init:{teacher.random_init_seed}"
+    return f"sam2|{config}|{weights}|{teacher.precision}|{teacher.resolution or 1024}|{store_dtype}"
+
+
+def edges_code_version(kernel_size: int) -> str:
+    """What defines the edges asset's output: the rule, its version and the kernel size."""
+    from npzfix_core.provenance import EDGE_RULE, EDGE_VERSION
+
+    return f"{EDGE_RULE}|{EDGE_VERSION}|k{kernel_size}"
+
+
+def default_edge_kernel() -> int:
+    return _env("NPZFIX_EDGE_KERNEL", int) or 3

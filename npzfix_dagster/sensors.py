@@ -16,6 +16,7 @@ from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, Se
 from npzfix_dagster.jobs import sa1b_job, train_test_job
 from npzfix_dagster.partitions import keys_for, sa1b_dirs, train_test_splits
 from npzfix_dagster.resources import DatasetRoots
+from npzfix_dagster.sources import observation
 
 MAX_RUNS_PER_TICK = 50
 # Listing budget of one tick (Dagster cancels an evaluation after 60 s). A fresh SA-1B root (1,000 directories
@@ -76,9 +77,10 @@ def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, jo
     todo = wanted[:MAX_RUNS_PER_TICK]
     known = set(context.instance.get_dynamic_partitions(partitions_def.name))
     add = [k for k, _ in todo if k not in known]
-    runs = []
+    runs, observed = [], []
     for key, rel in todo:
         state[rel] = {**state[rel], "req": state[rel]["sig"]}
+        observed.append(observation(partitions_def.name, key, state[rel]["sig"]))  # the run's input version
         runs.append(
             RunRequest(
                 run_key=f"{key}@{state[rel]['sig']}",
@@ -102,6 +104,7 @@ def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, jo
     return SensorResult(
         run_requests=runs,
         dynamic_partitions_requests=[partitions_def.build_add_request(add)] if add else [],
+        asset_events=observed,
         cursor=json.dumps({"root": root, "dirs": state}),
         skip_reason=None if runs else said,
     )

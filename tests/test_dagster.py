@@ -288,7 +288,7 @@ def test_cli_partitions_sync_and_dagster_asset_materialize(tmp_path):
 def test_definitions_load_without_torch():
     code = "import sys, npzfix_dagster.definitions as d; assert 'torch' not in sys.modules and 'sam2' not in sys.modules; print(len(d.defs.assets))"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert p.returncode == 0 and p.stdout.strip() == "3", p.stderr
+    assert p.returncode == 0 and p.stdout.strip() == "5"  # three caches + the two observed NPZ-file sources, p.stderr
 
 
 def _free_port():
@@ -642,3 +642,61 @@ def test_short_keys_name_their_extracted_directory_and_old_keys_are_migrated(tmp
         assert added["sa1b_dirs"] == ["sa_000070", "sa_000071"]
         assert added["migrated"] == ["sa_000070/extracted -> sa_000070"]
         assert instance.get_dynamic_partitions("sa1b_dirs") == ["sa_000070", "sa_000071"]
+
+
+def test_lineage_and_staleness_the_dagster_way(tmp_path):
+    """The UI's stale badge, through Dagster's own resolver: new NPZ files upstream ("upstream data") and a
+    changed teacher ("code version") each make the partition stale; our own rewrites do not."""
+    from dagster import AssetsDefinition
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    from npzfix_dagster.assets import versioned
+    from npzfix_dagster.sources import sa1b_npz_files
+
+    root = str(tmp_path / "sa1b")
+    res = _shard(root, "sa_000080", n=2, states=("fresh", "fresh"))
+    key = "sa_000080"
+    r = _resources(tmp_path, sa1b=root)
+    assets = [sa1b_npz_files, *versioned(TEACHER, 3)]
+    fixed = [a for a in assets[1:] if a.key.path[-1] != "train_test_features_fixed"]
+    with instance_for_test() as instance:
+        cursor = None
+
+        def tick():  # what the daemon does with a sensor result: partitions, observations
+            nonlocal cursor
+            with build_sensor_context(instance=instance, cursor=cursor, resources={"roots": r["roots"]}) as ctx:
+                out = sa1b_new_dirs_sensor(ctx)
+            for req in out.dynamic_partitions_requests:
+                instance.add_dynamic_partitions("sa1b_dirs", list(req.partition_keys))
+            for ev in out.asset_events:
+                instance.report_runless_asset_event(ev)
+            cursor = out.cursor
+            return out
+
+        def status(asset, with_assets=assets):
+            graph_assets = [AssetsDefinition(specs=[with_assets[0]]), *with_assets[1:]]
+            resolver = get_stale_status_resolver(instance, graph_assets)
+            return resolver.get_status(AssetKey(asset), key), resolver.get_stale_causes(AssetKey(asset), key)
+
+        first = tick()
+        assert [q.partition_key for q in first.run_requests] == [key]
+        materialize([sa1b_npz_files, *fixed], selection=fixed, partition_key=key, instance=instance, resources=r)
+        for asset in ("edges_B_v1", "sa1b_features_fixed"):
+            assert status(asset)[0] == StaleStatus.FRESH, status(asset)
+        assert not tick().run_requests  # our own rewrites change no NPZ name: nothing observed, still fresh
+        assert status("edges_B_v1")[0] == StaleStatus.FRESH
+
+        shutil.copy(res.npz[0], os.path.join(os.path.dirname(res.npz[0]), "sa_new_features.npz"))
+        tick()
+        st, causes = status("edges_B_v1")
+        assert st == StaleStatus.STALE and any(c.category.value == "DATA" for c in causes), causes
+        materialize([sa1b_npz_files, *fixed], selection=fixed, partition_key=key, instance=instance, resources=r)
+        assert status("edges_B_v1")[0] == StaleStatus.FRESH
+
+        other = [sa1b_npz_files, *versioned(Sam2Teacher(random_init_seed=1, resolution=RES, device="cpu"), 3)]
+        st, causes = status("sa1b_features_fixed", other)
+        assert st == StaleStatus.STALE and [c.category.value for c in causes] == ["CODE"], causes
+        assert status("edges_B_v1", other)[0] == StaleStatus.FRESH
+        st, causes = status("edges_B_v1", [sa1b_npz_files, *versioned(TEACHER, 5)])
+        assert st == StaleStatus.STALE and causes[0].category.value == "CODE"
