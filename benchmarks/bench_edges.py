@@ -1,17 +1,20 @@
 """Method-B edges: npzfix vs the original formula, side by side in one run, one core each.
 
-Run by hand: ``.venv/bin/python benchmarks/bench_edges.py [--images 5] [--masks 100]``.
-Target (issue 2): >= 30x faster per core on typical 1500x2250 images with ~100
-masks, and bit-identical (checked on every image here).
-Also times end-to-end ``npzfix edges --workers 2`` on 200 generated files and
-reports its peak memory (max RSS of the process tree).
+Run by hand: ``.venv/bin/python benchmarks/bench_edges.py [--images 5] [--masks 100] [--files 60]``.
+Per image: SA-1B-like masks (multi-component objects, parts of objects, holes, thin structures,
+log-uniform sizes) and, for comparison with earlier figures, the older ellipse masks; bit-identical
+output is checked on every image. End to end: ``npzfix edges --workers 1`` against the original
+script's loop (load every array, recompute with the original formula, ``np.savez`` to a temp, replace)
+on the same files, one core each.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,14 +24,14 @@ import cv2
 import numpy as np
 
 from npzfix_core import synth
-from npzfix_core.edges import ImageAnnotations, method_b, method_b_reference
+from npzfix_core.edges import ImageAnnotations, method_b, method_b_reference, parse_sa1b
 
 
-def per_image(n_images: int, n_masks: int, h: int, w: int) -> None:
+def per_image(n_images: int, n_masks: int, h: int, w: int, style: str) -> float:
     cv2.setNumThreads(1)
     rng = np.random.default_rng(0)
     anns = [
-        ImageAnnotations(h, w, [a["segmentation"] for a in synth.make_annotations(rng, h, w, n_masks)])
+        ImageAnnotations(h, w, [a["segmentation"] for a in synth.make_annotations(rng, h, w, n_masks, style)])
         for _ in range(n_images)
     ]
     method_b(anns[0])  # warm the per-size support cache, as a real run does once
@@ -42,39 +45,63 @@ def per_image(n_images: int, n_masks: int, h: int, w: int) -> None:
         t_fast += time.perf_counter() - t
         assert all(np.array_equal(fast[s], ref[s]) for s in ref), "not bit-identical"
     print(
-        f"edges per image ({h}x{w}, {n_masks} masks, {n_images} images, 1 thread): "
+        f"edges per image ({h}x{w}, {n_masks} {style} masks, {n_images} images, 1 thread): "
         f"original {1000 * t_ref / n_images:.1f} ms, npzfix {1000 * t_fast / n_images:.1f} ms, "
         f"speed-up {t_ref / t_fast:.1f}x, bit-identical on all"
     )
+    return t_ref / t_fast
 
 
-def end_to_end(n_files: int, workers: int) -> None:
+def original_loop(npz_dir: str, json_dir: str) -> None:
+    """What update_edge_maps_from_npz.py did per file (load all, original formula, savez, replace)."""
+    for name in sorted(os.listdir(npz_dir)):
+        if not name.endswith("_features.npz"):
+            continue
+        path = os.path.join(npz_dir, name)
+        with open(os.path.join(json_dir, name.replace("_features.npz", ".json"))) as f:
+            maps = method_b_reference(parse_sa1b(json.load(f)), 3)
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["edge_64x64"], arrays["edge_32x32"] = maps[64], maps[32]
+        if "edge_256x256" in arrays:
+            arrays["edge_256x256"] = maps[256]
+        arrays["edge_flag"], arrays["edge_version"] = np.array(1, np.uint8), np.array("B_v1")
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **arrays)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def end_to_end(n_files: int) -> None:
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         synth.generate(d, synth.SynthSpec(n=n_files, seed=1, masks=100, states=("fresh", "with_256"), feature_hw=64))
         gen = time.perf_counter() - t
         npz_dir = os.path.join(d, "extracted")
+        pristine = os.path.join(d, "pristine")
+        shutil.copytree(npz_dir, pristine)
+        cv2.setNumThreads(1)
+        t = time.perf_counter()
+        original_loop(npz_dir, d)
+        t_orig = time.perf_counter() - t
+        shutil.rmtree(npz_dir)
+        shutil.copytree(pristine, npz_dir)
         t = time.perf_counter()
         p = subprocess.run(
-            [
-                os.path.join(os.path.dirname(sys.executable), "npzfix"),
-                "edges",
-                "--npz-dir",
-                npz_dir,
-                "--workers",
-                str(workers),
-            ],
+            [os.path.join(os.path.dirname(sys.executable), "npzfix"), "edges", "--npz-dir", npz_dir, "--workers", "1"],
             capture_output=True,
             text=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1", OPENCV_FOR_THREADS_NUM="1"),
         )
-        wall = time.perf_counter() - t
+        t_new = time.perf_counter() - t
         assert p.returncode == 0, p.stdout + p.stderr
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         size = sum(os.path.getsize(os.path.join(npz_dir, f)) for f in os.listdir(npz_dir)) / n_files / 2**20
         print(
-            f"end to end: npzfix edges --workers {workers} on {n_files} files (1500x2250, 100 masks, "
-            f"{size:.1f} MB NPZ): {wall:.1f} s wall, {n_files / wall:.1f} files/s, "
-            f"peak RSS of one process {peak:.0f} MB (data generated in {gen:.0f} s)"
+            f"end to end, {n_files} files (1500x2250, 100 SA-1B-like masks, {size:.1f} MB NPZ), one core, fsync'd: "
+            f"original loop {n_files / t_orig:.2f} files/s, npzfix edges --workers 1 {n_files / t_new:.2f} files/s "
+            f"({t_orig / t_new:.1f}x); peak RSS {peak:.0f} MB (data generated in {gen:.0f} s)"
         )
 
 
@@ -82,10 +109,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=5)
     ap.add_argument("--masks", type=int, default=100)
-    ap.add_argument("--files", type=int, default=200)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--files", type=int, default=60)
     a = ap.parse_args()
-    per_image(a.images, a.masks, 1500, 2250)
-    per_image(a.images, a.masks, 2250, 1500)
+    for style in ("sa1b", "ellipses"):
+        per_image(a.images, a.masks, 1500, 2250, style)
+        per_image(a.images, a.masks, 2250, 1500, style)
     if a.files:
-        end_to_end(a.files, a.workers)
+        end_to_end(a.files)

@@ -81,14 +81,68 @@ def _mask(rng: np.random.Generator, kind: str, h: int, w: int, prev: np.ndarray 
     return m
 
 
-def make_annotations(rng: np.random.Generator, h: int, w: int, n_masks: int) -> list[dict]:
-    """SA-1B style annotations: compressed RLE segmentation, bbox, area, ids."""
+def _blob(rng: np.random.Generator, h: int, w: int, cx: float, cy: float, r: float) -> np.ndarray:
+    """An irregular filled polygon (SA-1B outlines follow object contours, not ellipses)."""
+    n = int(rng.integers(8, 48))
+    ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+    rad = r * np.clip(1 + 0.35 * rng.standard_normal(n), 0.3, 1.8)
+    pts = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], 1).round().astype(np.int32)
+    m = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(m, [pts], 1)
+    return m
+
+
+def _log_radius(rng: np.random.Generator, h: int, w: int) -> float:
+    # SA-1B mask areas span ~6 orders of magnitude: draw the radius log-uniformly
+    return float(np.exp(rng.uniform(np.log(1.5), np.log(max(min(h, w) / 2, 2)))))
+
+
+def _sa1b_mask(rng: np.random.Generator, h: int, w: int, wholes: list[np.ndarray]) -> np.ndarray:
+    """One SA-1B-like mask: an object of several components, a part of an earlier object (hierarchical
+    part/whole overlap), an object with holes, or a thin structure."""
+    kind = rng.choice(["object", "part", "holes", "thin"], p=[0.4, 0.3, 0.15, 0.15])
+    if kind == "part" and wholes:
+        whole = wholes[int(rng.integers(len(wholes)))]
+        ys, xs = np.nonzero(whole)
+        if len(ys):
+            i = int(rng.integers(len(ys)))
+            r = max(1.5, np.sqrt(len(ys)) * rng.uniform(0.15, 0.6))
+            return whole & _blob(rng, h, w, xs[i], ys[i], r)
+    if kind == "thin":
+        m = np.zeros((h, w), np.uint8)
+        pts = np.cumsum(rng.normal(0, _log_radius(rng, h, w) / 3, (int(rng.integers(3, 12)), 2)), 0)
+        pts += [rng.uniform(0, w), rng.uniform(0, h)]
+        cv2.polylines(m, [pts.round().astype(np.int32)], False, 1, int(rng.integers(1, 4)))
+        return m
+    r = _log_radius(rng, h, w)
+    cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+    m = _blob(rng, h, w, cx, cy, r)
+    for _ in range(int(rng.choice([0, 0, 1, 2, 3]))):  # further components nearby
+        m |= _blob(rng, h, w, cx + rng.normal(0, 2 * r), cy + rng.normal(0, 2 * r), r * rng.uniform(0.1, 0.6))
+    if kind == "holes":
+        for _ in range(int(rng.integers(1, 4))):
+            m &= 1 - _blob(rng, h, w, cx + rng.normal(0, r / 2), cy + rng.normal(0, r / 2), r * rng.uniform(0.1, 0.4))
+    wholes.append(m)
+    return m
+
+
+def make_annotations(rng: np.random.Generator, h: int, w: int, n_masks: int, style: str = "sa1b") -> list[dict]:
+    """SA-1B style annotations: compressed RLE segmentation, bbox, area, ids.
+
+    The first masks cover the awkward cases (border, 1-pixel, line, ring with an island, empty, full,
+    overlap, rectangle); the rest are SA-1B-like (``style="sa1b"``: irregular multi-component objects,
+    parts of earlier objects, holes, thin structures, log-uniform sizes) or, with ``style="ellipses"``,
+    the simpler ellipses of earlier versions (kept to compare benchmark figures).
+    """
     from pycocotools import mask as mask_utils
 
-    anns, prev = [], None
+    anns, prev, wholes = [], None, []
     for i in range(n_masks):
-        kind = MASK_KINDS[i % len(MASK_KINDS)] if i < len(MASK_KINDS) else str(rng.choice(MASK_KINDS))
-        m = _mask(rng, kind, h, w, prev)
+        if i < len(MASK_KINDS) or style == "ellipses":
+            kind = MASK_KINDS[i % len(MASK_KINDS)] if i < len(MASK_KINDS) else str(rng.choice(MASK_KINDS))
+            m = _mask(rng, kind, h, w, prev)
+        else:
+            m = _sa1b_mask(rng, h, w, wholes)
         prev = m
         rle = mask_utils.encode(np.asfortranarray(m))
         anns.append(

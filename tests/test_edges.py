@@ -44,8 +44,9 @@ def _independent_reference(ann, k):
 
 
 @pytest.mark.parametrize("h,w", SIZES)
-@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("k", [3, 5, 7])
 def test_bit_identical_to_original(h, w, k):
+    """On SA-1B-like masks (multi-component objects, parts, holes, thin structures), every size, k 3/5/7."""
     ann = _ann(h, w, 40 if h * w > 10000 else 12, seed=h * 31 + w)
     got, want = method_b(ann, k), _independent_reference(ann, k)
     for s in (256, 64, 32):
