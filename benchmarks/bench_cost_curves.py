@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 
 def build(d: str, n: int) -> str:
@@ -29,10 +28,16 @@ def build(d: str, n: int) -> str:
     shard = os.path.join(d, "shard")
     ext = os.path.join(shard, "extracted")
     os.makedirs(ext)
+    sources = [npz, os.path.join(proto.root, stem + ".json"), os.path.join(proto.root, stem + ".jpg")]
     for i in range(n):
-        os.link(npz, os.path.join(ext, f"f{i:07d}_features.npz"))
-        os.link(os.path.join(proto.root, stem + ".json"), os.path.join(shard, f"f{i:07d}.json"))
-        os.link(os.path.join(proto.root, stem + ".jpg"), os.path.join(shard, f"f{i:07d}.jpg"))
+        if i and i % 60000 == 0:  # a file system allows ~65,000 links per inode: start a fresh copy
+            copies = [f"{p}.{i}" for p in sources]
+            for a, b in zip(sources, copies):
+                shutil.copy(a, b)
+            sources = copies
+        os.link(sources[0], os.path.join(ext, f"f{i:07d}_features.npz"))
+        os.link(sources[1], os.path.join(shard, f"f{i:07d}.json"))
+        os.link(sources[2], os.path.join(shard, f"f{i:07d}.jpg"))
     return shard
 
 

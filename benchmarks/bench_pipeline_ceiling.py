@@ -16,8 +16,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
-
 # Hiera-B+ at 1024 is ~528 GFLOP per image (bench_features_gpu.py). An H100 has 990 TFLOP/s of dense bf16;
 # attention-heavy Hiera reaches ~35-45 % of peak at batch >= 8 (as reasoned there for the A100), i.e.
 # ~350-445 TFLOP/s -> ~650-850 img/s; 400 img/s is a conservative floor. Reasoned, not measured here.

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from npzfix_core.errors import InputError
-from npzfix_core.rle import MaskRuns, decode_runs
+from npzfix_core.rle import ImageRuns, decode_image_runs
 
 EDGE_SIZES = (256, 64, 32)
 
@@ -116,7 +116,7 @@ def _dilate_pairs(marks: np.ndarray, kernel_size: int, pair_axis: int) -> np.nda
     return cv2.dilate(marks, kernel, anchor=(a, a))
 
 
-def _union_of_gradients_T(runs: list[MaskRuns], height: int, width: int, kernel_size: int) -> np.ndarray:
+def _union_of_gradients_T(runs: ImageRuns, height: int, width: int, kernel_size: int) -> np.ndarray:
     """OR of every mask's gradient, transposed to (width, height rounded up to 8) as COCO runs are column-major.
 
     A pixel is on a mask's gradient iff its window (clipped to the image) holds a
@@ -130,11 +130,10 @@ def _union_of_gradients_T(runs: list[MaskRuns], height: int, width: int, kernel_
     vert = np.zeros((width, hp), np.uint8)  # (x, y) marks the pair (x, y)-(x, y+1)
     horz = np.zeros((width, hp), np.uint8)  # (x, y) marks the pair (x, y)-(x+1, y)
     _kernel(kernel_size)  # validates
-    runs = [r for r in runs if len(r.starts)]
-    if kernel_size == 1 or not runs:  # a 1x1 window never holds two pixels
+    if kernel_size == 1 or not len(runs.starts):  # a 1x1 window never holds two pixels
         return vert
-    s = np.concatenate([r.starts for r in runs])
-    e = s + np.concatenate([r.lengths for r in runs])
+    s = runs.starts
+    e = s + runs.lengths
     # Vertical pairs (p, p + 1) within a column: the pixel before a run, and a run's last pixel.
     v = np.concatenate([s[s % height != 0] - 1, e[e % height != 0] - 1])
     vert.reshape(-1)[v + (v // height) * (hp - height)] = 1
@@ -142,7 +141,7 @@ def _union_of_gradients_T(runs: list[MaskRuns], height: int, width: int, kernel_
     # a start, -1 at an end) minus those of the mask shifted by a column sum to mask(p) - mask(p + h); it is
     # non-zero exactly on the pairs that differ. Masks get disjoint index ranges, so one sort serves all.
     stride = height * width + 2 * height
-    off = np.repeat(np.arange(len(runs), dtype=np.int64) * stride + height, [len(r.starts) for r in runs])
+    off = np.repeat(np.arange(len(runs.counts), dtype=np.int64) * stride + height, runs.counts)
     so, eo = s + off, e + off
     one = np.ones_like(so)
     pos = np.concatenate([so, eo, so - height, eo - height])
@@ -206,7 +205,7 @@ def _binary_resize(union_t: np.ndarray, height: int, size: int) -> np.ndarray:
 
 def method_b(ann: ImageAnnotations, kernel_size: int = 3, sizes: tuple[int, ...] = EDGE_SIZES) -> dict[int, np.ndarray]:
     """Edge maps {size: uint8 0/1 (size, size)}, equal bit for bit to ``method_b_reference``."""
-    runs = decode_runs(ann.segmentations, ann.height, ann.width)
+    runs = decode_image_runs(ann.segmentations, ann.height, ann.width)
     union_t = _union_of_gradients_T(runs, ann.height, ann.width, kernel_size)
     return {s: _binary_resize(union_t, ann.height, s) for s in sizes}
 

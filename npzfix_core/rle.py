@@ -52,6 +52,12 @@ def _polygons(segmentation: list, height: int, width: int) -> list[list[float]]:
 
 
 def _as_compressed(segmentation, height: int, width: int) -> tuple[bytes, tuple[int, int]]:
+    if type(segmentation) is dict:  # the SA-1B case, checked without generality (runs 100 times an image)
+        counts, size = segmentation.get("counts"), segmentation.get("size")
+        if type(counts) is str and type(size) is list and len(size) == 2 and counts.isascii():
+            h, w = size
+            if type(h) is int and type(w) is int and h > 0 and w > 0:
+                return counts.encode("ascii"), (h, w)
     if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), (str, bytes)):
         counts = segmentation["counts"]
         size = _size(segmentation.get("size"))
@@ -83,8 +89,26 @@ def _as_compressed(segmentation, height: int, width: int) -> tuple[bytes, tuple[
     return rle["counts"], tuple(rle["size"])
 
 
+@dataclass(frozen=True)
+class ImageRuns:
+    """Runs of ones of every mask of an image, flat: mask ``i`` owns ``counts[i]`` consecutive runs."""
+
+    starts: np.ndarray  # int64 linear index (col * h + row)
+    lengths: np.ndarray  # int64 > 0
+    counts: np.ndarray  # runs per mask
+
+    def per_mask(self) -> list[MaskRuns]:
+        bounds = np.r_[0, np.cumsum(self.counts)]
+        return [MaskRuns(self.starts[a:b], self.lengths[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def decode_runs(segmentations: list, height: int, width: int) -> list[MaskRuns]:
     """Runs of ones for each segmentation; raises RleError on malformed or mis-sized input."""
+    return decode_image_runs(segmentations, height, width).per_mask()
+
+
+def decode_image_runs(segmentations: list, height: int, width: int) -> ImageRuns:
+    """Runs of ones of all segmentations at once, without a Python loop over masks after parsing."""
     strings: list[bytes] = []
     for i, seg in enumerate(segmentations):
         try:
@@ -96,8 +120,9 @@ def decode_runs(segmentations: list, height: int, width: int) -> list[MaskRuns]:
         if not counts:
             raise RleError(f"annotation {i}: empty RLE counts")
         strings.append(counts)
+    empty = np.zeros(0, np.int64)
     if not strings:
-        return []
+        return ImageRuns(empty, empty, empty)
 
     lens = np.fromiter((len(s) for s in strings), np.int64, len(strings))
     string_end = np.cumsum(lens) - 1
@@ -105,7 +130,10 @@ def decode_runs(segmentations: list, height: int, width: int) -> list[MaskRuns]:
     def annotation_at(char_pos: int) -> int:
         return int(np.searchsorted(string_end, char_pos))
 
-    c = np.frombuffer(b"".join(strings), np.uint8).astype(np.int64) - 48
+    # Counts of an image of under 2**29 pixels fit 6 characters and int32 (half the memory traffic).
+    small = height * width < 1 << 29
+    it = np.int32 if small else np.int64
+    c = np.frombuffer(b"".join(strings), np.uint8).astype(it) - 48
     bad_char = np.flatnonzero((c < 0) | (c > 63))
     if len(bad_char):
         raise RleError(f"annotation {annotation_at(bad_char[0])}: RLE counts hold characters outside the COCO alphabet")
@@ -116,24 +144,25 @@ def decode_runs(segmentations: list, height: int, width: int) -> list[MaskRuns]:
     starts = np.empty_like(ends)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
-    group = np.repeat(np.arange(len(ends)), ends - starts + 1)
-    k = np.arange(len(c)) - starts[group]
-    if k.max() > 11:
+    # k: position of each char within its number (5 bits each, least significant first)
+    first_char = np.zeros(len(c), it)
+    first_char[starts] = starts
+    k = np.arange(len(c), dtype=it) - np.maximum.accumulate(first_char)
+    if k.max() > (5 if small else 11):
         raise RleError(f"annotation {annotation_at(int(np.argmax(k)))}: RLE count too large")
     x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
-    neg = (c[ends] & 0x10) != 0
-    x[neg] -= np.left_shift(1, 5 * (k[ends][neg] + 1))
+    x -= np.where((c[ends] & 0x10) != 0, np.left_shift(it(1), 5 * (k[ends] + 1)), it(0))  # sign of the last char
 
     # Number index within its own string: delta coding restarts per mask.
-    string_of = np.searchsorted(np.cumsum(lens), ends, side="right")
-    first = np.searchsorted(string_of, np.arange(len(strings)), side="left")
+    per_string = np.add.reduceat((~more).astype(it), np.r_[0, string_end[:-1] + 1])
+    string_of = np.repeat(np.arange(len(strings)), per_string)
+    first = np.r_[0, np.cumsum(per_string)[:-1]]
     m = np.arange(len(ends)) - first[string_of]
     counts = x.copy()
     for parity_mask in ((m % 2 == 1), (m % 2 == 0) & (m >= 2)):
-        v = np.where(parity_mask, x, 0)
-        cs = np.cumsum(v)
+        cs = np.cumsum(np.where(parity_mask, x, 0))
         base = np.where(first > 0, cs[np.maximum(first - 1, 0)], 0)
-        counts[parity_mask] = (cs - base[string_of])[parity_mask]
+        np.copyto(counts, cs - base[string_of], where=parity_mask)
     if (counts < 0).any():
         pos = ends[int(np.flatnonzero(counts < 0)[0])]
         raise RleError(f"annotation {annotation_at(pos)}: RLE counts decode to negative run lengths")
@@ -147,12 +176,7 @@ def decode_runs(segmentations: list, height: int, width: int) -> list[MaskRuns]:
     bad = np.flatnonzero(total != height * width)
     if len(bad):
         raise RleError(f"annotation {int(bad[0])}: RLE covers {int(total[bad[0]])} pixels, image has {height * width}")
-    ones = (m % 2) == 1
-    out: list[MaskRuns] = []
-    bounds = np.r_[first, len(counts)]
-    for i in range(len(strings)):
-        sl = slice(bounds[i], bounds[i + 1])
-        sel = ones[sl] & (counts[sl] > 0)
-        length = counts[sl][sel]
-        out.append(MaskRuns(run_end[sl][sel] - length, length))
-    return out
+    keep = (m % 2 == 1) & (counts > 0)  # runs of ones (odd positions), empty ones dropped
+    length = counts[keep]
+    starts_out = (run_end[keep] - length).astype(np.int64)
+    return ImageRuns(starts_out, length.astype(np.int64), np.bincount(string_of[keep], minlength=len(strings)))
