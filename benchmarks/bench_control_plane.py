@@ -195,27 +195,24 @@ def main() -> None:
         keys = [f"sa_{i:06d}" for i in range(a.dirs)]  # each names sa_XXXXXX/extracted
         prov = Sam2Teacher(random_init_seed=0, resolution=256, device="cpu").provenance().as_dict()
         results = {}
-        sqlite_home = os.path.join(d, "sqlite_home")
-        os.makedirs(sqlite_home)
-        shutil.copy(os.path.join(here, "deploy", "dagster.yaml"), os.path.join(sqlite_home, "dagster.yaml"))
-        with DagsterInstance.from_config(sqlite_home) as inst:
-            inst.add_dynamic_partitions("sa1b_dirs", keys)
-            record_materializations(inst, root, keys, prov)
-            results["SQLite"] = measure(inst, root, keys)
-        results["SQLite"].update(ui_timings(sqlite_home, root, {}, len(keys)))
+
+        def on_instance(name: str, config: str, env: dict) -> None:
+            home = os.path.join(d, f"{name}_home")
+            os.makedirs(home)
+            shutil.copy(os.path.join(here, "deploy", config), os.path.join(home, "dagster.yaml"))
+            os.environ.update(env)
+            with DagsterInstance.from_config(home) as inst:
+                inst.add_dynamic_partitions("sa1b_dirs", keys)
+                record_materializations(inst, root, keys, prov)
+                results[name] = measure(inst, root, keys)
+            results[name].update(ui_timings(home, root, env, len(keys)))
+
+        on_instance("SQLite", "dagster.yaml", {})
         if not a.no_postgres:
             pgdata = os.path.join(d, "pg")
             url, _ = local_postgres.start(pgdata)
             try:
-                os.environ["NPZFIX_PG_URL"] = url
-                home = os.path.join(d, "home")
-                os.makedirs(home)
-                shutil.copy(os.path.join(here, "deploy", "dagster-postgres.yaml"), os.path.join(home, "dagster.yaml"))
-                with DagsterInstance.from_config(home) as inst:
-                    inst.add_dynamic_partitions("sa1b_dirs", keys)
-                    record_materializations(inst, root, keys, prov)
-                    results["PostgreSQL"] = measure(inst, root, keys)
-                results["PostgreSQL"].update(ui_timings(home, root, {"NPZFIX_PG_URL": url}, len(keys)))
+                on_instance("PostgreSQL", "dagster-postgres.yaml", {"NPZFIX_PG_URL": url})
             finally:
                 local_postgres.stop(pgdata)
     scale = SA1B_FILES / (a.dirs * a.files)
