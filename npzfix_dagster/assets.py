@@ -79,6 +79,10 @@ def _result(
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "__", context.partition_key)
     base = os.path.join(roots.previews(), context.asset_key.to_user_string(), f"{safe}.{context.run.run_id[:8]}")
     json_path, _ = report.write(base + ".report")
+    after = discovery.snapshot(directory)
+    # what the daily re-check compares with: the directory as the run left it, unless names changed while it
+    # ran (then the start, so that the change is seen)
+    seen_dir = after if after.signature == seen_dir.signature else seen_dir
     paths = discovery.npz_in_dir(directory, glob)
     png = preview.render(paths, base + ".preview.png")
     context.log.info(report.summary())

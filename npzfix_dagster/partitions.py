@@ -8,9 +8,12 @@ way (``sa_000020/extracted``) still names the same directory, and ``npzfix parti
 
 from __future__ import annotations
 
+import logging
 import os
 
 from dagster import DynamicPartitionsDefinition
+
+log = logging.getLogger("npzfix")
 
 # Every directory holding *_features.npz under NPZFIX_SA1B_ROOT, e.g. "sa_000020" for sa_000020/extracted.
 sa1b_dirs = DynamicPartitionsDefinition(name="sa1b_dirs")
@@ -76,9 +79,7 @@ def keys_for(rel_dirs: list[str], partitions_def_name: str) -> dict[str, str]:
         if key is None:
             continue
         if key in taken:
-            import logging
-
-            logging.getLogger("npzfix").warning(
+            log.warning(
                 "%s holds NPZ files beside %s: its own files are not a partition (key %r names the latter)",
                 rel,
                 taken[key],

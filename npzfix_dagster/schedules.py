@@ -76,13 +76,14 @@ def decide(
         if asset in FEATURE_ASSETS and teacher_prov is not None:
             if not teacher_prov.same_teacher(FeatureProvenance.from_dict(md.get("provenance"))):
                 return Verdict(key, f"{asset}: teacher changed since the last run")
-    mtime = os.stat(directory).st_mtime_ns
+    # The NPZ names now: known without a listing when the directory is unchanged since one of the runs ended
+    # (the later of two assets' runs usually; each run rewrites files, which moves the directory's mtime).
+    mtime = str(os.stat(directory).st_mtime_ns)
+    sig = next((md.get("npz_signature") for md in latest.values() if md.get("dir_mtime_ns") == mtime), None)
+    sig = sig or discovery.snapshot(directory).signature  # one listing, only for a changed directory
     for asset, md in sorted(latest.items()):
-        if str(mtime) != md.get("dir_mtime_ns"):
-            # the directory changed since that run started: new names, or only our own rewrites?
-            sig = discovery.snapshot(directory).signature
-            if sig != md.get("npz_signature"):
-                return Verdict(key, f"{asset}: NPZ files added or removed since the last run")
+        if sig != md.get("npz_signature"):
+            return Verdict(key, f"{asset}: NPZ files added or removed since the last run")
     if _not_done_sample(directory, features, edges):
         return Verdict(key, "a sampled file is not flagged done")
     return Verdict(key, None)
