@@ -113,18 +113,6 @@ def test_one_mapping_from_exception_to_outcome():
     assert report.outcome_for("p", PermissionError(13, "Permission denied", "/d")).reason.startswith("I/O error")
 
 
-def test_flags_are_read_leniently():
-    import numpy as np
-
-    from npzfix_core.provenance import EdgeProvenance, flag_set
-
-    assert flag_set({"f": np.array(1, np.uint8)}, "f") and flag_set({"f": np.array([1])}, "f")
-    assert not flag_set({"f": np.array("1")}, "f") and not flag_set({"f": np.array([1, 1])}, "f")
-    assert not flag_set({}, "f") and not flag_set({"f": np.array(0)}, "f")
-    legacy = {"edge_flag": np.array([1], np.uint8), "edge_version": np.array("B_v1")}
-    assert EdgeProvenance(3).is_done(legacy) and not EdgeProvenance(5).is_done(legacy)
-
-
 def test_reports_keep_non_utf8_names_and_are_written_atomically(tmp_path, monkeypatch):
     import csv as _csv
     import json as _json

@@ -1,0 +1,43 @@
+"""What wrote a file, and when it counts as done: the rules of design section 6, in one module."""
+
+import json
+
+import numpy as np
+
+from npzfix_core.provenance import EdgeProvenance, FeatureProvenance, FeatureState, flag_set
+
+TEACHER = FeatureProvenance("configs/sam2.1/sam2.1_hiera_t.yaml", "random-init:0", "fp32", 256)
+
+
+def test_flags_are_read_leniently():
+    import numpy as np
+
+    from npzfix_core.provenance import EdgeProvenance
+
+    assert flag_set({"f": np.array(1, np.uint8)}, "f") and flag_set({"f": np.array([1])}, "f")
+    assert not flag_set({"f": np.array("1")}, "f") and not flag_set({"f": np.array([1, 1])}, "f")
+    assert not flag_set({}, "f") and not flag_set({"f": np.array(0)}, "f")
+    legacy = {"edge_flag": np.array([1], np.uint8), "edge_version": np.array("B_v1")}
+    assert EdgeProvenance(3).is_done(legacy) and not EdgeProvenance(5).is_done(legacy)
+
+
+def test_edge_provenance_round_trips_and_legacy_flags_count_as_kernel_3():
+    arrays = EdgeProvenance(5).arrays()
+    assert EdgeProvenance.stored(arrays) == EdgeProvenance(5) and EdgeProvenance(5).is_done(arrays)
+    assert not EdgeProvenance(3).is_done(arrays)
+    assert json.loads(str(arrays["edge_provenance"]))["tool"].startswith("npzfix")
+    stale = {"edge_flag": np.array(1, np.uint8), "edge_version": np.array("A_v0")}
+    assert EdgeProvenance.stored(stale) is None
+    garbled = {**arrays, "edge_provenance": np.array("{not json")}
+    assert EdgeProvenance.stored(garbled) is None
+
+
+def test_feature_state_done_legacy_todo():
+    done = {"feature_flag": np.array(1, np.uint8), "feature_provenance": TEACHER.record("bulk")}
+    assert TEACHER.state(done) is FeatureState.DONE
+    assert TEACHER.state({"feature_flag": np.array(1, np.uint8)}) is FeatureState.LEGACY
+    assert TEACHER.state({}) is FeatureState.TODO
+    other = FeatureProvenance(TEACHER.config, "random-init:1", "fp32", 256)
+    assert other.state(done) is FeatureState.TODO  # another teacher: redo
+    assert FeatureProvenance.from_dict(TEACHER.as_dict()) == TEACHER
+    assert FeatureProvenance.from_dict({"config": "x"}) is None and not TEACHER.same_teacher(None)
