@@ -174,7 +174,9 @@ class KillerRegistry:
 
     def killed_before(self, npz: str, source: str | None) -> str | None:
         """The reason a worker died on this file in an earlier run, unless retrying."""
-        return None if self.retry else self._load().get(self._key(npz, source))
+        if self.retry or not self._load():  # nothing remembered: no stat per file
+            return None
+        return self._known.get(self._key(npz, source))
 
     def remember(self, npz: str, source: str | None, reason: str) -> None:
         import json
