@@ -127,8 +127,8 @@ def main() -> int:
             print(f"   check {check}")
     print(f"\nreports and preview images: {os.path.join(home, 'npzfix_previews')}")
     print(
-        f"explore: DAGSTER_HOME={home} NPZFIX_SA1B_ROOT={sa1b} NPZFIX_TRAIN_TEST_ROOT={tt} "
-        f"NPZFIX_RANDOM_INIT_SEED=0 NPZFIX_RESOLUTION={a.resolution} {bindir}/dagster dev -h 127.0.0.1 -p 3000"
+        f"explore (the UI): cd {REPO} && DAGSTER_HOME={home} NPZFIX_SA1B_ROOT={sa1b} NPZFIX_TRAIN_TEST_ROOT={tt} "
+        f"NPZFIX_RANDOM_INIT_SEED=0 NPZFIX_RESOLUTION={a.resolution} {bindir}/dg dev -h 127.0.0.1 -p 3000"
     )
     print(
         "the corrupt file in sa_000001 is on purpose: it is the only failure, and the only reason for the red "
