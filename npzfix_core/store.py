@@ -323,7 +323,8 @@ def update(
     and no temp file remains.
     """
     real = os.path.realpath(path)  # a symlinked cache: update the file it points to, keep the link
-    linked = os.path.dirname(real) != os.path.dirname(os.path.abspath(path))
+    if os.path.dirname(real) != os.path.dirname(os.path.abspath(path)):
+        _sweep_target_dir(os.path.dirname(real))
     path = real
     directory, name = os.path.split(path)
     with locked(path):
@@ -339,8 +340,6 @@ def update(
                 if np.asanyarray(value).dtype.hasobject:
                     raise NpzError(f"refusing to write object array for {key!r}")
             deflate = any(i.compress_type == zipfile.ZIP_DEFLATED for i in infos)
-            if linked:  # temps of this target live beside it, where a run's sweep never looks: under the
-                _remove_temps_of(directory, name)  # lock, any of them was left by a killed writer
             fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), dir=directory or ".")
             try:
                 with os.fdopen(fd, "wb") as out:
@@ -368,14 +367,17 @@ def update(
     return UpdateResult(tuple(chosen), st.st_size, size_after)
 
 
-def _remove_temps_of(directory: str, name: str) -> None:
-    prefix = temp_prefix(name)
-    with contextlib.suppress(OSError), os.scandir(directory) as it:
-        for entry in it:
-            if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-                    log.warning("removed a temp file left by an interrupted write: %s", entry.path)
+_SWEPT_TARGET_DIRS: set[str] = set()  # per process: each target directory is swept once, not once per file
+
+
+def _sweep_target_dir(directory: str) -> None:
+    """Temps of a symlinked NPZ live beside its target, where a run's own sweep never looks: sweep that
+    directory the first time this process writes there (a live writer's temps are left, as always)."""
+    if directory in _SWEPT_TARGET_DIRS:
+        return
+    _SWEPT_TARGET_DIRS.add(directory)
+    for p in sweep_stale_temps(directory):
+        log.warning("removed a temp file left by an interrupted write: %s", p)
 
 
 def sweep_stale_temps(directory: str | os.PathLike) -> list[str]:
