@@ -24,7 +24,7 @@ MAX_RUNS_PER_TICK = 50
 LIST_BUDGET_S = float(os.environ.get("NPZFIX_SENSOR_LIST_BUDGET_S", "30"))
 
 
-def _scan(root: str, state: dict, budget_s: float = LIST_BUDGET_S) -> tuple[dict, int]:
+def _scan(root: str, state: dict, budget_s: float | None = None) -> tuple[dict, int]:
     """The cursor's directory state brought up to date: only directories whose mtime moved are listed.
 
     Each entry: ``m`` (mtime), ``sub`` (subdirectories), and for directories holding NPZs ``sig`` (count and
@@ -35,7 +35,7 @@ def _scan(root: str, state: dict, budget_s: float = LIST_BUDGET_S) -> tuple[dict
     from npzfix_core import discovery
 
     new_state: dict = {}
-    deadline = time.monotonic() + budget_s
+    deadline = time.monotonic() + (LIST_BUDGET_S if budget_s is None else budget_s)
     deferred = 0
 
     def children(d: str, st: os.stat_result) -> list[str]:

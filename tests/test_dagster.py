@@ -709,3 +709,25 @@ def test_lineage_and_staleness_the_dagster_way(tmp_path):
         assert status("edges_B_v1", other)[0] == StaleStatus.FRESH
         st, causes = status("edges_B_v1", [sa1b_npz_files, *versioned(TEACHER, 5)])
         assert st == StaleStatus.STALE and causes[0].category.value == "CODE"
+
+
+def test_a_first_listing_beyond_the_tick_budget_is_finished_by_later_ticks(tmp_path, instance, monkeypatch):
+    """A fresh SA-1B root may not be listed within one tick: what is left waits in the cursor, nothing is lost."""
+    from npzfix_dagster import sensors
+
+    root = str(tmp_path / "sa1b")
+    for i in range(3):
+        _shard(root, f"sa_00009{i}", n=1, states=("fresh",), seed=i)
+    defs = _sensor_defs(root)
+    monkeypatch.setattr(sensors, "LIST_BUDGET_S", 0.0)  # spent at once: only what is already known is walked
+    with build_sensor_context(
+        instance=instance, definitions=defs, resources={"roots": DatasetRoots(sa1b_root=root)}
+    ) as ctx:
+        first = sa1b_new_dirs_sensor(ctx)
+    assert not first.run_requests and "listing budget spent" in first.skip_reason.skip_message
+    monkeypatch.setattr(sensors, "LIST_BUDGET_S", 30.0)
+    with build_sensor_context(
+        instance=instance, definitions=defs, cursor=first.cursor, resources={"roots": DatasetRoots(sa1b_root=root)}
+    ) as ctx:
+        second = sa1b_new_dirs_sensor(ctx)
+    assert sorted(r.partition_key for r in second.run_requests) == ["sa_000090", "sa_000091", "sa_000092"]
