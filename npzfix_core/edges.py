@@ -83,79 +83,84 @@ def _kernel(kernel_size: int) -> np.ndarray:
     return np.ones((kernel_size, kernel_size), dtype=np.uint8)
 
 
-def _paint(flat: np.ndarray, start: np.ndarray, length: np.ndarray, height: int, hp: int) -> None:
-    """Set [start, start + length) of the column-major linear index space (column height ``height``) in
-    ``flat``, whose columns are ``hp`` long."""
-    keep = length > 0
-    start, length = start[keep], length[keep]
-    if len(start) == 0:
-        return
-    offsets = np.cumsum(length) - length
-    q = np.repeat(start - offsets, length) + np.arange(int(length.sum()))
-    if hp != height:
-        q += (q // height) * (hp - height)
-    flat[q] = 1
+def _paint_intervals(flat: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """``flat[a_j:b_j] = 1`` for every j. Intervals are mostly a pixel or two long, so the first few pixels of
+    all of them are written a pixel at a time and only the rare long ones are expanded."""
+    n = b - a
+    keep = np.flatnonzero(n > 0)
+    a, n = a[keep], n[keep]
+    for j in range(4):
+        flat[a + j] = 1
+        more = n > j + 1
+        a, n = a[more], n[more]
+        if not len(a):
+            return
+    rest = n - 4
+    offsets = np.cumsum(rest) - rest
+    flat[np.repeat(a + 4 - offsets, rest) + np.arange(int(rest.sum()))] = 1
 
 
-def _dilate_pairs(marks: np.ndarray, kernel_size: int, pair_axis: int) -> np.ndarray:
-    """Pixels whose k x k window holds a marked pair (p, p + 1 along pair_axis).
+def _transitions(runs: ImageRuns, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """4-adjacent pairs that differ in some mask, in column-major indices of their first pixel.
 
-    The pair fits in the window iff its first pixel lies in the window shortened
-    by one along pair_axis: a dilation with a (k-1) x k box at OpenCV's anchor.
+    Returns vertical pairs (p, p + 1) as indices, and horizontal pairs (p, p + height) as intervals [a, b).
     """
-    k, a = kernel_size, kernel_size // 2
-    if a <= k - 2:
-        shape = (k - 1, k) if pair_axis == 0 else (k, k - 1)
-        kernel = np.ones(shape, np.uint8)
-    else:  # k == 2: the anchor must sit inside the kernel, so pad with a zero line
-        kernel = np.ones((k, k), np.uint8)
-        if pair_axis == 0:
-            kernel[k - 1, :] = 0
-        else:
-            kernel[:, k - 1] = 0
-    return cv2.dilate(marks, kernel, anchor=(a, a))
+    h = height
+    s = runs.starts
+    e = s + runs.lengths
+    # Vertical pairs inside a column: the pixel before a run and a run's last pixel (none across columns).
+    vert = np.concatenate([s[s % h != 0] - 1, e[e % h != 0] - 1])
+    # Horizontal pairs: where the mask differs from itself one column on. A set of runs is the parity of the
+    # run boundaries (start, end, start, end...) up to p, so the xor of a mask and its shift is bounded by the
+    # merged boundaries of both: pairs of consecutive ones after one sort of two sorted sequences. Masks get
+    # disjoint index ranges, so a single sort serves all of them, without a loop over masks.
+    stride = h * width + 2 * h
+    base = np.repeat(np.arange(len(runs.counts), dtype=np.int64) * stride + h, 2 * runs.counts)
+    bounds = np.empty(len(base), np.int64)
+    bounds[0::2] = s
+    bounds[1::2] = e
+    bounds += base
+    merged = np.concatenate([bounds, bounds - h])
+    merged.sort(kind="stable")  # two sorted runs: one merge
+    a = np.maximum(merged[0::2] - base, 0)  # each mask owns 2 x its runs of consecutive pairs
+    b = np.minimum(merged[1::2] - base, (width - 1) * h)  # pairs (x, x + 1) exist for x < width - 1
+    return vert, a, b
 
 
 def _union_of_gradients_T(runs: ImageRuns, height: int, width: int, kernel_size: int) -> np.ndarray:
-    """OR of every mask's gradient, transposed to (width, height rounded up to 8) as COCO runs are column-major.
+    """OR of every mask's gradient, transposed to (width, height) as COCO runs are column-major.
 
-    A pixel is on a mask's gradient iff its window (clipped to the image) holds a
-    0 and a 1, iff it holds two 4-adjacent pixels that differ (the clipped
-    window is a connected rectangle). So the union of gradients is the dilation
-    of all masks' vertical transitions OR the dilation of all horizontal ones,
-    and transitions come straight from the runs of all masks at once: cost
-    follows mask boundaries, not mask areas, with no loop over masks.
+    A pixel is on a mask's gradient iff its k x k window (OpenCV's anchor r = k // 2, clipped to the image)
+    holds a 0 and a 1, iff it holds two 4-adjacent pixels that differ (the clipped window is a connected
+    rectangle). A pair (q, q + e) lies in the window of p iff p - q is in a box of k x (k - 1) offsets, so the
+    union of gradients is a dilation of the marked pairs, and cost follows mask boundaries, not mask areas.
+    That box is the (k - 1) x (k - 1) box [-(k-2-r), r]^2 plus {0, -e}: mark each pair at q and at q - e, then
+    one OpenCV dilation. A mark q - e outside the image is never needed (the one at q covers its windows) for
+    k >= 3; k == 2 has no room for that and takes the offsets as they are.
     """
-    hp = -(-height // 8) * 8  # rows padded to whole uint64 words for the resize
-    vert = np.zeros((width, hp), np.uint8)  # (x, y) marks the pair (x, y)-(x, y+1)
-    horz = np.zeros((width, hp), np.uint8)  # (x, y) marks the pair (x, y)-(x+1, y)
+    h = height
     _kernel(kernel_size)  # validates
+    marks = np.zeros((width, h), np.uint8)
     if kernel_size == 1 or not len(runs.starts):  # a 1x1 window never holds two pixels
-        return vert
-    s = runs.starts
-    e = s + runs.lengths
-    # Vertical pairs (p, p + 1) within a column: the pixel before a run, and a run's last pixel.
-    v = np.concatenate([s[s % height != 0] - 1, e[e % height != 0] - 1])
-    vert.reshape(-1)[v + (v // height) * (hp - height)] = 1
-    # Horizontal pairs (p, p + h): where mask(p) != mask(p + h). Per mask, the step events of the mask (+1 at
-    # a start, -1 at an end) minus those of the mask shifted by a column sum to mask(p) - mask(p + h); it is
-    # non-zero exactly on the pairs that differ. Masks get disjoint index ranges, so one sort serves all.
-    stride = height * width + 2 * height
-    off = np.repeat(np.arange(len(runs.counts), dtype=np.int64) * stride + height, runs.counts)
-    so, eo = s + off, e + off
-    one = np.ones_like(so)
-    pos = np.concatenate([so, eo, so - height, eo - height])
-    order = np.argsort(pos, kind="stable")  # four sorted runs per mask: a merge
-    pos, diff = pos[order], np.cumsum(np.concatenate([one, -one, -one, one])[order])
-    nz = np.flatnonzero(diff[:-1] != 0)
-    base = (pos[nz] - height) // stride * stride + height  # where that mask's index range begins
-    a = np.maximum(pos[nz] - base, 0)
-    b = np.minimum(pos[nz + 1] - base, (width - 1) * height)  # pairs (x, x + 1) exist for x < width - 1
-    _paint(horz.reshape(-1), a, b - a, height, hp)
-    union = _dilate_pairs(vert, kernel_size, pair_axis=1)
-    np.bitwise_or(union, _dilate_pairs(horz, kernel_size, pair_axis=0), out=union)
-    union[:, height:] = 0  # the dilation may spill into the padding
-    return union
+        return marks
+    vert, a, b = _transitions(runs, height, width)
+    flat = marks.reshape(-1)
+    if kernel_size == 2:  # the window of p is p - {0, 1}^2: vertical pairs reach it from q + (0..1, 1)
+        flat[vert] = 1
+        horz = np.zeros_like(marks)
+        _paint_intervals(horz.reshape(-1), a, b)
+        out = np.zeros_like(marks)
+        out[:, 1:] = marks[:, :-1]
+        out[1:, 1:] |= marks[:-1, :-1]
+        out[1:, :] |= horz[:-1, :]
+        out[1:, 1:] |= horz[:-1, :-1]
+        return out
+    flat[vert] = 1
+    flat[vert[vert >= h] - h] = 1  # one column left
+    a -= (a % h != 0) & (b > a)  # one row up: an interval one pixel longer, unless it starts a column
+    _paint_intervals(flat, a, b)
+    r = kernel_size // 2
+    return cv2.dilate(marks, np.ones((kernel_size - 1, kernel_size - 1), np.uint8), anchor=(r, r))
 
 
 @functools.lru_cache(maxsize=256)
@@ -176,38 +181,56 @@ def _area_support(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return start.astype(np.intp), stop.astype(np.intp)
 
 
-def _or_reduce(a: np.ndarray, start: np.ndarray, stop: np.ndarray, axis: int) -> np.ndarray:
-    """OR over [start_j, stop_j) along axis, for possibly overlapping intervals."""
-    n = a.shape[axis]
-    idx = np.empty(2 * len(start), dtype=np.intp)
-    idx[0::2] = start
-    idx[1::2] = stop
-    last_open = idx[-1] >= n
-    if last_open:
-        idx = idx[:-1]
-    out = np.bitwise_or.reduceat(a, idx, axis=axis)
-    return out.take(np.arange(0, out.shape[axis], 2), axis=axis)
+def _or_rows(a: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """OR of rows [start_j, stop_j) of ``a`` per j (non-empty, possibly overlapping): a gather per row offset,
+    each a contiguous vector OR (NumPy's reduceat walks rows several times slower)."""
+    out = a[start]
+    last = stop - 1
+    for j in range(1, int((stop - start).max())):
+        out |= a[np.minimum(start + j, last)]
+    return out
 
 
-def _binary_resize(union_t: np.ndarray, height: int, size: int) -> np.ndarray:
-    """``cv2.resize(union.astype(float32), INTER_AREA) > 0`` for the padded, transposed union."""
-    width = union_t.shape[0]
-    if height >= size and width >= size:
-        ys, ye = _area_support(height, size)
-        xs, xe = _area_support(width, size)
-        cols = _or_reduce(union_t.view(np.uint64), xs, xe, axis=0)  # 8 rows of the image per word
-        cols_t = np.ascontiguousarray(cols.view(np.uint8)[:, :height].T)  # (height, size)
-        words = cols_t.view(np.uint64) if size % 8 == 0 else cols_t
-        return _or_reduce(words, ys, ye, axis=0).view(np.uint8)
-    small = cv2.resize(union_t[:, :height].T.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-    return (small > 0).astype(np.uint8)
+@functools.lru_cache(maxsize=256)
+def _segments(n: int, sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """Cut [0, n) at every support boundary of every size: each support is then a run of whole segments, so the
+    full-size image is read once for all sizes. Returns segment starts, stops, and per size the segment range
+    of each output."""
+    supports = [_area_support(n, s) for s in sizes]
+    cuts = np.unique(np.concatenate([np.zeros(1, np.intp)] + [x for sup in supports for x in sup]))
+    cuts = cuts[cuts < n]
+    per_size = [(np.searchsorted(cuts, a), np.searchsorted(cuts, b)) for a, b in supports]
+    return cuts, np.r_[cuts[1:], n], per_size
+
+
+def _binary_resizes(union_t: np.ndarray, sizes: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """``cv2.resize(union.astype(float32), (s, s), INTER_AREA) > 0`` per size s, for the transposed union.
+
+    A downscaling INTER_AREA output is a sum of non-negative weights times 0/1 inputs, so it is > 0 iff an
+    input in its support is 1: OR over supports. Upscaling axes (images under a size) use OpenCV itself.
+    """
+    width, height = union_t.shape
+    out: dict[int, np.ndarray] = {}
+    down = tuple(s for s in sizes if height >= s and width >= s)
+    for s in sizes:
+        if s not in down:
+            small = cv2.resize(union_t.T.astype(np.float32), (s, s), interpolation=cv2.INTER_AREA)
+            out[s] = (small > 0).astype(np.uint8)
+    if down:
+        xs, xe, per_x = _segments(width, down)
+        ys, ye, per_y = _segments(height, down)
+        by_x = _or_rows(union_t, xs, xe)  # (x segments, height): the only pass over the full image
+        by_xy = _or_rows(cv2.transpose(by_x), ys, ye)  # (y segments, x segments)
+        for s, (xa, xb), (ya, yb) in zip(down, per_x, per_y):
+            rows = _or_rows(by_xy, ya, yb)  # (s, x segments)
+            out[s] = cv2.transpose(_or_rows(cv2.transpose(rows), xa, xb))
+    return {s: out[s] for s in sizes}
 
 
 def method_b(ann: ImageAnnotations, kernel_size: int = 3, sizes: tuple[int, ...] = EDGE_SIZES) -> dict[int, np.ndarray]:
     """Edge maps {size: uint8 0/1 (size, size)}, equal bit for bit to ``method_b_reference``."""
     runs = decode_image_runs(ann.segmentations, ann.height, ann.width)
-    union_t = _union_of_gradients_T(runs, ann.height, ann.width, kernel_size)
-    return {s: _binary_resize(union_t, ann.height, s) for s in sizes}
+    return _binary_resizes(_union_of_gradients_T(runs, ann.height, ann.width, kernel_size), tuple(sizes))
 
 
 def method_b_reference(

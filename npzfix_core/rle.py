@@ -124,59 +124,64 @@ def decode_image_runs(segmentations: list, height: int, width: int) -> ImageRuns
     if not strings:
         return ImageRuns(empty, empty, empty)
 
-    lens = np.fromiter((len(s) for s in strings), np.int64, len(strings))
+    lens = np.fromiter(map(len, strings), np.int64, len(strings))
     string_end = np.cumsum(lens) - 1
 
     def annotation_at(char_pos: int) -> int:
         return int(np.searchsorted(string_end, char_pos))
 
-    # Counts of an image of under 2**29 pixels fit 6 characters and int32 (half the memory traffic).
+    # Numbers of an image of under 2**29 pixels fit 6 characters and int32.
     small = height * width < 1 << 29
     it = np.int32 if small else np.int64
-    c = np.frombuffer(b"".join(strings), np.uint8).astype(it) - 48
-    bad_char = np.flatnonzero((c < 0) | (c > 63))
-    if len(bad_char):
-        raise RleError(f"annotation {annotation_at(bad_char[0])}: RLE counts hold characters outside the COCO alphabet")
-    more = (c & 0x20) != 0
-    if more[string_end].any():
-        raise RleError(f"annotation {int(np.flatnonzero(more[string_end])[0])}: RLE counts string ends inside a number")
-    ends = np.flatnonzero(~more)  # last char of each number
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    # k: position of each char within its number (5 bits each, least significant first)
-    first_char = np.zeros(len(c), it)
-    first_char[starts] = starts
-    k = np.arange(len(c), dtype=it) - np.maximum.accumulate(first_char)
-    if k.max() > (5 if small else 11):
-        raise RleError(f"annotation {annotation_at(int(np.argmax(k)))}: RLE count too large")
-    x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
-    x -= np.where((c[ends] & 0x10) != 0, np.left_shift(it(1), 5 * (k[ends] + 1)), it(0))  # sign of the last char
+    c = np.frombuffer(b"".join(strings), np.uint8) - np.uint8(48)  # below '0' wraps past 63
+    if (c > 63).any():
+        raise RleError(
+            f"annotation {annotation_at(int(np.argmax(c > 63)))}: RLE counts hold characters outside the COCO alphabet"
+        )
+    last = c < 32  # a number's last character has no continuation bit (0x20)
+    if not last[string_end].all():
+        raise RleError(f"annotation {int(np.argmin(last[string_end]))}: RLE counts string ends inside a number")
+    ends = np.flatnonzero(last)
+    length = np.diff(ends, prepend=-1)
+    longest = int(length.max())
+    if longest > (6 if small else 12):
+        raise RleError(f"annotation {annotation_at(int(ends[np.argmax(length)]))}: RLE count too large")
+    # 5 bits per character, least significant first: fold from each number's last character back.
+    c_end = c[ends]
+    x = (c_end & 0x1F).astype(it)
+    for j in range(1, longest):
+        sel = np.flatnonzero(length > j)
+        x[sel] = (x[sel] << 5) | (c[ends[sel] - j] & 0x1F)
+    x -= np.where((c_end & 0x10) != 0, np.left_shift(it(1), (5 * length).astype(it)), it(0))  # sign bit
 
-    # Number index within its own string: delta coding restarts per mask.
-    per_string = np.add.reduceat((~more).astype(it), np.r_[0, string_end[:-1] + 1])
-    string_of = np.repeat(np.arange(len(strings)), per_string)
-    first = np.r_[0, np.cumsum(per_string)[:-1]]
-    m = np.arange(len(ends)) - first[string_of]
-    counts = x.copy()
-    for parity_mask in ((m % 2 == 1), (m % 2 == 0) & (m >= 2)):
-        cs = np.cumsum(np.where(parity_mask, x, 0))
-        base = np.where(first > 0, cs[np.maximum(first - 1, 0)], 0)
-        np.copyto(counts, cs - base[string_of], where=parity_mask)
+    # Each number's string and index m within it: delta coding restarts per mask.
+    num_end = np.searchsorted(ends, string_end)  # index of each string's last number
+    per_string = np.diff(num_end, prepend=-1)
+    first = num_end - per_string + 1
+    n = len(x)
+    first_of = np.repeat(first, per_string)
+    even = ((np.arange(n) - first_of) & 1) == 0
+    # COCO: counts[m] = x[m] + counts[m - 2] for m > 2, a running sum along each parity class of a string.
+    # One strided running sum over all strings (S[i + 2] = x[i] + x[i - 2] + ...), less what precedes the
+    # class's first element in its string: element first - 1 (odd m) or first (even m, whose chain starts at 2).
+    xp = x if n % 2 == 0 else np.r_[x, it(0)]
+    S = np.zeros(len(xp) + 2, np.int64)
+    S[2:] = xp.reshape(-1, 2).cumsum(axis=0, dtype=np.int64).reshape(-1)
+    counts = S[2 : n + 2] - S[first_of + even + 1]
+    counts[first] = x[first]
     if (counts < 0).any():
-        pos = ends[int(np.flatnonzero(counts < 0)[0])]
-        raise RleError(f"annotation {annotation_at(pos)}: RLE counts decode to negative run lengths")
+        raise RleError(
+            f"annotation {annotation_at(int(ends[np.argmax(counts < 0)]))}: RLE counts decode to negative run lengths"
+        )
 
-    # Positions: cumulative sum of run lengths within each string.
+    # Positions: running sum of run lengths within each string.
     cs = np.cumsum(counts)
-    base = np.where(first > 0, cs[np.maximum(first - 1, 0)], 0)
-    run_end = cs - base[string_of]  # exclusive end of each run
-    last = np.r_[first[1:], len(counts)] - 1
-    total = run_end[last]
+    before = np.r_[0, cs[num_end[:-1]]]
+    total = cs[num_end] - before
     bad = np.flatnonzero(total != height * width)
     if len(bad):
         raise RleError(f"annotation {int(bad[0])}: RLE covers {int(total[bad[0]])} pixels, image has {height * width}")
-    keep = (m % 2 == 1) & (counts > 0)  # runs of ones (odd positions), empty ones dropped
+    keep = np.flatnonzero(~even & (counts > 0))  # runs of ones (odd m), empty ones dropped
     length = counts[keep]
-    starts_out = (run_end[keep] - length).astype(np.int64)
-    return ImageRuns(starts_out, length.astype(np.int64), np.bincount(string_of[keep], minlength=len(strings)))
+    owner = np.searchsorted(num_end, keep)
+    return ImageRuns(cs[keep] - length - before[owner], length, np.bincount(owner, minlength=len(strings)))
