@@ -7,14 +7,16 @@ thresholds at > 0. Two facts make it cheap without changing a single bit:
 * A pixel is on a mask's gradient iff its k x k window (OpenCV's anchor, clipped
   at the image border) holds a 0 and a 1, iff it holds two 4-adjacent pixels
   that differ. Those transitions come straight from the COCO runs (run ends
-  within a column; where adjacent columns' runs disagree), and the union over
-  masks of the gradients is two dilations of the union of transitions, done
-  once per image by OpenCV. Cost follows mask boundaries, not mask areas.
+  within a column; the xor of a mask and its shift by a column, from one merge
+  of run boundaries), and the union over masks of the gradients is one dilation
+  of the marked transitions, done once per image by OpenCV. Cost follows mask
+  boundaries, not mask areas, and there is no loop over masks.
 * A downscaling INTER_AREA output is a sum of non-negative weights times 0/1
   inputs, so it is > 0 iff one input in its support is 1. The support of each
-  axis is read off OpenCV itself once per (length, size) and cached, then the
-  binary resize is two OR-reductions. Upscaling axes (images under 256 px) keep
-  OpenCV's own resize, which is cheap at that size.
+  axis is read off OpenCV itself once per (length, size) and cached; the image
+  is cut at every support boundary of every size, so one pass over it serves
+  all three sizes. Upscaling axes (images under 256 px) keep OpenCV's own
+  resize, which is cheap at that size.
 """
 
 from __future__ import annotations
