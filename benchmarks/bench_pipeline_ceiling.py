@@ -97,9 +97,12 @@ def main() -> None:
             base = rows[0][1]
             print(f"pipeline ceiling, instant encoder, {a.images} JPEGs 1500x2250 -> {a.resolution}, {label}")
             for w, ips, tm, bps in rows:
+                n = a.images
                 print(
                     f"  decode threads {w:2d}: {ips:6.1f} img/s ({ips / (base * w):.2f} of linear), "
-                    f"waited on decode {tm['wait_decode_s']:.2f} s, NPZ written {bps / 2**20:.0f} MB/s (fsync'd)"
+                    f"NPZ written {bps / 2**20:.0f} MB/s (fsync'd); busy per image: decode "
+                    f"{1000 * tm['decode_busy_s'] / n:.1f} ms, encode {1000 * tm['encoder_s'] / n:.1f} ms, "
+                    f"write {1000 * tm['write_busy_s'] / n:.1f} ms; main loop waited on decode {tm['wait_decode_s']:.2f} s"
                 )
     per_core = rows[0][1]
     host = per_core * 15  # 16 cores, one left to the main loop and the device

@@ -169,6 +169,7 @@ class _Loaded:
     image: object = None  # preprocessed tensor (3, R, R), or a uint8 HxWx3 tensor for the device to preprocess
     error: Outcome | None = None
     t0: float = 0.0
+    busy: float = 0.0
 
 
 def _load(item: discovery.WorkItem, resolution: int, device, stage: str) -> _Loaded:
@@ -178,27 +179,35 @@ def _load(item: discovery.WorkItem, resolution: int, device, stage: str) -> _Loa
         store.inspect(item.npz)  # fail before spending the encoder on an unwritable file
         img = load_rgb(item.source)
         if stage == "decode":
-            return _Loaded(item, None, t0=t0)
-        if stage == "preprocess":
+            loaded = _Loaded(item, None, t0=t0)
+        elif stage == "preprocess":
             from npzfix_core.images import preprocess
 
-            return _Loaded(item, preprocess([img], resolution, device)[0], t0=t0)
-        import torch
+            loaded = _Loaded(item, preprocess([img], resolution, device)[0], t0=t0)
+        else:
+            import torch
 
-        t = torch.from_numpy(img)
-        return _Loaded(item, t.pin_memory() if torch.cuda.is_available() else t, t0=t0)
+            t = torch.from_numpy(img)
+            loaded = _Loaded(item, t.pin_memory() if torch.cuda.is_available() else t, t0=t0)
     except Exception as exc:
-        return _Loaded(item, error=outcome_for(item.npz, exc), t0=t0)
+        loaded = _Loaded(item, error=outcome_for(item.npz, exc), t0=t0)
+    loaded.busy = time.perf_counter() - t0
+    return loaded
 
 
-def _write(item: discovery.WorkItem, p4, p5, event, req: FeatureRequest, prov: FeatureProvenance, t0: float) -> Outcome:
+def _write(
+    item: discovery.WorkItem, p4, p5, event, req: FeatureRequest, prov: FeatureProvenance, t0: float
+) -> tuple[Outcome, float]:
+    """The file's outcome, and the seconds this writer spent on it."""
+    start = time.perf_counter()
     try:
         if event is not None:
             event.synchronize()  # the device-to-host copy was queued asynchronously
         write_features(item.npz, p4.numpy(), p5.numpy(), req, prov)
-        return Outcome(item.npz, UPDATED, seconds=time.perf_counter() - t0)
+        outcome = Outcome(item.npz, UPDATED, seconds=time.perf_counter() - t0)
     except Exception as exc:
-        return outcome_for(item.npz, exc)
+        outcome = outcome_for(item.npz, exc)
+    return outcome, time.perf_counter() - start
 
 
 @dataclass
@@ -210,6 +219,8 @@ class Timings:
 
     encoder_s: float = 0.0
     wait_decode_s: float = 0.0
+    decode_busy_s: float = 0.0  # summed over decode threads: NPZ check, decode, CPU preprocessing or pinning
+    write_busy_s: float = 0.0  # summed over writer threads: NPZ merge, fsync
     batches: int = 0
     images: int = 0
     _gpu: collections.deque = field(default_factory=collections.deque, repr=False)
@@ -259,6 +270,11 @@ class _Pipeline:
         self.finished += 1
         self.record(outcome)
 
+    def written(self) -> None:
+        outcome, busy = self.writes.popleft().result()
+        self.timings.write_busy_s += busy
+        self.finish(outcome)
+
     def budget_left(self) -> bool:
         return self.budget.allows(self.report, self.admitted - self.finished)
 
@@ -273,16 +289,16 @@ class _Pipeline:
             while True:
                 exhausted = exhausted or not self.admit(items)
                 while self.writes and self.writes[0].done():
-                    self.finish(self.writes.popleft().result())
+                    self.written()
                 self.timings.drain()
                 if self.pending:
                     batch = self.next_batch()
                     if batch:
                         self.encode(batch)
                     while len(self.writes) > 2 * self.batch_size:  # writers fell behind: backpressure
-                        self.finish(self.writes.popleft().result())
+                        self.written()
                 elif self.writes:
-                    self.finish(self.writes.popleft().result())  # may free budget for more files
+                    self.written()  # may free budget for more files
                 elif exhausted:
                     return
                 else:
@@ -326,6 +342,7 @@ class _Pipeline:
             for f in done[: self.batch_size - len(batch)]:
                 self.pending.remove(f)
                 loaded = f.result()
+                self.timings.decode_busy_s += loaded.busy
                 if loaded.error is not None:
                     self.finish(loaded.error)
                 elif self.req.dry_run:

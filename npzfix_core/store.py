@@ -290,10 +290,19 @@ def _keep_attributes(src_fd: int, dst_fd: int, st: os.stat_result) -> None:
             os.setxattr(dst_fd, name, os.getxattr(src_fd, name))
 
 
-def _npy_bytes(array: np.ndarray) -> memoryview:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.asanyarray(array), allow_pickle=False)
-    return buf.getbuffer()
+def _npy_parts(array: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """An .npy file as (header, the array's own memory): a 4 MB feature map is not copied twice to be written."""
+    a = np.asanyarray(array)
+    if not a.flags.c_contiguous:
+        a = a.copy(order="C")
+    meta = np.lib.format.header_data_from_array_1_0(a)
+    header = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(header, meta)
+    except ValueError:  # a header over 64 KiB (huge structured dtypes)
+        header = io.BytesIO()
+        np.lib.format.write_array_header_2_0(header, meta)
+    return header.getvalue(), a.reshape(-1).view(np.uint8)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -348,7 +357,7 @@ def update(
                         if _key(info.filename) not in chosen and _key(info.filename) not in remove:
                             writer.copy_raw(src, info)
                     for key, array in chosen.items():
-                        writer.add(f"{key}.npy", _npy_bytes(array), deflate)
+                        writer.add(f"{key}.npy", _npy_parts(array), deflate)
                     writer.close()
                     out.flush()
                     _keep_attributes(src.fileno(), out.fileno(), st)

@@ -13,7 +13,7 @@ import os
 import struct
 import zipfile
 import zlib
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, Sequence
 
 STORED, DEFLATED = zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED
 LIMIT = 0xFFFFFFFF  # a field at this value means zip64
@@ -186,23 +186,52 @@ class RawZipWriter:
         self._header(
             info.filename.encode(), info.compress_type, info.CRC, info.compress_size, info.file_size, info.date_time
         )
-        left = info.compress_size
-        while left:
-            chunk = src.read(min(_CHUNK, left))
-            if not chunk:
-                raise ZipRawError(f"member {info.filename!r} is truncated")
-            self.fp.write(chunk)
-            left -= len(chunk)
+        start, size = src.tell(), info.compress_size
+        if not self._copy_in_kernel(src, start, size, info.filename):
+            left = size
+            while left:
+                chunk = src.read(min(_CHUNK, left))
+                if not chunk:
+                    raise ZipRawError(f"member {info.filename!r} is truncated")
+                self.fp.write(chunk)
+                left -= len(chunk)
 
-    def add(self, name: str, raw: bytes | memoryview, deflate: bool) -> None:
-        crc = zlib.crc32(raw)
+    def _copy_in_kernel(self, src: BinaryIO, offset: int, size: int, name: str) -> bool:
+        """``copy_file_range``: no trip through user space (and shared extents where the file system can);
+        False where the files cannot take it, to copy by hand."""
+        try:
+            src_fd, out_fd = src.fileno(), self.fp.fileno()
+        except (AttributeError, OSError):
+            return False
+        self.fp.flush()
+        pos, done = self.fp.tell(), 0
+        try:
+            while done < size:
+                n = os.copy_file_range(src_fd, out_fd, size - done, offset + done, pos + done)
+                if n == 0:
+                    raise ZipRawError(f"member {name!r} is truncated")
+                done += n
+        except OSError:
+            if done:
+                raise
+            return False
+        self.fp.seek(pos + size)
+        return True
+
+    def add(self, name: str, parts: Sequence[bytes | memoryview], deflate: bool) -> None:
+        """A new member from buffers written one after another (an .npy header, then the array's memory)."""
+        crc = usize = 0
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+            usize += memoryview(part).nbytes
         if deflate:
             comp = zlib.compressobj(6, zlib.DEFLATED, -15)
-            data, method = comp.compress(raw) + comp.flush(), DEFLATED
-        else:
-            data, method = raw, STORED
-        self._header(name.encode(), method, crc, len(data), len(raw), (1980, 1, 1, 0, 0, 0))
-        self.fp.write(data)
+            parts = [b"".join(comp.compress(part) for part in parts) + comp.flush()]
+        method = DEFLATED if deflate else STORED
+        csize = sum(memoryview(part).nbytes for part in parts)
+        self._header(name.encode(), method, crc, csize, usize, (1980, 1, 1, 0, 0, 0))
+        for part in parts:
+            self.fp.write(part)
 
     def close(self) -> None:
         start = self.fp.tell()

@@ -1,5 +1,7 @@
 """`npzfix edges` end to end: real files, the real CLI in a subprocess, content checked against the original formula."""
 
+import contextlib
+import fcntl
 import json
 import os
 import resource
@@ -386,24 +388,57 @@ def _wait_for_workers(proc, n=2, timeout=60):
     raise AssertionError("workers did not start")
 
 
+@contextlib.contextmanager
+def _lock_held(path):
+    """Hold the NPZ's lock as another writer would: the worker that reaches it waits, mid-file, for as long
+    as the test needs (edges are too fast now for a sleep to land mid-run)."""
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _worker_waiting_on(proc, path, timeout=60):
+    """The worker process that has ``path`` open (waiting for its lock)."""
+    path = os.path.realpath(path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in _wait_for_workers(proc):
+            with contextlib.suppress(OSError):
+                fds = os.listdir(f"/proc/{pid}/fd")
+                if any(_readlink(f"/proc/{pid}/fd/{fd}") == path for fd in fds):
+                    return pid
+        time.sleep(0.02)
+    raise AssertionError(f"no worker reached {path}")
+
+
+def _readlink(p):
+    try:
+        return os.readlink(p)
+    except OSError:
+        return None
+
+
 def test_killing_a_worker_fails_only_its_file_and_the_run_goes_on(tmp_path):
-    """Issue 12 #4: kill -9 of one of two workers mid-run."""
+    """Issue 12 #4: kill -9 of one of two workers mid-file."""
     res = _slow_shard(tmp_path, 40)
     ext = os.path.dirname(res.npz[0])
     rep = tmp_path / "rep"
-    proc = subprocess.Popen(
-        [NPZFIX, "edges", "--npz-dir", ext, "--workers", "2", "--report", str(rep)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    victim = _wait_for_workers(proc)[0]
-    time.sleep(0.5)  # mid-run
-    os.kill(victim, signal.SIGKILL)
+    with _lock_held(res.npz[5]):
+        proc = subprocess.Popen(
+            [NPZFIX, "edges", "--npz-dir", ext, "--workers", "2", "--report", str(rep)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.kill(_worker_waiting_on(proc, res.npz[5]), signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, out + err
     report = json.load(open(str(rep) + ".json"))
     assert report["seen"] == 40 and report["counts"]["failed"] == 1 and report["counts"]["updated"] == 39
+    assert report["failures"][0]["path"] == res.npz[5]
     assert "killed by SIGKILL while processing this file" in report["failures"][0]["reason"]
     assert temp_files(ext) == []
 
@@ -411,17 +446,17 @@ def test_killing_a_worker_fails_only_its_file_and_the_run_goes_on(tmp_path):
 def test_killing_the_main_process_takes_its_workers_along(tmp_path):
     """Issue 12 #7: no orphaned workers (or resource tracker) after kill -9 of the main process."""
     res = _slow_shard(tmp_path, 40)
-    proc = subprocess.Popen(
-        [NPZFIX, "edges", "--npz-dir", os.path.dirname(res.npz[0]), "--workers", "2"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _wait_for_workers(proc)
-    time.sleep(0.3)
-    kids = [pid for pid, _ in _children(proc.pid)]
-    assert kids
-    proc.kill()
-    proc.wait()
+    with _lock_held(res.npz[5]):  # the run cannot end before the kill
+        proc = subprocess.Popen(
+            [NPZFIX, "edges", "--npz-dir", os.path.dirname(res.npz[0]), "--workers", "2"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _worker_waiting_on(proc, res.npz[5])
+        kids = [pid for pid, _ in _children(proc.pid)]
+        assert kids
+        proc.kill()
+        proc.wait()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(k) for k in kids):
         time.sleep(0.1)

@@ -4,6 +4,7 @@ import io
 import os
 import zipfile
 
+import numpy as np
 import pytest
 
 from npzfix_core import zipraw
@@ -20,8 +21,8 @@ def test_written_archives_read_back_with_zipfile_and_raw_copies_keep_bytes(tmp_p
         w = zipraw.RawZipWriter(o)
         for info in zf.infolist():
             w.copy_raw(s, info)
-        w.add("new_deflated.npy", b"\x00" * 10000, deflate=True)
-        w.add("new_stored.npy", b"\x01\x02", deflate=False)
+        w.add("new_deflated.npy", [b"\x00" * 4000, b"\x00" * 6000], deflate=True)
+        w.add("new_stored.npy", [b"\x01", np.frombuffer(b"\x02", np.uint8)], deflate=False)
         w.close()
     with zipfile.ZipFile(out) as zf, zipfile.ZipFile(src) as orig:
         assert zf.testzip() is None
@@ -72,3 +73,28 @@ def test_damage_and_unsupported_archives_are_told_apart(tmp_path):
     with pytest.raises(zipraw.ZipRawError, match="zip64"):
         w = zipraw.RawZipWriter(io.BytesIO())
         w._header(b"big", zipraw.STORED, 0, zipraw.LIMIT, zipraw.LIMIT, (1980, 1, 1, 0, 0, 0))
+
+
+def test_kernel_copies_and_copies_by_hand_write_the_same_archive(tmp_path):
+    """copy_file_range where the output is a file; read/write where it is not (a BytesIO): same bytes."""
+    src = tmp_path / "src.zip"
+    with zipfile.ZipFile(src, "w") as zf:
+        zf.writestr("big.npy", os.urandom(3 << 20), zipfile.ZIP_STORED)  # several 1 MiB chunks by hand
+        zf.writestr("small.npy", b"s" * 10, zipfile.ZIP_DEFLATED)
+
+    def write(o):
+        with open(src, "rb") as s, zipfile.ZipFile(s) as zf:
+            w = zipraw.RawZipWriter(o)
+            for info in zf.infolist():
+                w.copy_raw(s, info)
+            w.add("new.npy", [b"header", np.arange(1000, dtype=np.float32).view(np.uint8)], deflate=False)
+            w.close()
+
+    with open(tmp_path / "out.zip", "wb") as o:
+        write(o)
+    mem = io.BytesIO()
+    write(mem)
+    assert (tmp_path / "out.zip").read_bytes() == mem.getvalue()
+    with zipfile.ZipFile(tmp_path / "out.zip") as zf:
+        assert zf.testzip() is None
+        assert zf.read("new.npy") == b"header" + np.arange(1000, dtype=np.float32).tobytes()
