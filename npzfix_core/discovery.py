@@ -45,15 +45,21 @@ def _dedup(names: Iterable[str]) -> dict[str, str]:
     return best
 
 
+def npz_names(directory: str, glob: str | None = None) -> list[str]:
+    """Names of the feature NPZs directly in ``directory``, de-duplicated, sorted. Names, not paths: a
+    listing is the one thing a run holds per file (~70 bytes each), so it stays small at 100,000 files."""
+    with os.scandir(directory) as it:
+        chosen = _dedup(e.name for e in it if e.is_file() and not e.name.startswith("."))
+    names = sorted(chosen.values(), key=lambda n: stem_of(n) or n)
+    del chosen
+    if glob:
+        names = [n for n in names if fnmatch.fnmatch(n, glob)]
+    return names
+
+
 def npz_in_dir(directory: str, glob: str | None = None) -> list[str]:
     """Feature NPZs directly in ``directory``, de-duplicated, sorted by name."""
-    with os.scandir(directory) as it:
-        names = [e.name for e in it if e.is_file() and not e.name.startswith(".")]
-    chosen = _dedup(names)
-    paths = [os.path.join(directory, chosen[s]) for s in sorted(chosen)]
-    if glob:
-        paths = [p for p in paths if fnmatch.fnmatch(os.path.basename(p), glob)]
-    return paths
+    return [os.path.join(directory, n) for n in npz_names(directory, glob)]
 
 
 def subdirs(directory: str) -> list[str]:
@@ -88,7 +94,8 @@ def walk_dirs(root: str, children: Callable[[str, os.stat_result], list[str]] | 
 def scan_npz(root: str) -> Iterator[str]:
     """Recursive scan for feature NPZs, de-duplicated per directory and stem, in stable order."""
     for d in walk_dirs(root):
-        yield from npz_in_dir(d)
+        for name in npz_names(d):
+            yield os.path.join(d, name)
 
 
 class Listings:
@@ -96,7 +103,8 @@ class Listings:
     source (12 for an image). On NFS or Lustre a stat can cost a millisecond, and a GPU wants an image every
     few milliseconds. Held by the caller for one scan; a file added meanwhile is found by the next run."""
 
-    def __init__(self, size: int = 8):
+    def __init__(self, suffixes: tuple[str, ...], size: int = 8):
+        self.suffixes = suffixes  # only names that can be asked for are kept (JSONs, or images)
         self.size = size
         self._cache: dict[str, frozenset[str]] = {}
 
@@ -105,7 +113,7 @@ class Listings:
         if names is None:
             try:
                 with os.scandir(directory) as it:
-                    names = frozenset(e.name for e in it if e.is_file())
+                    names = frozenset(e.name for e in it if e.name.endswith(self.suffixes) and e.is_file())
             except OSError:
                 names = frozenset()
             if len(self._cache) >= self.size:
@@ -144,24 +152,37 @@ def _item(npz: str, source: str | None, what: str) -> WorkItem:
     return WorkItem(npz, source, stem, None if source else f"no {what} found for {stem}")
 
 
-def edge_items(
-    npz_dir: str, json_dir: str | None = None, order: str = "name", glob: str | None = None
-) -> list[WorkItem]:
+class Items:
+    """Work items of one directory's NPZs, made one at a time from the sorted names: a run over 100,000
+    files holds the names, not 100,000 items."""
+
+    def __init__(self, directory: str, names: list[str], make: Callable[[str], WorkItem]):
+        self.directory, self.names, self.make = directory, names, make
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[WorkItem]:
+        for name in self.names:
+            yield self.make(os.path.join(self.directory, name))
+
+
+def edge_items(npz_dir: str, json_dir: str | None = None, order: str = "name", glob: str | None = None) -> Items:
     """Edges: ``<npz_dir>/<stem>_features.npz`` -> ``<json_dir>/<stem>.json``."""
-    paths = npz_in_dir(npz_dir, glob)
+    names = npz_names(npz_dir, glob)
     if order == "mtime":
-        paths.sort(key=lambda p: (os.stat(p).st_mtime_ns, p))
+        names.sort(key=lambda n: (os.stat(os.path.join(npz_dir, n)).st_mtime_ns, n))
     elif order != "name":
         raise ValueError(f"unknown order {order!r}")
-    listings = Listings()
-    return [_item(p, find_json(p, json_dir, listings), "JSON") for p in paths]
+    listings = Listings((".json",))
+    return Items(npz_dir, names, lambda p: _item(p, find_json(p, json_dir, listings), "JSON"))
 
 
 def bulk_items(root: str, recursive: bool = True) -> Iterator[WorkItem]:
     """Bulk: recursive scan of ``root`` (or its own files only: one Dagster partition is one directory);
     image beside the NPZ or in its parent."""
-    listings = Listings()
-    for p in scan_npz(root) if recursive else npz_in_dir(root):
+    listings = Listings(IMAGE_EXTS)
+    for p in scan_npz(root) if recursive else (os.path.join(root, n) for n in npz_names(root)):
         yield _item(p, find_image(p, listings=listings), "image")
 
 
@@ -169,8 +190,8 @@ def train_test_items(extracted_dirs: Iterable[str]) -> Iterator[WorkItem]:
     """Train/test: ``<split>/extracted/<stem>_features.npz``, image in ``<split>/``."""
     for d in extracted_dirs:
         parent = os.path.dirname(os.path.abspath(d))
-        listings = Listings()
-        for p in npz_in_dir(d):
+        listings = Listings(IMAGE_EXTS)
+        for p in (os.path.join(d, n) for n in npz_names(d)):
             yield _item(p, find_image(p, parent, listings), "image")
 
 

@@ -87,11 +87,12 @@ def test_listing_cache_finds_what_stat_finds(tmp_path):
     for i, name in enumerate(["a.jpg", "b.PNG", "c.jpeg", "e.json"]):
         (tmp_path / "shard" / name).write_bytes(b"x")
     (ext / "d.JPG").write_bytes(b"x")
-    listings = discovery.Listings(size=1)
+    images = discovery.Listings(discovery.IMAGE_EXTS, size=1)
+    jsons = discovery.Listings((".json",), size=1)
     for stem in "abcdef":
         npz = str(ext / f"{stem}_features.npz")
-        assert discovery.find_image(npz, listings=listings) == discovery.find_image(npz)
-        assert discovery.find_json(npz, listings=listings) == discovery.find_json(npz)
+        assert discovery.find_image(npz, listings=images) == discovery.find_image(npz)
+        assert discovery.find_json(npz, listings=jsons) == discovery.find_json(npz)
 
 
 def test_one_mapping_from_exception_to_outcome():
