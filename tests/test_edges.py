@@ -96,3 +96,42 @@ def test_area_support_is_what_opencv_weights():
     for n, s in [(2250, 256), (1500, 64), (300, 32), (257, 256), (512, 256), (256, 256)]:
         start, stop = _area_support(n, s)
         assert start[0] == 0 and stop[-1] == n and (np.diff(start) >= 0).all()
+
+
+def _gradient_union(masks, k):
+    combined = np.zeros(masks[0].shape, np.uint8)
+    for m in masks:
+        combined |= cv2.morphologyEx(m, cv2.MORPH_GRADIENT, np.ones((k, k), np.uint8)) > 0
+    return combined
+
+
+def test_full_resolution_union_equals_the_original_pixel_for_pixel():
+    """Before pooling, where a wrong pixel cannot hide behind a right neighbour: noise masks (a transition at
+    every other pixel), masks touching every border, full and empty masks, k = 1..9, sizes down to 1x1."""
+    from npzfix_core.edges import _union_of_gradients_T
+    from npzfix_core.rle import decode_image_runs
+
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        masks = [
+            (rng.random((h, w)) < rng.uniform(0.05, 0.95)).astype(np.uint8) for _ in range(int(rng.integers(1, 6)))
+        ]
+        masks.append(np.ones((h, w), np.uint8))
+        masks.append(np.zeros((h, w), np.uint8))
+        border = np.zeros((h, w), np.uint8)
+        border[:, : max(1, w // 3)] = 1
+        border[: max(1, h // 2), :] = 1
+        masks.append(border)
+        segs = [mask_utils.encode(np.asfortranarray(m)) for m in masks]
+        runs = decode_image_runs(segs, h, w)
+        for k in range(1, 10):
+            got = _union_of_gradients_T(runs, h, w, k).T
+            np.testing.assert_array_equal(got, _gradient_union(masks, k), err_msg=f"{h}x{w} k={k} trial {trial}")
+    for h, w in [(300, 451), (451, 300)]:
+        ann = _ann(h, w, 40, seed=h)
+        masks = [mask_utils.decode(s) for s in ann.segmentations]
+        runs = decode_image_runs(ann.segmentations, h, w)
+        for k in (2, 3, 5, 7):
+            got = _union_of_gradients_T(runs, h, w, k).T
+            np.testing.assert_array_equal(got, _gradient_union(masks, k), err_msg=f"SA-1B-like {h}x{w} k={k}")
