@@ -10,12 +10,16 @@ Expected figures, reasoned from FLOPs (not measured here: this project's session
 Hiera-B+ at 1024 is ~528 GFLOP per image (trunk ~85%, FPN neck the rest).
 * A100 (312 TFLOP/s bf16 dense, 19.5 fp32 / 156 TF32): attention-heavy Hiera reaches ~35-45% of
   peak in bf16 at batch >= 8, i.e. ~110-140 TFLOP/s -> ~200-260 img/s; fp32 with TF32 ~60-80 img/s.
-* At those rates one image must be decoded (~100 ms of one core for a 1500x2250 JPEG) every
-  4-5 ms: ~25 decode threads' worth of CPU. The original loop, serial, is decode-bound at
-  roughly 1 / (0.10 + 0.03 + 0.005 + write ~0.02) ~ 6-7 img/s, so the GPU sits ~95% idle.
-* The pipeline's bound is min(encoder, decode_workers / 0.1 s, writers / write time):
-  with --workers 16 on a 16+ core host ~150 img/s, i.e. ~20x the original; the remaining gap
-  to the bare encoder is JPEG decode (nvjpeg would close it; not used, to keep decode exact).
+* H100 (990 TFLOP/s bf16 dense): the same share gives ~350-445 TFLOP/s -> ~650-850 img/s; 400 img/s is a
+  conservative floor (the figure bench_pipeline_ceiling.py compares with).
+* At those rates the host must decode, check and write an image every 1.2-2.5 ms. Measured without a GPU
+  (bench_pipeline_ceiling.py, instant encoder): ~26 ms of host CPU per image (OpenCV JPEG decode ~17 ms of
+  it, the 9 MB NPZ merge + fsync most of the rest), so 15 cores feed ~550-650 img/s and need ~5 GB/s of
+  NPZ writes; the original loop, serial, is decode+write bound at ~1 / (0.025 + 0.03) ~ 15-20 img/s with
+  the GPU mostly idle.
+* nvjpeg would move decode to the GPU, but its IDCT and chroma upsampling are not libjpeg-turbo's: pixels
+  would differ from the documented rule (Pillow's), so features would not be reproducible on a CPU host.
+  Not used; decode stays exact and is scaled with threads instead.
 """
 
 from __future__ import annotations
