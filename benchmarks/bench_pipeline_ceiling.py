@@ -125,7 +125,8 @@ def main() -> None:
                     f"{ips / bound:.2f} of the {cores}-core CPU bound), "
                     f"NPZ written {bps / 2**20:.0f} MB/s (fsync'd); host CPU {host_ms:.1f} ms/img; busy per image: "
                     f"decode {1000 * tm['decode_busy_s'] / n:.1f} ms, encode {1000 * tm['encoder_s'] / n:.1f} ms, "
-                    f"write {1000 * tm['write_busy_s'] / n:.1f} ms; main loop waited on decode {tm['wait_decode_s']:.2f} s"
+                    f"write {1000 * tm['write_busy_s'] / n:.1f} ms; main loop waited on decode {tm['wait_decode_s']:.2f} s, "
+                    f"on writers {tm['wait_write_s']:.2f} s"
                 )
             if gpu_like:
                 w, ips, tm, bps, cpu = rows[0]

@@ -219,6 +219,7 @@ class Timings:
 
     encoder_s: float = 0.0
     wait_decode_s: float = 0.0
+    wait_write_s: float = 0.0  # the main loop held back because writers fell behind
     decode_busy_s: float = 0.0  # summed over decode threads: NPZ check, decode, CPU preprocessing or pinning
     write_busy_s: float = 0.0  # summed over writer threads: NPZ merge, fsync
     batches: int = 0
@@ -295,8 +296,10 @@ class _Pipeline:
                     batch = self.next_batch()
                     if batch:
                         self.encode(batch)
+                    t = time.perf_counter()
                     while len(self.writes) > 2 * self.batch_size:  # writers fell behind: backpressure
                         self.written()
+                    self.timings.wait_write_s += time.perf_counter() - t
                 elif self.writes:
                     self.written()  # may free budget for more files
                 elif exhausted:
