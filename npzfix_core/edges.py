@@ -102,27 +102,31 @@ def _paint_intervals(flat: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
     flat[np.repeat(a + 4 - offsets, rest) + np.arange(int(rest.sum()))] = 1
 
 
+_INT32_LIMIT = 1 << 31  # every mask's index range must fit int32 for the cheaper path
+
+
 def _transitions(runs: ImageRuns, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """4-adjacent pairs that differ in some mask, in column-major indices of their first pixel.
 
     Returns vertical pairs (p, p + 1) as indices, and horizontal pairs (p, p + height) as intervals [a, b).
     """
     h = height
-    s = runs.starts
-    e = s + runs.lengths
+    stride = h * width + 2 * h
+    it = np.int32 if len(runs.counts) * stride + 2 * h < _INT32_LIMIT else np.int64  # half the memory traffic
+    s = runs.starts.astype(it)
+    e = s + runs.lengths.astype(it)
     # Vertical pairs inside a column: the pixel before a run and a run's last pixel (none across columns).
     vert = np.concatenate([s[s % h != 0] - 1, e[e % h != 0] - 1])
     # Horizontal pairs: where the mask differs from itself one column on. A set of runs is the parity of the
     # run boundaries (start, end, start, end...) up to p, so the xor of a mask and its shift is bounded by the
     # merged boundaries of both: pairs of consecutive ones after one sort of two sorted sequences. Masks get
     # disjoint index ranges, so a single sort serves all of them, without a loop over masks.
-    stride = h * width + 2 * h
-    base = np.repeat(np.arange(len(runs.counts), dtype=np.int64) * stride + h, 2 * runs.counts)
-    bounds = np.empty(len(base), np.int64)
+    base = np.repeat(np.arange(len(runs.counts), dtype=it) * it(stride) + it(h), 2 * runs.counts)
+    bounds = np.empty(len(base), it)
     bounds[0::2] = s
     bounds[1::2] = e
     bounds += base
-    merged = np.concatenate([bounds, bounds - h])
+    merged = np.concatenate([bounds, bounds - it(h)])
     merged.sort(kind="stable")  # two sorted runs: one merge
     a = np.maximum(merged[0::2] - base, 0)  # each mask owns 2 x its runs of consecutive pairs
     b = np.minimum(merged[1::2] - base, (width - 1) * h)  # pairs (x, x + 1) exist for x < width - 1

@@ -135,3 +135,16 @@ def test_full_resolution_union_equals_the_original_pixel_for_pixel():
         for k in (2, 3, 5, 7):
             got = _union_of_gradients_T(runs, h, w, k).T
             np.testing.assert_array_equal(got, _gradient_union(masks, k), err_msg=f"SA-1B-like {h}x{w} k={k}")
+
+
+def test_int64_index_path_equals_the_int32_one(monkeypatch):
+    """Images x masks past 2**31 indices take int64; forced here on a small case, both must agree."""
+    from npzfix_core import edges
+
+    ann = _ann(301, 457, 30, seed=4)
+    want = {k: method_b(ann, k) for k in (2, 3, 5)}
+    monkeypatch.setattr(edges, "_INT32_LIMIT", 0)
+    for k, maps in want.items():
+        got = method_b(ann, k)
+        for s in maps:
+            np.testing.assert_array_equal(got[s], maps[s], err_msg=f"k={k} size={s}")
