@@ -41,6 +41,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--workers", type=int, default=max(os.cpu_count() - 2, 2))
     ap.add_argument("--batches", default="1,2,4,8,16,32")
+    ap.add_argument("--resolution", type=int, default=1024)
+    ap.add_argument("--seconds", type=float, default=10.0, help="per bare-encoder measurement")
+    ap.add_argument(
+        "--smoke", action="store_true", help="allow a CPU: checks the script runs (tests/test_benchmarks.py)"
+    )
     a = ap.parse_args()
 
     import torch
@@ -51,11 +56,14 @@ def main() -> None:
     from npzfix_core.images import load_rgb, preprocess
     from npzfix_core.teacher import TeacherSpec, build
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not a.smoke:
         raise SystemExit("no CUDA device: this benchmark is for a GPU machine (see bench_features.py for the CPU)")
-    sync = torch.cuda.synchronize
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    res_px, loop_n = a.resolution, min(32, a.images)
     with tempfile.TemporaryDirectory(dir=".") as d:
-        res = synth.generate(d, synth.SynthSpec(n=a.images, seed=0, masks=3, states=("fresh",), feature_hw=64))
+        res = synth.generate(
+            d, synth.SynthSpec(n=a.images, seed=0, masks=3, states=("fresh",), feature_hw=res_px // 16)
+        )
         imgs = [os.path.join(d, os.path.basename(p).replace("_features.npz", ".jpg")) for p in res.npz]
         decoded = [load_rgb(p) for p in imgs[:32]]
         for precision in ("bf16", "fp32"):
@@ -65,14 +73,15 @@ def main() -> None:
                 random_init_seed=a.random_init,
                 device=a.device,
                 precision=precision,
+                resolution=res_px,
             )
             teacher = build(spec)
             for bs in (int(b) for b in a.batches.split(",")):
-                x = preprocess(decoded[:bs], 1024, teacher.device)
+                x = preprocess(decoded[:bs], res_px, teacher.device)
                 teacher.encode(x)
                 sync()
                 n, t = 0, time.perf_counter()
-                while time.perf_counter() - t < 10:
+                while time.perf_counter() - t < a.seconds:
                     teacher.encode(x)
                     n += bs
                 sync()
@@ -91,16 +100,16 @@ def main() -> None:
                     f"(encoder busy {tm['encoder_s'] / dt:.0%}, waited on decode {tm['wait_decode_s']:.1f} s)"
                 )
             t = time.perf_counter()
-            for img, npz in zip(imgs[:32], res.npz[:32]):
+            for img, npz in zip(imgs[:loop_n], res.npz[:loop_n]):
                 rgb = np.array(Image.open(img).convert("RGB"))
-                p4, p5 = teacher.encode(preprocess([rgb], 1024, teacher.device))
+                p4, p5 = teacher.encode(preprocess([rgb], res_px, teacher.device))
                 p4, p5 = p4.cpu().numpy(), p5.cpu().numpy()
                 with np.load(npz) as z:
                     arrays = {k: z[k] for k in z.files}
                 arrays.update(P4_S16=p4, P5_S32=p5, feature_flag=np.array(1, np.uint8))
                 np.savez(npz + ".tmp.npz", **arrays)
                 os.replace(npz + ".tmp.npz", npz)
-            print(f"original loop {precision}: {32 / (time.perf_counter() - t):7.1f} img/s")
+            print(f"original loop {precision}: {loop_n / (time.perf_counter() - t):7.1f} img/s")
 
 
 if __name__ == "__main__":
