@@ -72,6 +72,13 @@ def _positive(v: str) -> int:
     return n
 
 
+def _non_negative(v: str) -> int:
+    n = int(v)
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return n
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", help="append progress and errors to this file (a report is written beside it)")
     p.add_argument("--report", help="write the run report here as JSON, and failures as CSV beside it")
@@ -252,7 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--order", choices=("name", "mtime"), default="name")
     e.add_argument("--glob", help="only NPZ file names matching this pattern")
-    e.add_argument("--workers", type=_positive, default=1, help="worker processes")
+    e.add_argument(
+        "--workers",
+        type=_non_negative,
+        default=1,
+        help="worker processes (0: one per usable CPU, container limits kept)",
+    )
     _common(e)
     e.set_defaults(fn=cmd_edges)
 

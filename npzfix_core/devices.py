@@ -226,3 +226,35 @@ def to_torch_device(device: str):
     import torch
 
     return torch.device(device)
+
+
+def usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (a container's CPU limit),
+    which ``os.cpu_count()`` ignores — a pod limited to 8 CPUs on a 128-core node must not start 127 workers."""
+    n = len(os.sched_getaffinity(0))
+    quota = _cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        n = min(n, max(1, -(-quota[0] // quota[1])))
+    return max(1, n)
+
+
+def _cgroup_cpu_quota(root: str) -> tuple[int, int] | None:
+    """(quota, period) in microseconds from cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``; None: no limit."""
+    try:
+        with open(os.path.join(root, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else _positive_pair(int(quota), int(period))
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+            quota = int(f.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+            period = int(f.read())
+        return _positive_pair(quota, period)  # -1: no limit
+    except (OSError, ValueError):
+        return None
+
+
+def _positive_pair(quota: int, period: int) -> tuple[int, int] | None:
+    return (quota, period) if quota > 0 and period > 0 else None

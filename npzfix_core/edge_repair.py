@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterator
 
 from npzfix_core import discovery, store
@@ -23,6 +23,7 @@ from npzfix_core.report import (
     RunReport,
     outcome_for,
 )
+from npzfix_core.devices import usable_cpus
 from npzfix_core.workers import KillerRegistry, WorkerPool
 
 log = logging.getLogger("npzfix")
@@ -38,7 +39,7 @@ class EdgeRequest:
     set_flag: bool = True
     order: str = "name"
     glob: str | None = None
-    workers: int = 1
+    workers: int = 1  # 0: one per usable CPU (affinity and container limit)
     dry_run: bool = False
     durable: bool = True
     retry_killed: bool = False  # try files that killed a worker process in an earlier run
@@ -155,6 +156,10 @@ def run_edges(req: EdgeRequest, progress: bool = True) -> RunReport:
     """Rebuild edges for every feature NPZ of ``req.npz_dir``; returns the report, never raises per file."""
     if req.kernel_size < 1:
         raise ValueError("--kernel-size must be >= 1")
+    if req.workers < 0:
+        raise ValueError("--workers must be >= 0 (0: one per usable CPU)")
+    if req.workers == 0:
+        req = replace(req, workers=usable_cpus())  # the report says how many ran
     if not os.path.isdir(req.npz_dir):
         raise FileNotFoundError(f"NPZ directory {req.npz_dir} does not exist")
     report = RunReport(

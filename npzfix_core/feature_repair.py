@@ -22,6 +22,7 @@ import numpy as np
 
 from npzfix_core import discovery, store
 from npzfix_core import teacher as teacher_mod
+from npzfix_core.devices import usable_cpus
 from npzfix_core.images import load_rgb
 from npzfix_core.provenance import FEATURE_KEYS, FeatureProvenance, FeatureState
 from npzfix_core.report import (
@@ -47,8 +48,9 @@ STORE_DTYPES = ("keep", "float32", "float16")
 
 
 def default_decode_workers() -> int:
-    """A 1500x2250 JPEG takes ~100 ms of a core; a GPU wants one every few ms, so use the host's cores."""
-    return max(2, min((os.cpu_count() or 2) - 1, 16))
+    """A GPU wants an image every few ms and a 1500x2250 JPEG takes ~20 ms of a core, so use the CPUs this
+    process may use (a container's limit, not the node's core count), one left to the main loop."""
+    return max(2, min(usable_cpus() - 1, 16))
 
 
 @dataclass(frozen=True)

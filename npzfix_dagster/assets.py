@@ -19,6 +19,7 @@ from npzfix_dagster.resources import (
     DatasetRoots,
     Sam2Teacher,
     default_edge_kernel,
+    default_edge_workers,
     edges_code_version,
     features_code_version,
 )
@@ -42,7 +43,7 @@ class EdgesConfig(Config):
     max_files: Optional[int] = None
     skip_if_processed: bool = True
     set_edge_flag: bool = True
-    workers: int = 1
+    workers: int = default_edge_workers()  # NPZFIX_EDGE_WORKERS, else 1; 0: one per usable CPU
     glob: Optional[str] = None
     order: str = "name"
     dry_run: bool = False

@@ -16,8 +16,13 @@ GPU_POD = {
         }
     }
 }
+EDGE_CPUS = 8
 CPU_POD = {
-    "container_config": {"resources": {"requests": {"cpu": "8", "memory": "16Gi"}, "limits": {"memory": "24Gi"}}}
+    "container_config": {
+        "resources": {"requests": {"cpu": str(EDGE_CPUS), "memory": "16Gi"}, "limits": {"memory": "24Gi"}},
+        # one edge worker process per requested CPU (a request sets no cgroup limit the run could read)
+        "env": [{"name": "NPZFIX_EDGE_WORKERS", "value": str(EDGE_CPUS)}],
+    }
 }
 K8S_TAG = "dagster-k8s/config"
 GPU_TAGS = {K8S_TAG: json.dumps(GPU_POD)}

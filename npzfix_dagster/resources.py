@@ -155,3 +155,13 @@ def edges_code_version(kernel_size: int) -> str:
 
 def default_edge_kernel() -> int:
     return _env("NPZFIX_EDGE_KERNEL", int) or 3
+
+
+EDGE_WORKERS_ENV = "NPZFIX_EDGE_WORKERS"
+
+
+def default_edge_workers() -> int:
+    """Edge worker processes per run: 1 (the original tool's), or what the environment says; 0 means one
+    per usable CPU. A Kubernetes edges pod sets it to its CPU request (``k8s.CPU_POD``)."""
+    value = _env(EDGE_WORKERS_ENV, int)
+    return 1 if value is None else value

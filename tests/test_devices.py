@@ -141,3 +141,34 @@ def test_waiting_is_bounded_and_names_the_holder(lease_dir):
         holder.kill()
         holder.wait()
     assert devices.resolve("cuda:4", probe=fake(6), wait_s=5.0) == "cuda:4"
+
+
+def test_usable_cpus_follow_affinity_and_a_container_limit(tmp_path):
+    """A pod limited to 1.5 CPUs on a big node gets 2 workers, not the node's core count."""
+    affinity = len(os.sched_getaffinity(0))
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert devices.usable_cpus(str(v2)) == min(affinity, 2)
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert devices.usable_cpus(str(v2)) == affinity
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("50000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert devices.usable_cpus(str(tmp_path / "v1")) == 1
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert devices.usable_cpus(str(tmp_path / "v1")) == affinity
+    assert devices.usable_cpus(str(tmp_path / "none")) == affinity
+    (v2 / "cpu.max").write_text("garbage\n")
+    assert devices.usable_cpus(str(v2)) == affinity
+
+
+def test_edge_workers_default_comes_from_the_environment():
+    code = "from npzfix_dagster.assets import EdgesConfig; print(EdgesConfig().workers)"
+    for value, want in ((None, "1"), ("0", "0"), ("6", "6")):
+        env = {k: v for k, v in os.environ.items() if k != "NPZFIX_EDGE_WORKERS"}
+        if value is not None:
+            env["NPZFIX_EDGE_WORKERS"] = value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == want

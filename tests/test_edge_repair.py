@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import NPZFIX, raw_members, run_cli, sha, temp_files
 
-from npzfix_core import edge_repair, store, synth
+from npzfix_core import devices, edge_repair, store, synth
 from npzfix_core.edges import method_b_reference, parse_sa1b
 
 
@@ -122,6 +122,9 @@ def test_workers_order_glob_and_json_dir(tmp_path):
             os.rename(os.path.join(res.root, f), jdir / f)
     p = run_cli("edges", "--npz-dir", ext, check_rc=0)
     assert "missing source 6" in p.stdout  # JSON moved away from the default places
+    p = run_cli("edges", "--npz-dir", ext, "--workers", "0", "--dry-run", "--report", tmp_path / "auto", check_rc=0)
+    auto = json.load(open(tmp_path / "auto.json"))
+    assert auto["request"]["workers"] == devices.usable_cpus()  # 0: one per usable CPU, recorded as run
     p = run_cli(
         "edges",
         "--npz-dir",

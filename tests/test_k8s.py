@@ -98,6 +98,9 @@ def test_feature_run_gets_one_gpu_pod_and_edges_run_none(k8s_instance):
     _, ec = _pod(ejob)
     assert "nvidia.com/gpu" not in (ec.resources.requests or {}) and "nvidia.com/gpu" not in (ec.resources.limits or {})
     assert ec.resources.requests["cpu"] == "8"
+    eenv = {e.name: e.value for e in ec.env}  # one edge worker per requested CPU, beside the launcher's env
+    assert eenv["NPZFIX_EDGE_WORKERS"] == "8" and eenv["NPZFIX_SA1B_ROOT"] == "/data/sa1b"
+    assert "NPZFIX_EDGE_WORKERS" not in {e.name for e in fc.env}
 
     # image, command, environment: the run's own instance (PostgreSQL through NPZFIX_PG_URL), no local home
     assert fc.image == "registry.example/npzfix:0.1.0-cu128"
