@@ -57,9 +57,15 @@ def npz_names(directory: str, glob: str | None = None) -> list[str]:
     return names
 
 
+def iter_npz(directory: str, glob: str | None = None) -> Iterator[str]:
+    """Paths of the feature NPZs directly in ``directory``, made one at a time from the sorted names."""
+    for name in npz_names(directory, glob):
+        yield os.path.join(directory, name)
+
+
 def npz_in_dir(directory: str, glob: str | None = None) -> list[str]:
     """Feature NPZs directly in ``directory``, de-duplicated, sorted by name."""
-    return [os.path.join(directory, n) for n in npz_names(directory, glob)]
+    return list(iter_npz(directory, glob))
 
 
 def subdirs(directory: str) -> list[str]:
@@ -94,8 +100,7 @@ def walk_dirs(root: str, children: Callable[[str, os.stat_result], list[str]] | 
 def scan_npz(root: str) -> Iterator[str]:
     """Recursive scan for feature NPZs, de-duplicated per directory and stem, in stable order."""
     for d in walk_dirs(root):
-        for name in npz_names(d):
-            yield os.path.join(d, name)
+        yield from iter_npz(d)
 
 
 class Listings:
@@ -182,7 +187,7 @@ def bulk_items(root: str, recursive: bool = True) -> Iterator[WorkItem]:
     """Bulk: recursive scan of ``root`` (or its own files only: one Dagster partition is one directory);
     image beside the NPZ or in its parent."""
     listings = Listings(IMAGE_EXTS)
-    for p in scan_npz(root) if recursive else (os.path.join(root, n) for n in npz_names(root)):
+    for p in scan_npz(root) if recursive else iter_npz(root):
         yield _item(p, find_image(p, listings=listings), "image")
 
 
@@ -191,7 +196,7 @@ def train_test_items(extracted_dirs: Iterable[str]) -> Iterator[WorkItem]:
     for d in extracted_dirs:
         parent = os.path.dirname(os.path.abspath(d))
         listings = Listings(IMAGE_EXTS)
-        for p in (os.path.join(d, n) for n in npz_names(d)):
+        for p in iter_npz(d):
             yield _item(p, find_image(p, parent, listings), "image")
 
 

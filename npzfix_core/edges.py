@@ -151,8 +151,8 @@ def _union_of_gradients_T(runs: ImageRuns, height: int, width: int, kernel_size:
         return marks
     vert, a, b = _transitions(runs, height, width)
     flat = marks.reshape(-1)
+    flat[vert] = 1
     if kernel_size == 2:  # the window of p is p - {0, 1}^2: vertical pairs reach it from q + (0..1, 1)
-        flat[vert] = 1
         horz = np.zeros_like(marks)
         _paint_intervals(horz.reshape(-1), a, b)
         out = np.zeros_like(marks)
@@ -161,7 +161,6 @@ def _union_of_gradients_T(runs: ImageRuns, height: int, width: int, kernel_size:
         out[1:, :] |= horz[:-1, :]
         out[1:, 1:] |= horz[:-1, :-1]
         return out
-    flat[vert] = 1
     flat[vert[vert >= h] - h] = 1  # one column left
     a -= (a % h != 0) & (b > a)  # one row up: an interval one pixel longer, unless it starts a column
     _paint_intervals(flat, a, b)
