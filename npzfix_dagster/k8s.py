@@ -6,6 +6,8 @@ tags the k8s_job_executor applies them to that step's pod. Nothing here needs da
 
 import json
 
+from npzfix_dagster.resources import EDGE_WORKERS_ENV
+
 # A feature run holds one GPU, and CPU and memory for the JPEG decode threads that feed it (15 of a
 # 16-core share); edges need no GPU.
 GPU_POD = {
@@ -21,7 +23,7 @@ CPU_POD = {
     "container_config": {
         "resources": {"requests": {"cpu": str(EDGE_CPUS), "memory": "16Gi"}, "limits": {"memory": "24Gi"}},
         # one edge worker process per requested CPU (a request sets no cgroup limit the run could read)
-        "env": [{"name": "NPZFIX_EDGE_WORKERS", "value": str(EDGE_CPUS)}],
+        "env": [{"name": EDGE_WORKERS_ENV, "value": str(EDGE_CPUS)}],
     }
 }
 K8S_TAG = "dagster-k8s/config"

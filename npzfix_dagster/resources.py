@@ -92,7 +92,12 @@ class Sam2Teacher(ConfigurableResource):
 
 def _env(name: str, cast=str):
     v = os.environ.get(name)
-    return cast(v) if v not in (None, "") else None
+    if v in (None, ""):
+        return None
+    try:
+        return cast(v)
+    except ValueError as exc:  # read when the code location loads: say which variable, not just "int()"
+        raise ValueError(f"environment variable {name}={v!r} is not a valid {cast.__name__}") from exc
 
 
 def roots_from_env() -> DatasetRoots:
