@@ -172,3 +172,6 @@ def test_edge_workers_default_comes_from_the_environment():
             env["NPZFIX_EDGE_WORKERS"] = value
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == want
+    env = dict(os.environ, NPZFIX_EDGE_WORKERS="eight")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "NPZFIX_EDGE_WORKERS='eight' is not a valid int" in out.stderr
