@@ -120,6 +120,30 @@ def _csv(v: str | None) -> tuple[str, ...]:
     return tuple(x.strip() for x in (v or "").split(",") if x.strip())
 
 
+def _teacher_spec(args, device: str):
+    """The teacher named by the shared teacher flags (``features`` and ``check features``), validated."""
+    from npzfix_core.teacher import TeacherSpec
+
+    spec = TeacherSpec(
+        weights=args.weights,
+        config=args.config,
+        random_init_seed=args.random_init,
+        device=device,
+        precision=args.precision,
+        resolution=args.resolution,
+    )
+    spec.validate()
+    return spec
+
+
+def _tolerance(args):
+    from npzfix_core.verify import Tolerance
+
+    tol = Tolerance(args.min_cosine, args.max_rel_error)
+    tol.validate()
+    return tol
+
+
 def cmd_features(args) -> int:
     from npzfix_core import devices
     from npzfix_core.feature_repair import (
@@ -130,7 +154,7 @@ def cmd_features(args) -> int:
         default_decode_workers,
         run_features,
     )
-    from npzfix_core.teacher import TeacherError, TeacherSpec
+    from npzfix_core.teacher import TeacherError
 
     modes = [m for m, v in ((BULK, args.root), (SAMPLES, args.samples), (TRAIN_TEST, args.extracted_dirs)) if v]
     if len(modes) != 1:
@@ -142,15 +166,7 @@ def cmd_features(args) -> int:
         device = devices.resolve(args.device, args.gpus) if not args.dry_run else "cpu"
         if not args.dry_run:
             print(f"npzfix features: device {device} (asked: {args.device})", file=sys.stderr)
-        spec = TeacherSpec(
-            weights=args.weights,
-            config=args.config,
-            random_init_seed=args.random_init,
-            device=device,
-            precision=args.precision,
-            resolution=args.resolution,
-        )
-        spec.validate()
+        spec = _teacher_spec(args, device)
         req = FeatureRequest(
             mode=modes[0],
             teacher=spec,
@@ -166,6 +182,10 @@ def cmd_features(args) -> int:
             force=args.force,
             dry_run=args.dry_run,
             durable=args.durable,
+            legacy=args.legacy,
+            legacy_sample=args.legacy_sample,
+            drift_sample=args.drift_sample,
+            tolerance=_tolerance(args),
         )
         req.validate()
     except (TeacherError, devices.DeviceError, ValueError, FileNotFoundError) as exc:
@@ -178,36 +198,49 @@ def cmd_features(args) -> int:
 
 
 def cmd_check(args) -> int:
-    """Sampled content check of a directory, as the Dagster asset checks do (exit 1 on any problem)."""
+    """Sampled content check of a directory, as the Dagster asset checks do (exit 1 on any problem): edges are
+    recomputed exactly; features are recomputed with the teacher and compared within a tolerance."""
     from npzfix_core import discovery, validate
 
     if not os.path.isdir(args.npz_dir):
         raise UsageError(f"--npz-dir {args.npz_dir} is not a directory")
-    paths = validate.sample(discovery.npz_in_dir(args.npz_dir), args.sample, args.seed)
+    n = args.sample or (16 if args.kind == "edges" else 8)
+    paths = validate.sample(discovery.npz_in_dir(args.npz_dir), n, args.seed)
     if args.kind == "edges":
-        res = validate.check_edges(paths, args.kernel_size, args.json_dir, recompute=args.sample)
+        res = validate.check_edges(paths, args.kernel_size, args.json_dir, recompute=n)
     else:
-        prov = None
-        if args.weights or args.random_init is not None:
-            from npzfix_core.teacher import TeacherError, TeacherSpec, provenance
-
-            try:
-                prov = provenance(
-                    TeacherSpec(
-                        weights=args.weights,
-                        config=args.config,
-                        random_init_seed=args.random_init,
-                        precision=args.precision,
-                        resolution=args.resolution,
-                    )
-                )
-            except TeacherError as exc:
-                raise UsageError(str(exc)) from exc
-        res = validate.check_features(paths, prov, needs_flag=not args.no_flag)
+        res = _check_features(args, paths)
     for pr in res.problems:
         print(f"  {pr['path']}: {pr['problem']} -> {pr['remedy']}")
+    if res.verification is not None:
+        v = res.verification
+        cos = ", ".join(f"{k} {c:.6f}" for k, c in v.min_cosine.items())
+        print(
+            f"verified by value: {v.verified} recomputed, {v.matched} matched; min cosine {cos or '-'}; "
+            f"{v.seconds:.1f} s"
+        )
     print(f"npzfix check {args.kind}: {res.checked} file(s) checked, {len(res.problems)} problem(s)")
     return 0 if res.passed else 1
+
+
+def _check_features(args, paths):
+    from npzfix_core import devices, validate
+    from npzfix_core.teacher import LazyTeacher, TeacherError, provenance
+
+    if args.weights is None and args.random_init is None:
+        raise UsageError("check features recomputes sampled files: pass the teacher (--weights or --random-init)")
+    try:
+        tol = _tolerance(args)
+        if args.structure_only:
+            print("npzfix check features: --structure-only: values are NOT verified", file=sys.stderr)
+            prov = provenance(_teacher_spec(args, "cpu"))
+            return validate.check_features(paths, provenance=prov, needs_flag=not args.no_flag)
+        teacher = LazyTeacher(_teacher_spec(args, devices.resolve(args.device, args.gpus)))
+        return validate.check_features(
+            paths, teacher, needs_flag=not args.no_flag, tolerance=tol, image_dir=args.image_dir
+        )
+    except (TeacherError, devices.DeviceError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def cmd_synth(args) -> int:
@@ -231,6 +264,31 @@ def cmd_synth(args) -> int:
     res = synth.generate(args.out, spec)
     print(f"wrote {len(res.npz)} images, JSONs and NPZs under {res.root}")
     return 0
+
+
+def _teacher_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", help="SAM2 checkpoint (e.g. sam2.1_hiera_base_plus.pt); config follows from its name")
+    p.add_argument("--config", help="SAM2 config, e.g. configs/sam2.1/sam2.1_hiera_b+.yaml")
+    p.add_argument("--random-init", type=int, metavar="SEED", help="seeded random teacher, for demos and tests only")
+    p.add_argument("--device", default=os.environ.get("NPZFIX_DEVICE", "auto"), help="cpu | cuda | cuda:N | auto")
+    p.add_argument("--gpus", help="allowed GPUs, e.g. 1,2,4,5,6,7 (default $NPZFIX_GPUS, else all)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--resolution", type=int, help="encoder input side (default the model's, 1024)")
+
+
+def _tolerance_flags(p: argparse.ArgumentParser) -> None:
+    from npzfix_core.verify import Tolerance
+
+    t = Tolerance()
+    p.add_argument(
+        "--min-cosine", type=float, default=t.min_cosine, help=f"per key, stored vs teacher (default {t.min_cosine})"
+    )
+    p.add_argument(
+        "--max-rel-error",
+        type=float,
+        default=t.max_rel_error,
+        help=f"per key, max |stored - teacher| / max |teacher| (default {t.max_rel_error})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,13 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--samples", help="sample list: image paths, one per line; sets no flag")
     f.add_argument("--npz-dirs", help="sample list: comma-separated dirs searched for NPZs not beside their image")
     f.add_argument("--extracted-dirs", help="train/test: comma-separated <split>/extracted dirs; sets feature_flag=1")
-    f.add_argument("--weights", help="SAM2 checkpoint (e.g. sam2.1_hiera_base_plus.pt); config follows from its name")
-    f.add_argument("--config", help="SAM2 config, e.g. configs/sam2.1/sam2.1_hiera_b+.yaml")
-    f.add_argument("--random-init", type=int, metavar="SEED", help="seeded random teacher, for demos and tests only")
-    f.add_argument("--device", default=os.environ.get("NPZFIX_DEVICE", "auto"), help="cpu | cuda | cuda:N | auto")
-    f.add_argument("--gpus", help="allowed GPUs, e.g. 1,2,4,5,6,7 (default $NPZFIX_GPUS, else all)")
-    f.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    f.add_argument("--resolution", type=int, help="encoder input side (default the model's, 1024)")
+    _teacher_flags(f)
     f.add_argument("--batch-size", type=int, default=0, help="images per encoder call (default: 1 on CPU, 8 on GPU)")
     f.add_argument("--workers", type=_positive, help="image decode threads (default: the host's cores - 1, 2..16)")
     f.add_argument("--writers", type=_positive, default=4, help="NPZ writer threads")
@@ -294,22 +346,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep: an existing key keeps its shape and dtype; new keys are float32 (1,256,H,W)",
     )
     f.add_argument("--force", action="store_true", help="redo files already flagged (same teacher or legacy)")
+    f.add_argument(
+        "--legacy",
+        choices=("skip", "verify", "redo"),
+        default="skip",
+        help="files flagged by the original tool (no provenance): skip them (the original behaviour); verify a "
+        "sample per directory, then adopt them all (stamp provenance) or redo them all; or redo them",
+    )
+    f.add_argument("--legacy-sample", type=_positive, default=4, help="legacy files recomputed per directory")
+    f.add_argument(
+        "--drift-sample",
+        type=_non_negative,
+        default=8,
+        help="files redone for another teacher (or a legacy flag) whose old and new features are compared",
+    )
+    _tolerance_flags(f)
     _common(f)
     f.set_defaults(fn=cmd_features)
 
     c = sub.add_parser("check", help="check a sample of a directory's files (keys, shapes, values, flags, provenance)")
     c.add_argument("kind", choices=("edges", "features"))
     c.add_argument("--npz-dir", required=True)
-    c.add_argument("--sample", type=_positive, default=16)
+    c.add_argument("--sample", type=_positive, help="files to check (default 16 edges, 8 features; all when >= the count)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--kernel-size", type=_positive, default=3, help="edges: the kernel the files should carry")
     c.add_argument("--json-dir", help="edges: where <stem>.json live (sampled files are recomputed exactly)")
-    c.add_argument("--weights", help="features: the teacher the files should come from")
-    c.add_argument("--config")
-    c.add_argument("--random-init", type=int, metavar="SEED")
-    c.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    c.add_argument("--resolution", type=int)
+    _teacher_flags(c)
+    _tolerance_flags(c)
+    c.add_argument("--image-dir", help="features: where the images are (default: beside the NPZ, then its parent)")
     c.add_argument("--no-flag", action="store_true", help="features: files of a sample list carry no feature_flag")
+    c.add_argument(
+        "--structure-only", action="store_true", help="features: skip the recompute (keys, shapes, flags only)"
+    )
     c.set_defaults(fn=cmd_check, log=None, verbose=False)
 
     s = sub.add_parser("synth", help="generate a seeded SA-1B-like dataset (JPEG, JSON, NPZ)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -20,12 +21,12 @@ from typing import Callable, Iterable, Iterator, Union
 
 import numpy as np
 
-from npzfix_core import discovery, store
-from npzfix_core import teacher as teacher_mod
+from npzfix_core import adoption, discovery, store
 from npzfix_core.devices import usable_cpus
 from npzfix_core.images import load_rgb
-from npzfix_core.provenance import FEATURE_KEYS, FeatureProvenance, FeatureState
+from npzfix_core.provenance import FEATURE_KEYS, FeatureProvenance, FeatureState, stored_teacher
 from npzfix_core.report import (
+    ADOPTED,
     FAILED,
     MISSING,
     SKIPPED_DONE,
@@ -38,7 +39,8 @@ from npzfix_core.report import (
     RunReport,
     outcome_for,
 )
-from npzfix_core.teacher import Teacher, TeacherSpec
+from npzfix_core.teacher import LazyTeacher, Teacher, TeacherSpec
+from npzfix_core.verify import KeyMatch, Tolerance, compare, drift_summary
 
 log = logging.getLogger("npzfix")
 
@@ -71,6 +73,10 @@ class FeatureRequest:
     dry_run: bool = False
     durable: bool = True
     preprocess_on: str = "auto"  # auto: decode threads on a CPU teacher, the device (batched) on a GPU
+    legacy: str = adoption.SKIP  # files flagged by the original tool: skip | verify (then adopt or redo) | redo
+    legacy_sample: int = 4  # legacy files recomputed per directory before adopting the rest
+    drift_sample: int = 8  # files redone for another teacher whose old features are compared with the new
+    tolerance: Tolerance = field(default_factory=Tolerance)
 
     @property
     def sets_flag(self) -> bool:
@@ -85,6 +91,13 @@ class FeatureRequest:
             raise ValueError(f"--store-dtype must be one of {STORE_DTYPES}")
         if self.batch_size < 0 or self.workers < 1 or self.writers < 1:
             raise ValueError("--batch-size must be >= 0 (0: auto), --workers and --writers >= 1")
+        if self.legacy not in adoption.POLICIES:
+            raise ValueError(f"--legacy must be one of {adoption.POLICIES}")
+        if self.legacy != adoption.SKIP and not self.sets_flag:
+            raise ValueError("--legacy goes with --root or --extracted-dirs: a sample list redoes every file anyway")
+        if self.legacy_sample < 1 or self.drift_sample < 0:
+            raise ValueError("--legacy-sample must be >= 1 and --drift-sample >= 0")
+        self.tolerance.validate()
         given, flag = {
             BULK: (self.root, "--root"),
             SAMPLES: (self.samples, "--samples"),
@@ -107,21 +120,33 @@ def items_for(req: FeatureRequest) -> Iterator[discovery.WorkItem]:
     return discovery.sample_items(req.samples, list(req.npz_dirs))
 
 
-def precheck(item: discovery.WorkItem, req: FeatureRequest, prov: FeatureProvenance) -> Outcome | None:
-    """Outcome for items that need no compute (done, legacy-flagged, missing, unreadable), else None.
+FRESH, STALE, LEGACY = "fresh", "stale", "legacy"  # why a file needs work: not done, another teacher's, legacy
+
+
+def precheck(item: discovery.WorkItem, req: FeatureRequest, prov: FeatureProvenance) -> Outcome | str:
+    """The outcome of an item that needs no compute (done, legacy skipped, missing, unreadable), else why it
+    needs work (FRESH, STALE or LEGACY; a legacy file's source is looked at only once it is to be redone).
 
     Done first, sources second: a done file needs no image, so a shard whose JPEGs were deleted after
     extraction is reported as done, not as thousands of missing sources.
     """
+    why = FRESH
     try:
         if item.npz is not None and req.sets_flag and not req.force:
             state = prov.state(store.read_flags(item.npz, FEATURE_KEYS))
-            if state is FeatureState.LEGACY:
-                return Outcome(item.npz, SKIPPED_LEGACY, "flagged by the original tool (no provenance)")
             if state is FeatureState.DONE:
                 return Outcome(item.npz, SKIPPED_DONE)
+            if state is FeatureState.LEGACY:
+                if req.legacy == adoption.SKIP:
+                    return Outcome(item.npz, SKIPPED_LEGACY, "flagged by the original tool (no provenance)")
+                return LEGACY
+            why = STALE if state is FeatureState.STALE else FRESH
     except Exception as exc:
         return outcome_for(item.npz, exc)
+    return missing(item) or why
+
+
+def missing(item: discovery.WorkItem) -> Outcome | None:
     if item.problem or item.npz is None or item.source is None:
         return Outcome(item.npz or item.source or item.stem, MISSING, item.problem or "missing source")
     return None
@@ -172,12 +197,28 @@ class _Loaded:
     error: Outcome | None = None
     t0: float = 0.0
     busy: float = 0.0
+    old: dict | None = None  # drift sample: the features the file held, and what wrote them
+    adopt: tuple[int, int, int] | None = None  # a legacy file fit to be stamped as it is: its identity
+    job: "_Job | None" = None
 
 
-def _load(item: discovery.WorkItem, resolution: int, device, stage: str) -> _Loaded:
-    """Check the NPZ, decode the image, then (stage) stop, preprocess here (CPU), or pin for the device."""
+def _load(item: discovery.WorkItem, resolution: int, device, stage: str, job: "_Job") -> _Loaded:
+    """Check the NPZ, decode the image, then (stage) stop, preprocess here (CPU), or pin for the device.
+
+    An adoption candidate is examined instead (structure, still legacy) and decoded only if it must be redone.
+    """
     t0 = time.perf_counter()
     try:
+        if job.adopt is not None:
+            try:
+                loaded = _Loaded(item, t0=t0, adopt=adoption.adoptable(item.npz, job.prov), job=job)
+                loaded.busy = time.perf_counter() - t0
+                return loaded
+            except adoption.NotAdoptable as exc:
+                log.warning("legacy file %s is redone, not adopted: %s", item.npz, exc)
+                if (gone := missing(item)) is not None:
+                    return _Loaded(item, error=gone, t0=t0)
+        old = _old_features(item.npz) if job.drift else None
         store.inspect(item.npz)  # fail before spending the encoder on an unwritable file
         img = load_rgb(item.source)
         if stage == "decode":
@@ -191,25 +232,73 @@ def _load(item: discovery.WorkItem, resolution: int, device, stage: str) -> _Loa
 
             t = torch.from_numpy(img)
             loaded = _Loaded(item, t.pin_memory() if torch.cuda.is_available() else t, t0=t0)
+        loaded.old = old
     except Exception as exc:
         loaded = _Loaded(item, error=outcome_for(item.npz, exc), t0=t0)
     loaded.busy = time.perf_counter() - t0
     return loaded
 
 
+def _old_features(npz: str) -> dict:
+    """What a drift-sampled file held before it is redone; an unreadable old array is drift too."""
+    try:
+        flags = store.read_flags(npz, FEATURE_KEYS)
+        has_record, stored = stored_teacher(flags)
+        was = "the original tool (no provenance)" if not has_record else stored.describe() if stored else "?"
+        return {"was": was, "arrays": store.read_arrays(npz, ("P4_S16", "P5_S32"))}
+    except Exception as exc:
+        return {"was": "unreadable", "arrays": {}, "error": str(exc)}
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What is to be done with one admitted file, beside its item."""
+
+    prov: FeatureProvenance
+    why: str = FRESH
+    drift: bool = False  # compare its old features with the new
+    adopt: dict | None = None  # the directory's adoption evidence: stamp rather than recompute
+
+
 def _write(
-    item: discovery.WorkItem, p4, p5, event, req: FeatureRequest, prov: FeatureProvenance, t0: float
-) -> tuple[Outcome, float]:
-    """The file's outcome, and the seconds this writer spent on it."""
+    item: discovery.WorkItem, p4, p5, event, req: FeatureRequest, prov: FeatureProvenance, t0: float, old
+) -> tuple[Outcome, float, dict | None]:
+    """The file's outcome, the seconds this writer spent on it, and the drift measured (drift samples)."""
     start = time.perf_counter()
+    drift = None
     try:
         if event is not None:
             event.synchronize()  # the device-to-host copy was queued asynchronously
-        write_features(item.npz, p4.numpy(), p5.numpy(), req, prov)
+        new = {"P4_S16": p4.numpy(), "P5_S32": p5.numpy()}
+        if old is not None:
+            drift = {"path": item.npz, "was": old["was"], "matches": _drift(old["arrays"], new)}
+        write_features(item.npz, new["P4_S16"], new["P5_S32"], req, prov)
         outcome = Outcome(item.npz, UPDATED, seconds=time.perf_counter() - t0)
     except Exception as exc:
         outcome = outcome_for(item.npz, exc)
-    return outcome, time.perf_counter() - start
+    return outcome, time.perf_counter() - start, drift
+
+
+def _drift(old: dict, new: dict) -> list:
+    out = []
+    for key, value in new.items():
+        try:
+            out.append(compare(key, old[key], value))
+        except (KeyError, ValueError):  # absent or of another size: nothing like the new features
+            out.append(KeyMatch(key, -1.0, math.nan, math.nan))
+    return out
+
+
+def _adopt(item: discovery.WorkItem, job: _Job, seen, req: FeatureRequest) -> tuple[Outcome, float, None]:
+    start = time.perf_counter()
+    try:
+        adoption.adopt(item.npz, job.prov, req.mode, job.adopt, seen, req.durable)
+        outcome = Outcome(item.npz, ADOPTED, "verified sample of its directory")
+    except adoption.NotAdoptable as exc:
+        outcome = Outcome(item.npz, SKIPPED_LEGACY, f"not adopted: {exc}")
+    except Exception as exc:
+        outcome = outcome_for(item.npz, exc)
+    return outcome, time.perf_counter() - start, None
 
 
 @dataclass
@@ -224,6 +313,7 @@ class Timings:
     wait_write_s: float = 0.0  # the main loop held back because writers fell behind
     decode_busy_s: float = 0.0  # summed over decode threads: NPZ check, decode, CPU preprocessing or pinning
     write_busy_s: float = 0.0  # summed over writer threads: NPZ merge, fsync
+    legacy_verify_s: float = 0.0  # recomputing legacy samples (--legacy verify), main loop
     batches: int = 0
     images: int = 0
     _gpu: collections.deque = field(default_factory=collections.deque, repr=False)
@@ -242,27 +332,33 @@ class Timings:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
 
-TeacherSource = Union[Teacher, Callable[[], Teacher], None]
+TeacherSource = Union[Teacher, LazyTeacher, Callable[[], Teacher], None]
 
 
 class _Pipeline:
     """discover -> admit -> decode -> encode -> write, each stage bounded so memory stays flat.
 
-    Decoding the next batch and writing the last happen while the encoder runs; the teacher is built (from
-    the factory) only when the first file needs it, so runs with nothing to do never load a model.
+    Decoding the next batch and writing the last happen while the encoder runs; the teacher is built only when
+    the first file needs it, so runs with nothing to do never load a model. With ``--legacy verify`` a
+    directory's legacy files are held until the scan leaves the directory, then a sample decides: they come
+    back as files to stamp (adopt) or to redo.
     """
 
-    def __init__(self, req: FeatureRequest, prov: FeatureProvenance, teacher: TeacherSource, report, bar):
-        self.req, self.prov, self.report, self.bar = req, prov, report, bar
-        self.teacher: Teacher | None = teacher if isinstance(teacher, Teacher) else None
-        self._factory = teacher if callable(teacher) and self.teacher is None else None
+    def __init__(self, req: FeatureRequest, teacher: LazyTeacher, report, bar):
+        self.req, self.lazy, self.prov, self.report, self.bar = req, teacher, teacher.provenance, report, bar
+        self.teacher: Teacher | None = None
         self.budget = Budget(req.max_files)
         self.timings = Timings()
         self.admitted = self.finished = 0
-        self.pending: collections.deque[Future] = collections.deque()  # decode futures -> _Loaded
+        self.pending: collections.deque[Future] = collections.deque()  # decode futures -> (_Loaded, _Job)
         self.writes: collections.deque[Future] = collections.deque()  # write futures -> Outcome
         self.batch_size = req.batch_size
         self.prefetch = 2 * (req.batch_size or 8) + req.workers  # two batches ahead, one image per decode thread
+        self.backlog: collections.deque[tuple[discovery.WorkItem, _Job]] = collections.deque()  # decided legacy
+        self.held_dir: str | None = None  # legacy files of the directory being scanned, until it is left
+        self.held: list[discovery.WorkItem] = []
+        self.drift_candidates = self.drift_taken = 0
+        self.drift: list[dict] = []
 
     # bookkeeping
     def record(self, outcome: Outcome) -> None:
@@ -274,8 +370,10 @@ class _Pipeline:
         self.record(outcome)
 
     def written(self) -> None:
-        outcome, busy = self.writes.popleft().result()
+        outcome, busy, drift = self.writes.popleft().result()
         self.timings.write_busy_s += busy
+        if drift is not None:
+            self.drift.append(drift)
         self.finish(outcome)
 
     def budget_left(self) -> bool:
@@ -310,24 +408,74 @@ class _Pipeline:
                     self.report.stopped_early = self.budget.reason
                     return
 
+    def next_item(self, items: Iterator[discovery.WorkItem]) -> tuple[discovery.WorkItem, _Job | None] | None:
+        """The next decided legacy file, else the next scanned one; leaving a directory decides its legacy files."""
+        if self.backlog:
+            return self.backlog.popleft()
+        item = next(items, None)
+        directory = os.path.dirname(item.npz) if item is not None and item.npz else None
+        if self.held and (item is None or directory != self.held_dir):
+            self.decide_legacy()
+            if item is None:
+                return self.backlog.popleft() if self.backlog else None
+        return None if item is None else (item, None)
+
     def admit(self, items: Iterator[discovery.WorkItem]) -> bool:
         """Skip-check items and hand those with work to the decoders; False once items are exhausted."""
         while len(self.pending) < self.prefetch and self.budget_left():
-            item = next(items, None)
-            if item is None:
+            nxt = self.next_item(items)
+            if nxt is None:
                 return False
-            pre = precheck(item, self.req, self.prov)
-            if pre is not None:
-                self.record(pre)
-                continue
+            item, job = nxt
+            if job is None:
+                pre = precheck(item, self.req, self.prov)
+                if isinstance(pre, Outcome):
+                    self.record(pre)
+                    continue
+                if pre == LEGACY and self.req.legacy == adoption.VERIFY:
+                    self.held_dir = os.path.dirname(item.npz)
+                    self.held.append(item)
+                    continue
+                if pre == LEGACY and (gone := missing(item)) is not None:
+                    self.record(gone)
+                    continue
+                job = self.job(pre)
             device = self.device()
             self.admitted += 1
-            self.pending.append(self.decode_pool.submit(_load, item, self.prov.resolution, device, self.stage(device)))
+            stage = self.stage(device)
+            self.pending.append(self.decode_pool.submit(_load, item, self.prov.resolution, device, stage, job))
         return True
+
+    def job(self, why: str) -> _Job:
+        """Drift samples: among files redone for another teacher or a legacy flag, the 1st, 2nd, 3rd, 5th, 9th,
+        17th, ... (spread over the run without knowing its length), at most ``drift_sample``."""
+        drift = False
+        if why in (STALE, LEGACY) and not self.req.dry_run:
+            i = self.drift_candidates
+            self.drift_candidates += 1
+            drift = (i < 3 or i & (i - 1) == 0) and self.drift_taken < self.req.drift_sample
+            self.drift_taken += drift
+        return _Job(self.prov, why, drift)
+
+    def decide_legacy(self) -> None:
+        directory, items = self.held_dir, self.held
+        self.held_dir, self.held = None, []
+        t = time.perf_counter()
+        d = adoption.decide(
+            directory, items, self.lazy, self.req.tolerance, self.req.legacy_sample, dry_run=self.req.dry_run
+        )
+        self.timings.legacy_verify_s += time.perf_counter() - t
+        self.report.legacy.append(d.record)
+        log.info("legacy files in %s: %d %s (%s)", directory, len(items), d.record["decision"], d.record["why"])
+        for outcome in d.left:
+            self.record(outcome)
+        adopt = _Job(self.prov, LEGACY, adopt=d.record.get("evidence"))
+        self.backlog.extend((it, adopt) for it in d.adopt)
+        self.backlog.extend((it, self.job(LEGACY)) for it in d.redo)
 
     def device(self):
         if self.teacher is None and not self.req.dry_run:
-            self.teacher = self._factory() if self._factory else teacher_mod.build(self.req.teacher)
+            self.teacher = self.lazy.get()
         return self.teacher.device if self.teacher is not None else None
 
     def stage(self, device) -> str:
@@ -350,13 +498,14 @@ class _Pipeline:
                 self.timings.decode_busy_s += loaded.busy
                 if loaded.error is not None:
                     self.finish(loaded.error)
+                elif loaded.adopt is not None:
+                    self.writes.append(self.write_pool.submit(_adopt, loaded.item, loaded.job, loaded.adopt, self.req))
                 elif self.req.dry_run:
                     self.finish(Outcome(loaded.item.npz, WOULD_UPDATE))
                 else:
                     batch.append(loaded)
         self.timings.wait_decode_s += time.perf_counter() - t
         return batch
-
     def encode(self, batch: list[_Loaded]) -> None:
         """One forward pass; an out-of-memory batch is split, any other error fails the batch's files only."""
         import torch
@@ -407,18 +556,20 @@ class _Pipeline:
 
     def write(self, batch: list[_Loaded], p4, p5, event) -> None:
         for i, b in enumerate(batch):
-            args = (b.item, p4[i : i + 1], p5[i : i + 1], event, self.req, self.prov, b.t0)
+            args = (b.item, p4[i : i + 1], p5[i : i + 1], event, self.req, self.prov, b.t0, b.old)
             self.writes.append(self.write_pool.submit(_write, *args))
 
 
 def run_features(req: FeatureRequest, teacher: TeacherSource = None, progress: bool = True) -> RunReport:
     """Recompute features for every item of the request's layout; per-file problems land in the report.
 
-    ``teacher``: a built ``Teacher``, or a factory called only once some file needs a model (Dagster's
-    resource resolves and leases the device there), or None to build one from ``req.teacher`` likewise.
+    ``teacher``: a built ``Teacher``; a ``LazyTeacher`` (shared with the checks that follow); a factory called
+    only once some file needs a model (Dagster's resource resolves and leases the device there); or None to
+    build one from ``req.teacher`` likewise.
     """
     req.validate()
-    prov = teacher.provenance if isinstance(teacher, Teacher) else teacher_mod.provenance(req.teacher)
+    lazy = as_lazy(teacher, req.teacher)
+    prov = lazy.provenance
     report = RunReport(
         f"features ({req.mode})",
         provenance=prov.as_dict(),
@@ -429,13 +580,23 @@ def run_features(req: FeatureRequest, teacher: TeacherSource = None, progress: b
         report.warnings.append("randomly initialised teacher: not real SAM2 features (demo/test only)")
     bar = Progress(None, f"features {req.mode}", enabled=progress)
     items = items_for(req) if req.dry_run else _sweeping(items_for(req))
-    pipeline = _Pipeline(req, prov, teacher, report, bar)
+    pipeline = _Pipeline(req, lazy, report, bar)
     try:
         pipeline.run(items)
     finally:
         bar.close()
     report.timings = pipeline.timings.summary()
+    if pipeline.drift_candidates:
+        report.drift = drift_summary(pipeline.drift, pipeline.drift_candidates)
     return report.finish()
+
+
+def as_lazy(teacher: TeacherSource, spec: TeacherSpec) -> LazyTeacher:
+    if isinstance(teacher, LazyTeacher):
+        return teacher
+    if isinstance(teacher, Teacher):
+        return LazyTeacher(teacher)
+    return LazyTeacher(spec, factory=teacher)
 
 
 def _sweeping(items: Iterable[discovery.WorkItem]) -> Iterator[discovery.WorkItem]:

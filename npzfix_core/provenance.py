@@ -3,7 +3,8 @@
 A flag alone cannot tell which teacher or rule wrote a file, so npzfix records provenance beside it
 (a JSON string member). Files flagged by the original tools carry none; design §6 settles them: an
 ``edge_version='B_v1'`` flag counts as Method B with kernel 3; a ``feature_flag`` is "legacy": skipped,
-counted apart, redone with ``--force``.
+counted apart, redone with ``--force`` or ``--legacy redo``, or adopted after a verified sample with
+``--legacy verify`` (its record then says so: ``adopted``).
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ TEACHER_FIELDS = ("teacher", "config", "weights", "precision", "resolution", "sc
 class FeatureState(enum.Enum):
     DONE = "done"  # flag + this teacher
     LEGACY = "legacy"  # flagged by the original tool: no provenance
-    TODO = "todo"  # not flagged, or written by another teacher
+    STALE = "stale"  # flagged, by another teacher
+    TODO = "todo"  # not flagged
 
 
 @dataclass(frozen=True)
@@ -110,9 +112,10 @@ class FeatureProvenance:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def record(self, mode: str) -> np.ndarray:
-        """The ``feature_provenance`` member: this teacher, the tool and the mode that wrote the file."""
-        return np.array(json.dumps({**self.as_dict(), "tool": TOOL, "mode": mode}, sort_keys=True))
+    def record(self, mode: str, **extra: Any) -> np.ndarray:
+        """The ``feature_provenance`` member: this teacher, the tool and the mode that wrote the file (plus, for an
+        adopted legacy file, the evidence it was adopted on)."""
+        return np.array(json.dumps({**self.as_dict(), "tool": TOOL, "mode": mode, **extra}, sort_keys=True))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> FeatureProvenance | None:
@@ -134,7 +137,7 @@ class FeatureProvenance:
         record = _stored_json(flags, "feature_provenance")
         if record is None:
             return FeatureState.LEGACY
-        return FeatureState.DONE if self.same_teacher(FeatureProvenance.from_dict(record)) else FeatureState.TODO
+        return FeatureState.DONE if self.same_teacher(FeatureProvenance.from_dict(record)) else FeatureState.STALE
 
     def describe(self) -> str:
         return f"{self.config} {self.weights} {self.precision} @{self.resolution}"

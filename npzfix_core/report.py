@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,9 +22,11 @@ UPDATED = "updated"
 WOULD_UPDATE = "would_update"  # --dry-run
 SKIPPED_DONE = "skipped_done"
 SKIPPED_LEGACY = "skipped_legacy"  # flagged by the original tools, no provenance
+ADOPTED = "adopted"  # a legacy file stamped with provenance after a verified sample of its directory
 MISSING = "missing_source"
 FAILED = "failed"
-STATUSES = (UPDATED, WOULD_UPDATE, SKIPPED_DONE, SKIPPED_LEGACY, MISSING, FAILED)
+STATUSES = (UPDATED, WOULD_UPDATE, SKIPPED_DONE, SKIPPED_LEGACY, ADOPTED, MISSING, FAILED)
+EXAMPLES = 4  # paths kept per status, for checks that sample what a run did
 # Per-file log lines of each kind before they are only counted: in Dagster every log line is an event
 # (~3 ms each in SQLite), and a person reads tens of them, not 11,000. The full list is in the report file.
 LOG_FIRST = 20
@@ -72,6 +75,10 @@ def outcome_for(path: str, exc: BaseException, source: str | None = None, second
     return Outcome(path, FAILED, f"unexpected {type(exc).__name__}: {exc}", seconds)
 
 
+def _rank(path: str) -> int:
+    return zlib.crc32(path.encode("utf-8", "surrogateescape"))
+
+
 class Budget:
     """``--max-files``: bounds files *updated*, counting those in flight, so repeated bounded runs make
     progress (skipped files do not count) and parallel stages never overshoot."""
@@ -96,6 +103,11 @@ class RunReport:
     warnings: list[str] = field(default_factory=list)  # said once per run, e.g. a random-init teacher
     counts: dict[str, int] = field(default_factory=lambda: {s: 0 for s in STATUSES})
     failures: list[dict[str, str]] = field(default_factory=list)  # path, status, reason
+    # a few paths per status, the same ones whatever the order (smallest crc32 of the path): an asset check
+    # recomputes some of each kind (a legacy file the run skipped, one it adopted, one it wrote)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    legacy: list[dict[str, Any]] = field(default_factory=list)  # per directory: legacy files verified, adopted, redone
+    drift: dict[str, Any] = field(default_factory=dict)  # old vs new features of a sample of redone files
     seen: int = 0
     dry_run: bool = False
     started: float = field(default_factory=time.time)
@@ -105,6 +117,11 @@ class RunReport:
     def add(self, outcome: Outcome) -> None:
         self.seen += 1
         self.counts[outcome.status] += 1
+        kept = self.examples.setdefault(outcome.status, [])
+        if len(kept) < EXAMPLES or _rank(outcome.path) < _rank(kept[-1]):
+            kept.append(outcome.path)
+            kept.sort(key=_rank)
+            del kept[EXAMPLES:]
         if outcome.status in (FAILED, MISSING):
             self.failures.append({"path": outcome.path, "status": outcome.status, "reason": outcome.reason})
             if self.counts[outcome.status] <= LOG_FIRST:
@@ -173,17 +190,37 @@ class RunReport:
             f"npzfix {self.tool}{' (dry run)' if self.dry_run else ''}: "
             f"seen {self.seen}, updated {c[UPDATED]}"
             + (f", would update {c[WOULD_UPDATE]}" if self.dry_run else "")
+            + (f", adopted {c[ADOPTED]}" if c[ADOPTED] else "")
             + f", skipped (already done) {c[SKIPPED_DONE]}, skipped (legacy flag) {c[SKIPPED_LEGACY]}, "
             f"missing source {c[MISSING]}, failed {c[FAILED]}",
             f"elapsed {self.elapsed:.2f} s, {self.files_per_s:.1f} files/s",
         ]
         if self.stopped_early:
             lines.append(f"stopped early: {self.stopped_early}")
+        for d in self.legacy[:20]:
+            lines.append(f"legacy files in {d['directory']}: {d['legacy_files']} {d['decision']} ({d['why']})")
+        if len(self.legacy) > 20:
+            lines.append(f"  ... and {len(self.legacy) - 20} more directories (see the report file)")
+        if self.drift.get("sampled"):
+            lines.append(drift_line(self.drift))
         for f in self.failures[:20]:
             lines.append(f"  {f['status']}: {f['path']}: {f['reason']}")
         if len(self.failures) > 20:
             lines.append(f"  ... and {len(self.failures) - 20} more (see the report file)")
         return "\n".join(lines)
+
+
+def drift_line(drift: dict[str, Any]) -> str:
+    keys = "; ".join(
+        f"{k} cosine min {v['min_cosine']:.4f} median {v['median_cosine']:.4f}, max error {v['max_abs_error']:.4g}"
+        for k, v in drift.items()
+        if isinstance(v, dict) and "min_cosine" in v
+    )
+    unrelated = len(drift.get("unrelated", []))
+    return (
+        f"drift, old vs new features of {drift['sampled']} of {drift['candidates']} files redone for another "
+        f"teacher or a legacy flag: {keys}" + (f"; {unrelated} held something unrelated (cosine < 0.5)" if unrelated else "")
+    )
 
 
 class Progress:

@@ -167,3 +167,32 @@ def build(spec: TeacherSpec) -> Teacher:
     encoder.to(device).eval()
     log.info("teacher %s (%s) on %s, %s, input %d", config, prov.weights, device, spec.precision, prov.resolution)
     return Teacher(encoder, device, prov.resolution, spec.precision, prov)
+
+
+class LazyTeacher:
+    """One teacher for a run and its checks: provenance known at once (no torch), the model built the first
+    time something needs it, by ``factory`` (Dagster's resource: resolves and leases a device) or from the
+    spec. The built model must say the same provenance as the spec: files are stamped with one, computed
+    with the other, and a disagreement would label features with the wrong teacher."""
+
+    def __init__(self, source: "Teacher | TeacherSpec", factory=None):
+        if isinstance(source, Teacher):
+            self._teacher, self.provenance, self._spec = source, source.provenance, None
+        else:
+            self._teacher, self.provenance, self._spec = None, provenance(source), source
+        self._factory = factory
+
+    @property
+    def built(self) -> bool:
+        return self._teacher is not None
+
+    def get(self) -> Teacher:
+        if self._teacher is None:
+            t = self._factory() if self._factory is not None else build(self._spec)
+            if not t.provenance.same_teacher(self.provenance):
+                raise TeacherError(
+                    f"the teacher built ({t.provenance.describe()}) is not the one requested "
+                    f"({self.provenance.describe()})"
+                )
+            self._teacher = t
+        return self._teacher

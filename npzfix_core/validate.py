@@ -10,13 +10,14 @@ import json
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Collection, Iterable
 
 import numpy as np
 
 from npzfix_core import discovery, store
 from npzfix_core.provenance import EdgeProvenance, FeatureProvenance, flag_set, stored_teacher
 from npzfix_core.report import outcome_for
+from npzfix_core.verify import Summary, Tolerance
 
 
 # What fixes each kind of problem (a check that fails says how to make it pass).
@@ -24,6 +25,11 @@ RESTORE = "restore this file (e.g. extract it again); npzfix never rewrites an u
 RERUN = "materialize this partition again (CLI: the same npzfix command): files not done are redone"
 REDO_EDGES = "materialize this partition with skip_if_processed: false (CLI: npzfix edges without --skip-if-processed)"
 REDO_FEATURES = "materialize this partition with force: true (CLI: npzfix features --force)"
+REDO_LEGACY = (
+    "flagged by the original tool: materialize this partition with legacy: verify (CLI: npzfix features "
+    "--legacy verify), which redoes its legacy files when a sample does not match"
+)
+RESTORE_IMAGE = "restore the image (beside the NPZ or in its parent) to verify this file by value"
 FIX_JSON = "fix or restore the JSON named here, then materialize this partition"
 
 
@@ -32,6 +38,8 @@ class CheckResult:
     checked: int = 0
     problems: list[dict[str, str]] = field(default_factory=list)  # path, problem, remedy
     legacy_flagged: int = 0  # flagged by the original tools (no provenance), content checked like any other
+    unverifiable: int = 0  # sampled for a recompute, but its image is missing or unreadable
+    verification: Summary | None = None  # what the recompute measured (None: no file was recomputed)
 
     @property
     def passed(self) -> bool:
@@ -100,35 +108,60 @@ def check_edges(paths: Iterable[str], kernel_size: int, json_dir: str | None = N
 
 
 def check_features(
-    paths: Iterable[str], provenance: FeatureProvenance | None = None, needs_flag: bool = True
+    paths: Iterable[str],
+    teacher=None,
+    *,
+    provenance: FeatureProvenance | None = None,
+    needs_flag: bool = True,
+    verify: Collection[str] | None = None,
+    tolerance: Tolerance = Tolerance(),
+    image_dir: str | None = None,
 ) -> CheckResult:
-    """P4/P5 present, float, finite, 256 channels, P5 half of P4; IMAGE_EMB_S16 == P4; flag and same teacher."""
+    """Structure, flag and provenance of every file; then the values: files in ``verify`` (all, when None) are
+    recomputed with ``teacher`` (a ``LazyTeacher``, built only if a file needs it) and compared.
+
+    Without a teacher only structure is checked (``provenance`` then names the teacher files should carry).
+    A file whose image is missing is "not verifiable": a problem, never a pass.
+    """
+    from npzfix_core import verify as by_value
+
     res = CheckResult()
+    if teacher is not None:
+        provenance = teacher.provenance
+    resolution = provenance.resolution if provenance is not None else None
+    queued: list[tuple[str, str | None]] = []
+    held: dict[str, dict] = {}
+    remedy: dict[str, str] = {}
     for p in paths:
         if (a := _read(p, res)) is None:
             continue
         flagged = flag_set(a, "feature_flag")
         has_record, stored = stored_teacher(a)
-        if flagged and not has_record:
-            res.legacy_flagged += 1  # the original tool's work: its content is checked below like any other
+        legacy = flagged and not has_record
+        res.legacy_flagged += legacy  # the original tool's work: checked below like any other
         done = flagged and (not has_record or (provenance is not None and provenance.same_teacher(stored)))
-        fix = REDO_FEATURES if done else RERUN
-        p4, p5 = a.get("P4_S16"), a.get("P5_S32")
-        if p4 is None or p5 is None:
-            res.fail(p, "missing P4_S16 or P5_S32", fix)
-            continue
-        if p4.dtype.kind != "f" or p5.dtype.kind != "f":
-            res.fail(p, f"features are {p4.dtype}/{p5.dtype}, want float", fix)
-        elif not (np.isfinite(p4).all() and np.isfinite(p5).all()):
-            res.fail(p, "features hold NaN or Inf", fix)
-        if p4.shape[-3:-2] != (256,) or p4.shape[-2] != 2 * p5.shape[-2] or p4.shape[-1] != 2 * p5.shape[-1]:
-            res.fail(p, f"shapes P4 {p4.shape} / P5 {p5.shape} are not (.,256,H,W) / (.,256,H/2,W/2)", fix)
-        if "IMAGE_EMB_S16" in a and not np.array_equal(a["IMAGE_EMB_S16"].astype(np.float32), p4.astype(np.float32)):
-            res.fail(p, "IMAGE_EMB_S16 disagrees with P4_S16", fix)
+        fix = REDO_LEGACY if legacy else REDO_FEATURES if done else RERUN
+        problems = by_value.structure_problems(a, resolution)
+        for problem in problems:
+            res.fail(p, problem, fix)
         if needs_flag and not flagged:
             res.fail(p, "feature_flag is not 1", RERUN)
+            problems.append("not flagged")
         if provenance is not None and has_record and not provenance.same_teacher(stored):
             res.fail(p, f"written by another teacher: {stored.describe() if stored else 'unreadable provenance'}")
+            problems.append("another teacher")
+        if teacher is not None and not problems and (verify is None or p in verify):
+            queued.append((p, discovery.find_image(p, image_dir)))
+            held[p] = {k: a[k] for k in by_value.FEATURE_ARRAYS if k in a}
+            remedy[p] = fix
+    if queued:
+        verdicts, res.verification = by_value.timed_verify(queued, teacher, tolerance, held)
+        for v in verdicts:
+            if v.status == by_value.UNVERIFIABLE:
+                res.unverifiable += 1
+                res.fail(v.path, f"not verifiable: {v.reason}", RESTORE_IMAGE)
+            elif v.status != by_value.MATCH:
+                res.fail(v.path, v.reason, remedy[v.path] if v.status == by_value.MISMATCH else RESTORE)
     return res
 
 

@@ -6,12 +6,15 @@ metadata and check results. All computation lives in ``npzfix_core``.
 
 import os
 import re
+import zlib
 from typing import Callable, Optional
 
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, asset
+from pydantic import Field
 
 from npzfix_core.feature_repair import BULK, TRAIN_TEST
 from npzfix_core.report import RunReport
+from npzfix_core.verify import Tolerance
 from npzfix_dagster import checks, metadata
 from npzfix_dagster.k8s import CPU_TAGS, GPU_TAGS
 from npzfix_dagster.partitions import PartitionKeyError, sa1b_dir, sa1b_dirs, split_extracted_dir, train_test_splits
@@ -34,6 +37,12 @@ class FeaturesConfig(Config):
     dry_run: bool = False
     store_dtype: str = "keep"
     durable: bool = True
+    legacy: str = Field("skip", description="files flagged by the original tool: skip | verify (adopt or redo) | redo")
+    legacy_sample: int = Field(4, description="legacy files recomputed per directory before adopting the rest")
+    drift_sample: int = Field(8, description="files redone for another teacher whose old features are compared")
+    verify_sample: int = Field(2, description="files sample_valid recomputes with the run's teacher")
+    min_cosine: float = Tolerance().min_cosine
+    max_rel_error: float = Tolerance().max_rel_error
 
 
 class EdgesConfig(Config):
@@ -106,7 +115,9 @@ def _features(
 ) -> MaterializeResult:
     from npzfix_core import discovery
     from npzfix_core.feature_repair import FeatureRequest, default_decode_workers, run_features
+    from npzfix_core.teacher import LazyTeacher
 
+    tolerance = Tolerance(config.min_cosine, config.max_rel_error)
     req = FeatureRequest(
         mode=mode,
         teacher=teacher.spec(),
@@ -120,11 +131,26 @@ def _features(
         force=config.force,
         dry_run=config.dry_run,
         durable=config.durable,
+        legacy=config.legacy,
+        legacy_sample=config.legacy_sample,
+        drift_sample=config.drift_sample,
+        tolerance=tolerance,
     )
+    try:
+        req.validate()
+    except (ValueError, FileNotFoundError) as exc:
+        raise Failure(description=f"bad run config: {exc}; no file was touched") from exc
+    # one teacher for the run and its check: built (and the GPU leased) only if a file or the check needs it
+    lazy = LazyTeacher(req.teacher, factory=teacher.build)
     seen_dir = discovery.snapshot(directory)
-    report = run_features(req, teacher=teacher.build, progress=True)  # the model is built only if a file needs it
-    prov = teacher.provenance()
-    return _result(context, roots, directory, seen_dir, report, lambda p: checks.features_sample_valid(p, prov))
+    report = run_features(req, teacher=lazy, progress=True)
+    image_dir = os.path.dirname(directory) if mode == TRAIN_TEST else None
+    seed = zlib.crc32(context.run.run_id.encode())  # another random sample each run: coverage grows
+
+    def sample_check(paths):
+        return checks.features_sample_valid(paths, lazy, report, config.verify_sample, tolerance, image_dir, seed)
+
+    return _result(context, roots, directory, seen_dir, report, sample_check)
 
 
 @asset(

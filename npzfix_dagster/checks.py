@@ -10,9 +10,10 @@ import warnings
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue, PreviewWarning
 
-from npzfix_core.provenance import FeatureProvenance
-from npzfix_core.report import FAILED, MISSING, RunReport
+from npzfix_core.report import ADOPTED, FAILED, MISSING, SKIPPED_DONE, SKIPPED_LEGACY, UPDATED, RunReport
+from npzfix_core.teacher import LazyTeacher
 from npzfix_core.validate import CheckResult, check_edges, check_features, sample
+from npzfix_core.verify import Tolerance
 from npzfix_dagster.metadata import md_table
 
 SAMPLE = 8  # files per partition whose content is checked (edges: recomputed exactly)
@@ -35,7 +36,10 @@ def specs(asset: str, partitions_def) -> list[AssetCheckSpec]:
                 SAMPLE_VALID,
                 asset=asset,
                 partitions_def=partitions_def,
-                description="A sample of files has the right keys, shapes, dtypes, values, flags and provenance.",
+                description=(
+                    "A sample of files has the right keys, shapes, dtypes, flags and provenance, and its values are "
+                    "the teacher's (features: recomputed and compared; edges: recomputed exactly)."
+                ),
             ),
         ]
 
@@ -53,17 +57,31 @@ def no_failed_files(report: RunReport) -> AssetCheckResult:
     )
 
 
-def _sample_valid(result: CheckResult) -> AssetCheckResult:
+def _sample_valid(result: CheckResult, extra: dict | None = None) -> AssetCheckResult:
+    """Any mismatch or unusable file is an ERROR; a sample that could only not be verified (images gone) WARNs:
+    it is not a pass, and not evidence of wrong data either."""
+    only_unverifiable = result.problems and len(result.problems) == result.unverifiable
+    md = {
+        "checked": result.checked,
+        "problems": len(result.problems),
+        "legacy_flagged": result.legacy_flagged,
+        "details": MetadataValue.md(md_table(result.problems, ["path", "problem", "remedy"])),
+        **(extra or {}),
+    }
+    if result.verification is not None:
+        v = result.verification
+        md.update(
+            verified_by_value=v.verified,
+            not_verifiable=v.not_verifiable,
+            verify_seconds=v.seconds,
+            **{f"min_cosine_{k}": c for k, c in v.min_cosine.items()},
+            **{f"max_abs_error_{k}": e for k, e in v.max_abs_error.items()},
+        )
     return AssetCheckResult(
         check_name=SAMPLE_VALID,
         passed=result.passed,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={
-            "checked": result.checked,
-            "problems": len(result.problems),
-            "legacy_flagged": result.legacy_flagged,
-            "details": MetadataValue.md(md_table(result.problems, ["path", "problem", "remedy"])),
-        },
+        severity=AssetCheckSeverity.WARN if only_unverifiable else AssetCheckSeverity.ERROR,
+        metadata=md,
     )
 
 
@@ -71,5 +89,36 @@ def edges_sample_valid(paths: list[str], kernel_size: int, json_dir: str | None)
     return _sample_valid(check_edges(sample(paths, SAMPLE), kernel_size, json_dir))
 
 
-def features_sample_valid(paths: list[str], teacher: FeatureProvenance) -> AssetCheckResult:
-    return _sample_valid(check_features(sample(paths, SAMPLE), teacher, needs_flag=True))
+# What a value check recomputes first: what this run left unverified (legacy files it skipped), what it vouched
+# for without computing (adopted), what it computed, then what earlier runs did.
+VERIFY_ORDER = (SKIPPED_LEGACY, ADOPTED, UPDATED, SKIPPED_DONE)
+
+
+def verify_picks(report: RunReport, n: int) -> list[str]:
+    """``n`` files of the run, taken in turn from each kind of outcome (VERIFY_ORDER) while any is left."""
+    queues = [list(report.examples.get(status, ())) for status in VERIFY_ORDER]
+    picks: list[str] = []
+    while len(picks) < n and any(queues):
+        for q in queues:
+            if q and len(picks) < n:
+                picks.append(q.pop(0))
+    return picks
+
+
+def features_sample_valid(
+    paths: list[str],
+    teacher: LazyTeacher,
+    report: RunReport,
+    verify_sample: int,
+    tolerance: Tolerance,
+    image_dir: str | None = None,
+    seed: int = 0,
+) -> AssetCheckResult:
+    """Structure, flags and provenance of SAMPLE random files; ``verify_sample`` of the run's files (see
+    ``verify_picks``) recomputed with the run's teacher and compared within ``tolerance``."""
+    picks = verify_picks(report, verify_sample)
+    checked = sorted(set(sample(paths, SAMPLE, seed)) | set(picks))
+    result = check_features(
+        checked, teacher, needs_flag=True, verify=set(picks), tolerance=tolerance, image_dir=image_dir
+    )
+    return _sample_valid(result, {"tolerance": tolerance.describe()})

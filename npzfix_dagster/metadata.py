@@ -8,7 +8,7 @@ import os
 from dagster import MetadataValue
 
 from npzfix_core.discovery import DirSnapshot
-from npzfix_core.report import WOULD_UPDATE, RunReport
+from npzfix_core.report import WOULD_UPDATE, RunReport, drift_line
 
 MAX_ROWS = 50
 COUNT_LABELS = {WOULD_UPDATE: "would_update (dry run)"}  # every other count is labelled by its status
@@ -43,6 +43,17 @@ def report_metadata(
         md["warnings"] = MetadataValue.md("\n".join(f"- {w}" for w in report.warnings))
     if report.stopped_early:
         md["stopped_early"] = report.stopped_early
+    if report.legacy:  # --legacy verify: per directory, what was verified, adopted or redone, and why
+        md["legacy"] = MetadataValue.md(
+            md_table(report.legacy, ["directory", "legacy_files", "sampled", "matched", "decision", "why"])
+        )
+    if report.drift:
+        md["drift"] = MetadataValue.json(report.drift)
+        if report.drift.get("sampled"):
+            md["drift_summary"] = MetadataValue.text(drift_line(report.drift))
+        for key in ("P4_S16", "P5_S32"):
+            if key in report.drift:
+                md[f"drift_min_cosine_{key}"] = report.drift[key]["min_cosine"]
     if seen_dir is not None:  # what the daily re-check compares with, without reading the files again
         md["dir_mtime_ns"] = MetadataValue.text(str(seen_dir.mtime_ns))
         md["npz_signature"] = MetadataValue.text(seen_dir.signature)

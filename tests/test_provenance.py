@@ -38,6 +38,8 @@ def test_feature_state_done_legacy_todo():
     assert TEACHER.state({"feature_flag": np.array(1, np.uint8)}) is FeatureState.LEGACY
     assert TEACHER.state({}) is FeatureState.TODO
     other = FeatureProvenance(TEACHER.config, "random-init:1", "fp32", 256)
-    assert other.state(done) is FeatureState.TODO  # another teacher: redo
+    assert other.state(done) is FeatureState.STALE  # another teacher: redo (and measure the drift)
+    adopted = {**done, "feature_provenance": TEACHER.record("bulk", adopted={"verified": 2, "of": 9})}
+    assert TEACHER.state(adopted) is FeatureState.DONE  # adoption evidence rides along, same teacher
     assert FeatureProvenance.from_dict(TEACHER.as_dict()) == TEACHER
     assert FeatureProvenance.from_dict({"config": "x"}) is None and not TEACHER.same_teacher(None)

@@ -1,0 +1,255 @@
+"""Features verified by value: a file's P4/P5 recomputed with the teacher, exactly as a run computes them, and
+compared with what the file stores. A flag says who claims to have written a file; this says whether the
+numbers are the teacher's.
+
+Tolerance, measured (``benchmarks/bench_verify.py``; random-init Hiera-tiny at 256 and 1024, Hiera-B+ at
+512, on this CPU), as ``1 - cosine`` and max abs error over max |teacher|:
+
+======================================  ==================  =====================
+same teacher, fp32, batch 1 vs 6         0 (bit-identical)   0
+float16-stored cache of fp32 features    2e-8                3.8e-4
+bf16 vs fp32 (tiny 256/1024, B+ 512)     4.4e-5 .. 7.5e-5    <= 1.3e-2
+another image of the shard               cosine 0.27 .. 0.61  > 0.9
+the same image read as BGR               cosine 0.24 .. 0.80  > 1
+mirrored image                           cosine 0.44 .. 0.72  > 1
+another checkpoint (seed 1 vs 0)         cosine -0.06 .. 0.05 > 1.4
+N(0,1) noise                             cosine -0.01 .. 0.01 > 2
+======================================  ==================  =====================
+
+Hence ``cosine >= 0.999`` and ``max error <= 0.1 x max |teacher|`` per key: 13x the measured bf16 distance
+(a trained checkpoint at 1024 may lose more to bf16 than these random ones; TF32 convolutions on a GPU lose
+~1e-3 relative), and far above every kind of wrong feature measured. The max-error bound catches what a
+cosine over 262,144 values hides: one channel zeroed or a block of garbage.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Mapping
+
+import numpy as np
+
+P4, P5, EMB = "P4_S16", "P5_S32", "IMAGE_EMB_S16"
+FEATURE_ARRAYS = (P4, P5, EMB)
+MATCH, MISMATCH, UNVERIFIABLE, BROKEN = "match", "mismatch", "not_verifiable", "broken"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    min_cosine: float = 0.999
+    max_rel_error: float = 0.1  # max |stored - teacher| / max |teacher|
+
+    def validate(self) -> None:
+        if not (-1.0 <= self.min_cosine <= 1.0) or not self.max_rel_error >= 0:
+            raise ValueError("--min-cosine must be in [-1, 1] and --max-rel-error >= 0")
+
+    def accepts(self, m: "KeyMatch") -> bool:
+        return m.cosine >= self.min_cosine and m.rel_error <= self.max_rel_error
+
+    def describe(self) -> str:
+        return f"cosine >= {self.min_cosine:g}, max error <= {self.max_rel_error:g} x max |teacher|"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class KeyMatch:
+    key: str
+    cosine: float
+    max_abs_error: float
+    rel_error: float
+
+    def describe(self) -> str:
+        return f"{self.key} cosine {self.cosine:.6f}, max abs error {self.max_abs_error:.4g} ({self.rel_error:.3g} x max)"
+
+
+def compare(key: str, stored: np.ndarray, fresh: np.ndarray) -> KeyMatch:
+    """Cosine and max error of two arrays of the same size (shapes may differ: a cache may store (256,H,W))."""
+    a = np.asarray(stored, dtype=np.float64).reshape(-1)
+    b = np.asarray(fresh, dtype=np.float64).reshape(-1)
+    if a.size != b.size:
+        raise ValueError(f"{key}: {a.size} stored values, the teacher gives {b.size}")
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    cosine = float(a @ b) / (na * nb) if na and nb else (1.0 if na == nb else 0.0)
+    err = float(np.abs(a - b).max(initial=0.0))
+    scale = float(np.abs(b).max(initial=0.0))
+    rel = err / scale if scale else (0.0 if err == 0 else math.inf)
+    return KeyMatch(key, cosine if math.isfinite(cosine) else -1.0, err, rel)
+
+
+def expected_sizes(resolution: int) -> dict[str, int]:
+    s = resolution // 16
+    return {P4: 256 * s * s, P5: 256 * (s // 2) * (s // 2), EMB: 256 * s * s}
+
+
+def structure_problems(arrays: Mapping[str, np.ndarray], resolution: int | None = None) -> list[str]:
+    """What makes stored features unusable whatever their values: absent, not float, not finite, constant,
+    not (.,256,H,W) / (.,256,H/2,W/2), not the size the teacher gives at ``resolution``, IMAGE_EMB_S16 != P4."""
+    p4, p5 = arrays.get(P4), arrays.get(P5)
+    if p4 is None or p5 is None:
+        return [f"missing {P4 if p4 is None else P5}"]
+    out = []
+    if p4.dtype.kind != "f" or p5.dtype.kind != "f":
+        return [f"features are {p4.dtype}/{p5.dtype}, want float"]
+    if p4.ndim < 3 or p5.ndim < 3 or p4.shape[-3] != 256 or p4.shape[-2:] != tuple(2 * v for v in p5.shape[-2:]):
+        out.append(f"shapes P4 {p4.shape} / P5 {p5.shape} are not (.,256,H,W) / (.,256,H/2,W/2)")
+    if resolution:
+        for key, want in expected_sizes(resolution).items():
+            if key in arrays and arrays[key].size != want:
+                out.append(
+                    f"{key} holds {arrays[key].size} values, the teacher at {resolution} gives {want}: "
+                    "written at another resolution?"
+                )
+    for key in (P4, P5):
+        v = arrays[key]
+        if not np.isfinite(v).all():
+            out.append(f"{key} holds NaN or Inf")
+        elif v.size and v.max() == v.min():
+            out.append(f"{key} is constant ({v.reshape(-1)[0]:g})")
+    if EMB in arrays and not np.array_equal(arrays[EMB].astype(np.float32), p4.astype(np.float32)):
+        out.append(f"{EMB} disagrees with {P4}")
+    return out
+
+
+def encode_images(teacher, images: list[np.ndarray], batch_size: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(P4, P5) per decoded image, as a run computes them: the same preprocessing on the teacher's device, the
+    same ``Teacher.encode`` (resolution, precision), in batches."""
+    from npzfix_core.images import preprocess
+
+    out = []
+    for i in range(0, len(images), batch_size):
+        p4, p5 = teacher.encode(preprocess(images[i : i + batch_size], teacher.resolution, teacher.device))
+        p4, p5 = p4.cpu().numpy(), p5.cpu().numpy()
+        out += [(p4[j : j + 1], p5[j : j + 1]) for j in range(len(p4))]
+    return out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    path: str
+    status: str  # MATCH, MISMATCH, UNVERIFIABLE, BROKEN
+    reason: str = ""
+    matches: tuple[KeyMatch, ...] = ()
+
+
+def _broken(path: str, exc: BaseException) -> Verdict:
+    from npzfix_core.report import outcome_for
+
+    return Verdict(path, BROKEN, outcome_for(path, exc).reason)
+
+
+def verify(
+    files: Iterable[tuple[str, str | None]],
+    teacher,
+    tolerance: Tolerance = Tolerance(),
+    arrays: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+) -> list[Verdict]:
+    """Verdicts for ``(npz, image or None)`` pairs against ``teacher`` (a ``LazyTeacher``: built only once a
+    file is structurally sound and has a decodable image). ``arrays``: features already read, by path.
+
+    Per-file problems are verdicts, never exceptions; a teacher that cannot be built raises (a setup error).
+    """
+    from npzfix_core import store
+    from npzfix_core.images import load_rgb
+
+    resolution = teacher.provenance.resolution
+    verdicts: dict[str, Verdict] = {}
+    todo: list[tuple[str, dict, np.ndarray]] = []
+    order = []
+    for npz, image in files:
+        order.append(npz)
+        try:
+            a = dict(arrays[npz]) if arrays and npz in arrays else store.read_arrays(npz, FEATURE_ARRAYS)
+        except Exception as exc:
+            verdicts[npz] = _broken(npz, exc)
+            continue
+        problems = structure_problems(a, resolution)
+        if problems:
+            verdicts[npz] = Verdict(npz, BROKEN, "; ".join(problems))
+        elif image is None:
+            verdicts[npz] = Verdict(npz, UNVERIFIABLE, "no image found (looked beside the NPZ and in its parent)")
+        else:
+            try:
+                todo.append((npz, a, load_rgb(image)))
+            except Exception as exc:
+                verdicts[npz] = Verdict(npz, UNVERIFIABLE, f"image {image} cannot be read: {exc}")
+    if todo:
+        built = teacher.get()
+        try:
+            fresh = encode_images(built, [img for _, _, img in todo])
+        except Exception as exc:  # e.g. out of memory: these files are not verified, and say so
+            fresh = None
+            for npz, _, _ in todo:
+                verdicts[npz] = Verdict(npz, UNVERIFIABLE, f"encoder failed: {type(exc).__name__}: {exc}")
+        for (npz, a, _), (p4, p5) in zip(todo, fresh or []):
+            matches = tuple(compare(k, a[k], p4 if k != P5 else p5) for k in FEATURE_ARRAYS if k in a)
+            bad = [m for m in matches if not tolerance.accepts(m)]
+            reason = (
+                f"features differ from the teacher's: {'; '.join(m.describe() for m in bad)} (want {tolerance.describe()})"
+                if bad
+                else ""
+            )
+            verdicts[npz] = Verdict(npz, MISMATCH if bad else MATCH, reason, matches)
+    return [verdicts[p] for p in order]
+
+
+@dataclass
+class Summary:
+    """What a sample's verdicts add up to, as a report or check records it."""
+
+    verified: int = 0  # recomputed and compared (matched or not)
+    matched: int = 0
+    not_verifiable: int = 0
+    broken: int = 0
+    seconds: float = 0.0
+    min_cosine: dict[str, float] = field(default_factory=dict)
+    max_abs_error: dict[str, float] = field(default_factory=dict)
+
+    def add(self, verdicts: Iterable[Verdict]) -> "Summary":
+        for v in verdicts:
+            self.verified += v.status in (MATCH, MISMATCH)
+            self.matched += v.status == MATCH
+            self.not_verifiable += v.status == UNVERIFIABLE
+            self.broken += v.status == BROKEN
+            for m in v.matches:
+                self.min_cosine[m.key] = round(min(self.min_cosine.get(m.key, 1.0), m.cosine), 6)
+                self.max_abs_error[m.key] = max(self.max_abs_error.get(m.key, 0.0), float(f"{m.max_abs_error:.4g}"))
+        return self
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def timed_verify(files, teacher, tolerance: Tolerance = Tolerance(), arrays=None) -> tuple[list[Verdict], Summary]:
+    t = time.perf_counter()
+    verdicts = verify(files, teacher, tolerance, arrays)
+    summary = Summary().add(verdicts)
+    summary.seconds = round(time.perf_counter() - t, 3)
+    return verdicts, summary
+
+
+UNRELATED = 0.5  # old vs new cosine below this: the file held something else (corrupt, another image, noise)
+
+
+def drift_summary(samples: list[dict], candidates: int) -> dict:
+    """Old vs new features of the sampled redone files: per key min/median cosine and max error, the files
+    whose old features were unrelated to the new, and what had written them."""
+    out: dict = {"candidates": candidates, "sampled": len(samples), "unrelated": [], "from": {}}
+    for key in (P4, P5):
+        ms = [m for s in samples for m in s["matches"] if m.key == key]
+        if ms:
+            cos = [m.cosine for m in ms]
+            out[key] = {
+                "min_cosine": round(min(cos), 6),
+                "median_cosine": round(float(np.median(cos)), 6),
+                "max_abs_error": float(f"{max([m.max_abs_error for m in ms if math.isfinite(m.max_abs_error)] or [0]):.4g}"),
+            }
+    for s in samples:
+        out["from"][s["was"]] = out["from"].get(s["was"], 0) + 1
+        worst = min((m.cosine for m in s["matches"]), default=-1.0)
+        if worst < UNRELATED:
+            out["unrelated"].append({"path": s["path"], "cosine": round(worst, 6), "was": s["was"]})
+    return out
