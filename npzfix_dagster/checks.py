@@ -117,7 +117,9 @@ def features_sample_valid(
     """Structure, flags and provenance of SAMPLE random files; ``verify_sample`` of the run's files (see
     ``verify_picks``) recomputed with the run's teacher and compared within ``tolerance``."""
     picks = verify_picks(report, verify_sample)
-    checked = sorted(set(sample(paths, SAMPLE, seed)) | set(picks))
+    rest = [p for p in sample(paths, max(SAMPLE, verify_sample), seed) if p not in set(picks)]
+    picks += rest[: verify_sample - len(picks)]  # a run that saw fewer kinds of files: random ones fill up
+    checked = sorted(set(rest[:SAMPLE]) | set(picks))
     result = check_features(
         checked, teacher, needs_flag=True, verify=set(picks), tolerance=tolerance, image_dir=image_dir
     )

@@ -57,3 +57,56 @@ def run_cli(*args, check_rc=None, **kw) -> subprocess.CompletedProcess:
 
 def temp_files(directory) -> list[str]:
     return [n for n in os.listdir(directory) if ".npzfix-tmp-" in n]
+
+
+WRONG_KINDS = ("noise", "wrong_image", "bgr", "resolution", "checkpoint")
+
+
+def image_of(npz: str) -> str:
+    """The JPEG synth writes for an NPZ: in the shard, the parent of ``extracted``."""
+    stem = os.path.basename(npz).split("_features")[0].replace("_sam2", "")
+    return os.path.join(os.path.dirname(os.path.dirname(npz)), stem + ".jpg")
+
+
+def set_features(npz: str, p4: np.ndarray, p5: np.ndarray, legacy: bool = False) -> None:
+    """Overwrite a file's features in place, keeping its flag and provenance (they now lie); ``legacy``: flag
+    them as the original tool did (feature_flag, no provenance)."""
+    from npzfix_core import store
+
+    arrays = {"P4_S16": p4.astype(np.float32), "P5_S32": p5.astype(np.float32)}
+    if "IMAGE_EMB_S16" in store.inspect(npz):
+        arrays["IMAGE_EMB_S16"] = arrays["P4_S16"]
+    if legacy:
+        arrays["feature_flag"] = np.array(1, np.uint8)
+    store.update(npz, arrays, remove={"feature_provenance"} if legacy else set())
+
+
+def plant_wrong_features(npzs: list[str], res: int, legacy: bool = False) -> dict[str, str]:
+    """The five kinds of wrong features a value check must catch, one per file of ``npzs[:5]``: N(0,1) noise,
+    another image's features, the image read as BGR, another input resolution, another checkpoint (seed 1).
+    Returns npz -> kind."""
+    from npzfix_core.images import load_rgb
+    from npzfix_core.teacher import TeacherSpec, build
+    from npzfix_core.verify import encode_images
+
+    def enc(spec, img):
+        return encode_images(build(spec), [img])[0]
+
+    rng = np.random.default_rng(0)
+    planted = {}
+    for npz, kind in zip(npzs, WRONG_KINDS):
+        img = load_rgb(image_of(npz))
+        if kind == "noise":
+            p4 = rng.standard_normal((1, 256, res // 16, res // 16))
+            p5 = rng.standard_normal((1, 256, res // 32, res // 32))
+        elif kind == "wrong_image":
+            p4, p5 = enc(TeacherSpec(random_init_seed=0, resolution=res), load_rgb(image_of(npzs[-1])))
+        elif kind == "bgr":
+            p4, p5 = enc(TeacherSpec(random_init_seed=0, resolution=res), np.ascontiguousarray(img[:, :, ::-1]))
+        elif kind == "resolution":
+            p4, p5 = enc(TeacherSpec(random_init_seed=0, resolution=res + 32), img)
+        else:
+            p4, p5 = enc(TeacherSpec(random_init_seed=1, resolution=res), img)
+        set_features(npz, p4, p5, legacy)
+        planted[npz] = kind
+    return planted

@@ -177,6 +177,7 @@ def test_each_kind_of_bad_input_is_a_reported_failure(tmp_path):
         "would_update": 0,
         "skipped_done": 0,
         "skipped_legacy": 0,
+        "adopted": 0,
         "missing_source": 1,
         "failed": 5,
     }
