@@ -731,3 +731,81 @@ def test_a_first_listing_beyond_the_tick_budget_is_finished_by_later_ticks(tmp_p
     ) as ctx:
         second = sa1b_new_dirs_sensor(ctx)
     assert sorted(r.partition_key for r in second.run_requests) == ["sa_000090", "sa_000091", "sa_000092"]
+
+
+def _evals(result):
+    return {
+        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+def test_sample_valid_recomputes_and_catches_the_five_kinds_of_wrong_features(tmp_path, instance):
+    from conftest import plant_wrong_features
+
+    root = str(tmp_path / "sa1b")
+    res = _shard(root, "sa_000060", n=7, states=("fresh",))
+    key = "sa_000060/extracted"
+    instance.add_dynamic_partitions("sa1b_dirs", [key])
+    r = _resources(tmp_path, sa1b=root)
+    result = materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r)
+    ev = _evals(result)["sample_valid"]
+    assert ev.passed and ev.metadata["verified_by_value"].value == 2  # default: two files recomputed
+    assert ev.metadata["min_cosine_P4_S16"].value == 1.0 and ev.metadata["verify_seconds"].value > 0
+    planted = plant_wrong_features(res.npz[:5] + [res.npz[-1]], RES)  # they keep flag + provenance: they lie
+    cfg = {"ops": {"sa1b_features_fixed": {"config": {"verify_sample": 7}}}}
+    result = materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r, run_config=cfg)
+    assert _md(result, "sa1b_features_fixed")["skipped_done"].value == 7  # the run trusts the flags...
+    ev = _evals(result)["sample_valid"]
+    assert not ev.passed and ev.severity.value == "ERROR"  # ...the check does not
+    details = ev.metadata["details"].value
+    for npz, kind in planted.items():
+        assert os.path.basename(npz) in details, kind
+    assert ev.metadata["min_cosine_P4_S16"].value < 0.9
+    assert _evals(result)["no_failed_files"].passed
+
+
+def test_legacy_noise_is_caught_then_verified_and_redone_and_drift_is_recorded(tmp_path, instance):
+    root = str(tmp_path / "sa1b")
+    res = _shard(root, "sa_000061", n=4, states=("fresh", "fresh", "feature_flagged", "fresh"))
+    noise = res.npz[2]  # synth: the original tool's flag over N(0,1) features
+    key = "sa_000061/extracted"
+    instance.add_dynamic_partitions("sa1b_dirs", [key])
+    r = _resources(tmp_path, sa1b=root)
+    result = materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r)
+    assert _md(result, "sa1b_features_fixed")["skipped_legacy"].value == 1
+    ev = _evals(result)["sample_valid"]  # a skipped legacy file is recomputed first
+    assert not ev.passed and os.path.basename(noise) in ev.metadata["details"].value
+    assert "legacy: verify" in ev.metadata["details"].value  # the remedy
+    cfg = {"ops": {"sa1b_features_fixed": {"config": {"legacy": "verify"}}}}
+    result = materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r, run_config=cfg)
+    md = _md(result, "sa1b_features_fixed")
+    assert md["updated"].value == 1 and "redone" in md["legacy"].value and os.path.basename(noise) in md["legacy"].value
+    assert md["drift_min_cosine_P4_S16"].value < 0.5 and "held something unrelated" in md["drift_summary"].value
+    assert _evals(result)["sample_valid"].passed
+    # nothing to do: the teacher is built for the check alone, which still recomputes its sample
+    result = materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r)
+    assert _md(result, "sa1b_features_fixed")["skipped_done"].value == 4
+    ev = _evals(result)["sample_valid"]
+    assert ev.passed and ev.metadata["verified_by_value"].value == 2
+    # a teacher change: every file redone, and the drift says how far the new checkpoint moved them
+    other = {**r, "teacher": Sam2Teacher(random_init_seed=1, resolution=RES, device="cpu")}
+    md = _md(materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=other), "sa1b_features_fixed")
+    assert md["updated"].value == 4 and md["drift"].value["candidates"] == 4 and md["drift"].value["sampled"] == 3  # the 1st, 2nd, 3rd
+    assert list(md["drift"].value["from"]) == [f"configs/sam2.1/sam2.1_hiera_t.yaml random-init:0 fp32 @{RES}"]
+
+
+def test_images_gone_make_sample_valid_warn_not_pass(tmp_path, instance):
+    root = str(tmp_path / "sa1b")
+    res = _shard(root, "sa_000062", n=2, states=("fresh", "fresh"))
+    key = "sa_000062/extracted"
+    instance.add_dynamic_partitions("sa1b_dirs", [key])
+    r = _resources(tmp_path, sa1b=root)
+    assert _evals(materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r))[
+        "sample_valid"
+    ].passed
+    for p in res.npz:
+        os.remove(os.path.join(res.root, os.path.basename(p).replace("_features.npz", ".jpg")))
+    ev = _evals(materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r))["sample_valid"]
+    assert not ev.passed and ev.severity.value == "WARN" and "not verifiable" in ev.metadata["details"].value
