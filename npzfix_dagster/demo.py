@@ -7,7 +7,9 @@ here); every report, log line and file provenance says so.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,10 +18,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 
-def generate(data: str) -> tuple[str, str]:
-    """The demo dataset: two SA-1B shards in every realistic state (one corrupt file in sa_000001, on
-    purpose) and two train/test splits."""
-    from npzfix_core import synth
+def generate(data: str, resolution: int = 256) -> tuple[str, str]:
+    """The demo dataset: SA-1B shards in every realistic state and two train/test splits.
+
+    On purpose: one corrupt file in sa_000001; in sa_000000 a file the original feature tool flagged whose
+    features are noise; sa_000002 holds only legacy files whose features are right (written by the demo's
+    teacher, then stripped of provenance, as the original tool left them)."""
+    from npzfix_core import store, synth
+    from npzfix_core.feature_repair import BULK, FeatureRequest, run_features
+    from npzfix_core.teacher import TeacherSpec
 
     sa1b, tt = os.path.join(data, "sa1b"), os.path.join(data, "train_test")
     sizes = ((480, 720), (720, 480), (300, 300), (64, 96))
@@ -32,9 +39,15 @@ def generate(data: str) -> tuple[str, str]:
                 sizes=sizes,
                 masks=40,
                 feature_hw=16,
-                states=("fresh", "no_edges", "with_256", "flagged", "stale", "corrupt" if i else "with_256"),
+                states=("fresh", "no_edges", "with_256", "flagged", "stale", "corrupt" if i else "feature_flagged"),
             ),
         )
+    legacy = os.path.join(sa1b, "sa_000002")
+    res = synth.generate(legacy, synth.SynthSpec(n=6, seed=2, sizes=sizes, masks=40, feature_hw=16, states=("fresh",)))
+    teacher = TeacherSpec(random_init_seed=0, resolution=resolution)
+    run_features(FeatureRequest(mode=BULK, root=legacy, teacher=teacher, workers=2), progress=False)
+    for p in res.npz:
+        store.update(p, remove={"feature_provenance"})
     for i, split in enumerate(("train_1200", "test")):
         synth.generate(
             os.path.join(tt, split),
@@ -66,6 +79,34 @@ def check_results(instance, run_id: str) -> list[str]:
     return sorted(lines)
 
 
+def materialize(bindir: str, env: dict, instance, select: str, key: str, config: dict | None) -> None:
+    """One `dagster asset materialize` of a partition, its report lines and its checks."""
+    cmd = [
+        os.path.join(bindir, "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "npzfix_dagster.definitions",
+        "--select",
+        select,
+        "--partition",
+        key,
+    ]
+    if config:
+        cmd += ["--config-json", json.dumps(config)]
+    print("$ " + shlex.join(cmd), flush=True)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    for line in (p.stdout + p.stderr).splitlines():
+        if "npzfix " in line and "seen" in line:
+            print("   " + line.split(" - ")[-1])
+        elif line.strip().startswith(("failed:", "missing_source:", "legacy files in", "drift,")):
+            print("     " + line.strip())
+    if p.returncode:
+        print(f"   exit status {p.returncode} (failed files are recorded; see the asset checks)")
+    for check in check_results(instance, instance.get_runs(limit=1)[0].run_id):
+        print(f"   check {check}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", default="demo_data")
@@ -77,7 +118,7 @@ def main() -> int:
         shutil.rmtree(d, ignore_errors=True)
     os.makedirs(home)
     shutil.copy(os.path.join(REPO, "deploy", "dagster.yaml"), os.path.join(home, "dagster.yaml"))
-    sa1b, tt = generate(data)
+    sa1b, tt = generate(data, a.resolution)
     env = dict(
         os.environ,
         DAGSTER_HOME=home,
@@ -98,41 +139,29 @@ def main() -> int:
 
     os.environ["DAGSTER_HOME"] = home
     instance = DagsterInstance.get()
-    runs = [("sa1b_features_fixed,edges_B_v1", k) for k in instance.get_dynamic_partitions("sa1b_dirs")]
-    runs += [("train_test_features_fixed", k) for k in instance.get_dynamic_partitions("train_test_splits")]
-    status = 0
-    for select, key in runs:
-        cmd = [
-            os.path.join(bindir, "dagster"),
-            "asset",
-            "materialize",
-            "-m",
-            "npzfix_dagster.definitions",
-            "--select",
-            select,
-            "--partition",
-            key,
-        ]
-        print("$ " + " ".join(cmd), flush=True)
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        status |= p.returncode
-        for line in (p.stdout + p.stderr).splitlines():
-            if "npzfix " in line and "seen" in line:
-                print("   " + line.split(" - ")[-1])
-            elif line.strip().startswith(("failed:", "missing_source:")):
-                print("     " + line.strip())
-        if p.returncode:
-            print(f"   exit status {p.returncode} (failed files are recorded; see the asset checks)")
-        for check in check_results(instance, instance.get_runs(limit=1)[0].run_id):
-            print(f"   check {check}")
+    shards = instance.get_dynamic_partitions("sa1b_dirs")
+    runs = [("sa1b_features_fixed,edges_B_v1", k, None) for k in shards]
+    runs += [("train_test_features_fixed", k, None) for k in instance.get_dynamic_partitions("train_test_splits")]
+    print("phase 1: every asset with its defaults (legacy files are trusted, as the original tools did)")
+    for select, key, config in runs:
+        materialize(bindir, env, instance, select, key, config)
+    print(
+        "\nphase 2: the features again with legacy: verify (a sample of each directory's legacy files is "
+        "recomputed; all match: adopted, else the directory's legacy files are redone)"
+    )
+    verify = {"ops": {"sa1b_features_fixed": {"config": {"legacy": "verify"}}}}
+    for key in shards:
+        materialize(bindir, env, instance, "sa1b_features_fixed", key, verify)
     print(f"\nreports and preview images: {os.path.join(home, 'npzfix_previews')}")
     print(
         f"explore (the UI): cd {REPO} && DAGSTER_HOME={home} NPZFIX_SA1B_ROOT={sa1b} NPZFIX_TRAIN_TEST_ROOT={tt} "
         f"NPZFIX_RANDOM_INIT_SEED=0 NPZFIX_RESOLUTION={a.resolution} {bindir}/dg dev -h 127.0.0.1 -p 3000"
     )
     print(
-        "the corrupt file in sa_000001 is on purpose: it is the only failure, and the only reason for the red "
-        "checks above (no_failed_files and sample_valid of sa_000001, each naming that file)"
+        "on purpose: in phase 1 sample_valid of sa1b_features_fixed [sa_000000] recomputes the legacy file whose "
+        "features are noise and fails naming it; phase 2 redoes it and adopts sa_000002's verified legacy files. "
+        "The corrupt file in sa_000001 is the only failure left, and the only reason for the red checks of "
+        "phase 2 (no_failed_files and sample_valid of sa_000001, each naming that file)"
     )
     return 0
 

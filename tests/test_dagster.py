@@ -12,7 +12,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import BIN, NPZFIX, sha
+from conftest import BIN, NPZFIX, raw_members, sha
 from dagster import (
     AssetKey,
     DagsterInstance,
@@ -581,11 +581,13 @@ def test_a_partition_is_the_files_directly_in_its_directory(tmp_path, instance):
 
 
 def test_the_demo_ends_with_red_checks_only_for_its_corrupt_file(tmp_path):
-    """Whatever a run leaves as done, its checks pass; the demo's one corrupt file is the only red, named."""
+    """Phase 1 (defaults): the legacy noise file of sa_000000 is caught by value, the corrupt file of sa_000001
+    is red. Phase 2 (legacy: verify): the noise is redone, sa_000002's right legacy files are adopted with their
+    bytes kept, and the corrupt file is the only red, named."""
     from npzfix_dagster import demo
     from npzfix_dagster.partitions import sync
 
-    sa1b, tt = demo.generate(str(tmp_path / "data"))
+    sa1b, tt = demo.generate(str(tmp_path / "data"), RES)
     ext = os.path.join(sa1b, "sa_000001", "extracted")
 
     def unreadable(name):
@@ -596,24 +598,58 @@ def test_the_demo_ends_with_red_checks_only_for_its_corrupt_file(tmp_path):
             return True
 
     (bad,) = [n for n in os.listdir(ext) if unreadable(n)]
+    legacy0 = [p for p in _npzs(sa1b, "sa_000000") if _legacy(p)]
+    legacy2 = _npzs(sa1b, "sa_000002")
+    assert len(legacy0) == 1 and all(_legacy(p) for p in legacy2)
+    before = {p: {k: v for k, v in raw_members(p).items() if k.startswith(("P4", "P5"))} for p in legacy2}
     r = {"roots": DatasetRoots(sa1b_root=sa1b, train_test_root=tt, preview_dir=str(tmp_path / "p")), "teacher": TEACHER}
-    got = []
+    phase1, phase2 = [], []
     with instance_for_test() as instance:
         sync(instance, sa1b, tt)
+        shards = instance.get_dynamic_partitions("sa1b_dirs")
         for assets, pdef in (
             ([sa1b_features_fixed, edges_B_v1], "sa1b_dirs"),
             ([train_test_features_fixed], "train_test_splits"),
         ):
             for key in instance.get_dynamic_partitions(pdef):
                 res = materialize(assets, partition_key=key, instance=instance, resources=r, raise_on_error=False)
-                got += demo.check_results(instance, res.run_id)
-    red = sorted(g for g in got if "FAILED" in g)
-    assert red == sorted(
+                phase1 += demo.check_results(instance, res.run_id)
+        verify = {"ops": {"sa1b_features_fixed": {"config": {"legacy": "verify"}}}}
+        for key in shards:
+            res = materialize(
+                [sa1b_features_fixed],
+                partition_key=key,
+                instance=instance,
+                resources=r,
+                run_config=verify,
+                raise_on_error=False,
+            )
+            phase2 += demo.check_results(instance, res.run_id)
+    corrupt = [
         f"{a}.{c} [sa_000001]: FAILED ({bad})"
         for a in ("edges_B_v1", "sa1b_features_fixed")
         for c in ("no_failed_files", "sample_valid")
-    ), got
-    assert len(got) == 2 * 2 * 2 + 2 * 2  # two checks of two assets on two shards, two checks on two splits
+    ]
+    noise = f"sa1b_features_fixed.sample_valid [sa_000000]: FAILED ({os.path.basename(legacy0[0])})"
+    assert sorted(g for g in phase1 if "FAILED" in g) == sorted([*corrupt, noise]), phase1
+    assert len(phase1) == 2 * 2 * 3 + 2 * 2  # two checks of two assets on three shards, two checks on two splits
+    assert sorted(g for g in phase2 if "FAILED" in g) == [c for c in corrupt if c.startswith("sa1b_")], phase2
+    assert len(phase2) == 2 * 3
+    assert not _legacy(legacy0[0]) and all(not _legacy(p) for p in legacy2)
+    for p in legacy2:  # adopted, not rewritten
+        assert {k: v for k, v in raw_members(p).items() if k in before[p]} == before[p]
+        prov = json.loads(str(store.read_flags(p, ["feature_provenance"])["feature_provenance"]))
+        assert prov["adopted"]["verified"] == 4 and prov["adopted"]["of"] == 6
+
+
+def _npzs(root, shard):
+    ext = os.path.join(root, shard, "extracted")
+    return sorted(os.path.join(ext, n) for n in os.listdir(ext))
+
+
+def _legacy(npz):
+    flags = store.read_flags(npz, ["feature_flag", "feature_provenance"])
+    return "feature_flag" in flags and int(flags["feature_flag"]) == 1 and "feature_provenance" not in flags
 
 
 def test_dg_checks_lists_and_launches_this_project(tmp_path):
