@@ -35,6 +35,7 @@ bench: setup
 	$(PY) benchmarks/bench_edges.py
 	$(PY) benchmarks/bench_store.py
 	$(PY) benchmarks/bench_features.py
+	$(PY) benchmarks/bench_verify.py
 	$(PY) benchmarks/bench_pipeline_ceiling.py
 	$(PY) benchmarks/bench_cost_curves.py
 	$(PY) benchmarks/bench_sensor.py

@@ -52,3 +52,14 @@ def test_pipeline_ceiling_benchmark_reports_every_stage(tmp_path):
     assert out.count("decode threads  1:") == 2 and out.count("decode threads  2:") == 2, out
     assert "host CPU" in out and "waited on decode" in out and "on writers" in out, out
     assert re.search(r"16-core GPU host: [\d.]+ ms of host CPU per image .* feeds ~\d+ img/s", out), out
+
+
+def test_verify_benchmark_separates_right_from_wrong_features(tmp_path):
+    """The tolerance table behind ``check features``: every same-teacher case passes, every wrong kind is caught."""
+    out = _run(tmp_path, "bench_verify.py", "--images", "3", "--resolution", "128")
+    for case in ("same teacher fp32", "float16-stored", "bf16 vs fp32"):
+        assert re.search(rf"{case}.*passes 3/3", out), out
+    for case in ("another image", "read as BGR", "mirrored", "another checkpoint", "noise"):
+        assert re.search(rf"{case}.*caught 3/3", out), out
+    assert re.search(r"sample_valid cost per partition \(2 files, this CPU\): [\d.]+ s", out), out
+    assert re.search(r"on an H100 \(estimate\): [\d.]+ GFLOP per image", out), out
