@@ -18,6 +18,23 @@ NPZFIX = os.path.join(BIN, "npzfix")
 
 SMALL_SIZES = ((120, 180), (1, 1), (37, 300), (256, 256), (300, 257), (64, 40))
 
+# The small random-init teacher of the value-check tests (verify, adoption): as a spec, as CLI flags, built.
+SMALL_RES = 128
+SMALL_TEACHER_FLAGS = ("--random-init", 0, "--resolution", SMALL_RES, "--device", "cpu")
+
+
+def small_spec(seed: int = 0):
+    from npzfix_core.teacher import TeacherSpec
+
+    return TeacherSpec(random_init_seed=seed, resolution=SMALL_RES, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def small_teacher():
+    from npzfix_core.teacher import build
+
+    return build(small_spec())
+
 
 @pytest.fixture(autouse=True)
 def _state_dir(tmp_path, monkeypatch):

@@ -9,20 +9,20 @@ import time
 
 import numpy as np
 import pytest
-from conftest import NPZFIX, image_of, raw_members, run_cli, set_features, sha, temp_files
+from conftest import NPZFIX, SMALL_RES, SMALL_TEACHER_FLAGS, image_of, raw_members, run_cli, set_features, sha, small_spec, temp_files
 
 from npzfix_core import store, synth
 from npzfix_core.feature_repair import FeatureRequest, run_features
-from npzfix_core.teacher import TeacherSpec, build
+from npzfix_core.teacher import TeacherSpec
 
-RES = 128
-SPEC = TeacherSpec(random_init_seed=0, resolution=RES, device="cpu")
-TEACHER_FLAGS = ("--random-init", 0, "--resolution", RES, "--device", "cpu")
+RES = SMALL_RES
+SPEC = small_spec()
+TEACHER_FLAGS = SMALL_TEACHER_FLAGS
 
 
-@pytest.fixture(scope="module")
-def teacher():
-    return build(SPEC)
+@pytest.fixture
+def teacher(small_teacher):
+    return small_teacher
 
 
 def _legacy_shard(tmp_path, teacher, n=6, name="shard", seed=0):

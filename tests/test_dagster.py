@@ -41,6 +41,15 @@ def instance(tmp_path):
         yield inst
 
 
+def _partition(tmp_path, instance, name, **kw):
+    """A shard under tmp_path/sa1b, registered as a partition: (root, synth result, key, resources)."""
+    root = str(tmp_path / "sa1b")
+    res = _shard(root, name, **kw)
+    key = f"{name}/extracted"
+    instance.add_dynamic_partitions("sa1b_dirs", [key])
+    return root, res, key, _resources(tmp_path, sa1b=root)
+
+
 def _shard(root, name, n=4, states=("fresh", "with_256", "flagged", "stale"), seed=0):
     return synth.generate(
         os.path.join(root, name),
@@ -503,11 +512,7 @@ def test_a_run_with_nothing_to_do_is_cheap_and_the_event_log_stays_short(tmp_pat
 
 
 def _cheap_run_case(tmp_path, instance):
-    root = str(tmp_path / "sa1b")
-    res = _shard(root, "sa_000030", n=3, states=("fresh",) * 3)
-    key = "sa_000030/extracted"
-    instance.add_dynamic_partitions("sa1b_dirs", [key])
-    r = _resources(tmp_path, sa1b=root)
+    root, res, key, r = _partition(tmp_path, instance, "sa_000030", n=3, states=("fresh",) * 3)
     assert (
         _md(
             materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r), "sa1b_features_fixed"
@@ -536,11 +541,7 @@ def _cheap_run_case(tmp_path, instance):
 
 
 def test_a_legacy_flagged_file_with_a_malformed_json_fails_the_check_not_the_step(tmp_path, instance):
-    root = str(tmp_path / "sa1b")
-    res = _shard(root, "sa_000040", n=2, states=("fresh", "fresh"))
-    key = "sa_000040/extracted"
-    instance.add_dynamic_partitions("sa1b_dirs", [key])
-    r = _resources(tmp_path, sa1b=root)
+    root, res, key, r = _partition(tmp_path, instance, "sa_000040", n=2, states=("fresh", "fresh"))
     assert materialize([edges_B_v1], partition_key=key, instance=instance, resources=r).success
     bad = res.npz[0]
     arrays = store.read_arrays(bad)
@@ -780,11 +781,7 @@ def _evals(result):
 def test_sample_valid_recomputes_and_catches_the_five_kinds_of_wrong_features(tmp_path, instance):
     from conftest import plant_wrong_features
 
-    root = str(tmp_path / "sa1b")
-    res = _shard(root, "sa_000060", n=7, states=("fresh",))
-    key = "sa_000060/extracted"
-    instance.add_dynamic_partitions("sa1b_dirs", [key])
-    r = _resources(tmp_path, sa1b=root)
+    root, res, key, r = _partition(tmp_path, instance, "sa_000060", n=7, states=("fresh",))
     result = materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r)
     ev = _evals(result)["sample_valid"]
     assert ev.passed and ev.metadata["verified_by_value"].value == 2  # default: two files recomputed
@@ -803,12 +800,9 @@ def test_sample_valid_recomputes_and_catches_the_five_kinds_of_wrong_features(tm
 
 
 def test_legacy_noise_is_caught_then_verified_and_redone_and_drift_is_recorded(tmp_path, instance):
-    root = str(tmp_path / "sa1b")
-    res = _shard(root, "sa_000061", n=4, states=("fresh", "fresh", "feature_flagged", "fresh"))
+    states = ("fresh", "fresh", "feature_flagged", "fresh")
+    root, res, key, r = _partition(tmp_path, instance, "sa_000061", n=4, states=states)
     noise = res.npz[2]  # synth: the original tool's flag over N(0,1) features
-    key = "sa_000061/extracted"
-    instance.add_dynamic_partitions("sa1b_dirs", [key])
-    r = _resources(tmp_path, sa1b=root)
     result = materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r)
     assert _md(result, "sa1b_features_fixed")["skipped_legacy"].value == 1
     ev = _evals(result)["sample_valid"]  # a skipped legacy file is recomputed first
@@ -833,11 +827,7 @@ def test_legacy_noise_is_caught_then_verified_and_redone_and_drift_is_recorded(t
 
 
 def test_images_gone_make_sample_valid_warn_not_pass(tmp_path, instance):
-    root = str(tmp_path / "sa1b")
-    res = _shard(root, "sa_000062", n=2, states=("fresh", "fresh"))
-    key = "sa_000062/extracted"
-    instance.add_dynamic_partitions("sa1b_dirs", [key])
-    r = _resources(tmp_path, sa1b=root)
+    root, res, key, r = _partition(tmp_path, instance, "sa_000062", n=2, states=("fresh", "fresh"))
     assert _evals(materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r))[
         "sample_valid"
     ].passed

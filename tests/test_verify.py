@@ -5,20 +5,20 @@ import os
 
 import numpy as np
 import pytest
-from conftest import WRONG_KINDS, image_of, plant_wrong_features, run_cli
+from conftest import SMALL_RES, SMALL_TEACHER_FLAGS, WRONG_KINDS, image_of, plant_wrong_features, run_cli, small_spec
 
 from npzfix_core import store, synth, validate, verify
 from npzfix_core.feature_repair import FeatureRequest, run_features
-from npzfix_core.teacher import LazyTeacher, TeacherSpec, build
+from npzfix_core.teacher import LazyTeacher, TeacherSpec
 
-RES = 128
-SPEC = TeacherSpec(random_init_seed=0, resolution=RES, device="cpu")
-TEACHER_FLAGS = ("--random-init", 0, "--resolution", RES, "--device", "cpu")
+RES = SMALL_RES
+SPEC = small_spec()
+TEACHER_FLAGS = SMALL_TEACHER_FLAGS
 
 
-@pytest.fixture(scope="module")
-def teacher():
-    return build(SPEC)
+@pytest.fixture
+def teacher(small_teacher):
+    return small_teacher
 
 
 def _shard(tmp_path, n=7, states=("fresh",), seed=0, name="shard"):
