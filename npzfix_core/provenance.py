@@ -49,6 +49,24 @@ def _stored_json(flags: Mapping[str, np.ndarray], key: str) -> dict | None:
     return value if isinstance(value, dict) else {}
 
 
+class State(enum.Enum):
+    """Where a file stands for one provenance (a teacher, an edge rule+kernel): the one "done" rule of the
+    runners, the checks and the schedule."""
+
+    DONE = "done"  # flagged, by this teacher / rule and kernel
+    LEGACY = "legacy"  # features flagged by the original tool, no provenance (skipped unless --legacy says)
+    STALE = "stale"  # flagged, by another teacher / rule or kernel: a run redoes it
+    TODO = "todo"  # not flagged
+
+    @property
+    def pending(self) -> bool:
+        """A default run would rewrite the file (legacy files are left to ``--legacy``)."""
+        return self in (State.STALE, State.TODO)
+
+
+FeatureState = State  # the name the features side has used since provenance existed
+
+
 @dataclass(frozen=True)
 class EdgeProvenance:
     kernel_size: int
@@ -80,18 +98,27 @@ class EdgeProvenance:
             return None
         return cls(kernel, EDGE_RULE, str(record.get("version", EDGE_VERSION)))
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> EdgeProvenance | None:
+        """From recorded metadata (``as_dict``); None when it does not name a rule and kernel."""
+        if not isinstance(d, Mapping) or not isinstance(d.get("kernel_size"), int) or d.get("rule") != EDGE_RULE:
+            return None
+        return cls(d["kernel_size"], EDGE_RULE, str(d.get("version", EDGE_VERSION)))
+
+    def state(self, flags: Mapping[str, np.ndarray]) -> State:
+        """A legacy ``B_v1`` flag reads as kernel 3 (design §6): DONE for kernel 3, STALE for another."""
+        if not flag_set(flags, "edge_flag"):
+            return State.TODO
+        return State.DONE if EdgeProvenance.stored(flags) == self else State.STALE
+
     def is_done(self, flags: Mapping[str, np.ndarray]) -> bool:
-        return EdgeProvenance.stored(flags) == self
+        return self.state(flags) is State.DONE
+
+    def describe(self) -> str:
+        return f"{self.rule} {self.version} kernel {self.kernel_size}"
 
 
 TEACHER_FIELDS = ("teacher", "config", "weights", "precision", "resolution", "scalp")
-
-
-class FeatureState(enum.Enum):
-    DONE = "done"  # flag + this teacher
-    LEGACY = "legacy"  # flagged by the original tool: no provenance
-    STALE = "stale"  # flagged, by another teacher
-    TODO = "todo"  # not flagged
 
 
 @dataclass(frozen=True)
@@ -131,13 +158,13 @@ class FeatureProvenance:
     def same_teacher(self, other: FeatureProvenance | None) -> bool:
         return other is not None and all(getattr(self, k) == getattr(other, k) for k in TEACHER_FIELDS)
 
-    def state(self, flags: Mapping[str, np.ndarray]) -> FeatureState:
+    def state(self, flags: Mapping[str, np.ndarray]) -> State:
         if not flag_set(flags, "feature_flag"):
-            return FeatureState.TODO
+            return State.TODO
         record = _stored_json(flags, "feature_provenance")
         if record is None:
-            return FeatureState.LEGACY
-        return FeatureState.DONE if self.same_teacher(FeatureProvenance.from_dict(record)) else FeatureState.STALE
+            return State.LEGACY
+        return State.DONE if self.same_teacher(FeatureProvenance.from_dict(record)) else State.STALE
 
     def describe(self) -> str:
         return f"{self.config} {self.weights} {self.precision} @{self.resolution}"

@@ -15,7 +15,15 @@ from typing import Collection, Iterable
 import numpy as np
 
 from npzfix_core import discovery, store
-from npzfix_core.provenance import EdgeProvenance, FeatureProvenance, flag_set, stored_teacher
+from npzfix_core.provenance import (
+    EDGE_KEYS,
+    FEATURE_KEYS,
+    EdgeProvenance,
+    FeatureProvenance,
+    State,
+    flag_set,
+    stored_teacher,
+)
 from npzfix_core.report import outcome_for
 from npzfix_core.verify import Summary, Tolerance
 
@@ -139,7 +147,8 @@ def check_features(
         has_record, stored = stored_teacher(a)
         legacy = flagged and not has_record
         res.legacy_flagged += legacy  # the original tool's work: checked below like any other
-        done = flagged and (not has_record or (provenance is not None and provenance.same_teacher(stored)))
+        # the runners' rule; without a teacher to compare with, a flag (legacy or not) is all there is
+        done = provenance.state(a) in (State.DONE, State.LEGACY) if provenance is not None else flagged
         fix = REDO_LEGACY if legacy else REDO_FEATURES if done else RERUN
         problems = by_value.structure_problems(a, resolution)
         for problem in problems:
@@ -165,21 +174,28 @@ def check_features(
     return res
 
 
-def count_not_done(paths: Iterable[str], features: bool = True, edges: bool = True, stop_at: int | None = 1) -> int:
-    """Files lacking a feature or edge flag (cheap flag reads); stops early for schedules.
+def count_pending(
+    paths: Iterable[str],
+    features: FeatureProvenance | None = None,
+    edges: EdgeProvenance | None = None,
+    stop_at: int | None = 1,
+) -> int:
+    """Files a default run of the given teacher / edge kernel would rewrite (``State.pending``: not flagged,
+    or flagged by another teacher, rule or kernel), from cheap flag reads; stops early for schedules.
 
     Unreadable files are not counted: a rerun cannot fix them (they fail, visibly, in the run that meets
-    them), and counting them would re-request the same futile run every day.
+    them), and counting them would re-request the same futile run every day. Legacy files are not pending:
+    a default run leaves them to ``--legacy``.
     """
+    keys = (FEATURE_KEYS if features else ()) + (EDGE_KEYS if edges else ())
     n = 0
     for p in paths:
         try:
-            f = store.read_flags(p, ("feature_flag", "edge_flag"))
+            f = store.read_flags(p, keys)
         except (store.NpzError, OSError):
             continue
-        else:
-            if (features and not flag_set(f, "feature_flag")) or (edges and not flag_set(f, "edge_flag")):
-                n += 1
+        if any(prov is not None and prov.state(f).pending for prov in (features, edges)):
+            n += 1
         if stop_at is not None and n >= stop_at:
             break
     return n

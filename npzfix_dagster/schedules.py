@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 from dagster import AssetKey, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
-from npzfix_core.provenance import FeatureProvenance
+from npzfix_core.provenance import EdgeProvenance, FeatureProvenance
 from npzfix_dagster.jobs import sa1b_job, train_test_job
 from npzfix_dagster.partitions import PartitionKeyError, sa1b_dir, sa1b_dirs, split_extracted_dir, train_test_splits
-from npzfix_dagster.resources import DatasetRoots, Sam2Teacher
+from npzfix_dagster.resources import DatasetRoots, Sam2Teacher, default_edge_kernel
 
 SAMPLE_FILES = 2  # flag reads per partition: catches files changed behind Dagster's back, at O(1) cost
 FEATURE_ASSETS = {"sa1b_features_fixed", "train_test_features_fixed"}
+EDGES_ASSET = "edges_B_v1"
 CHUNK = 500  # storage ids per query
 
 
@@ -47,11 +48,11 @@ class Verdict:
     reason: str | None  # None: nothing to do
 
 
-def _not_done_sample(directory: str, features: bool, edges: bool) -> bool:
+def _pending_sample(directory: str, features: FeatureProvenance | None, edges: EdgeProvenance | None) -> bool:
     from npzfix_core import discovery
-    from npzfix_core.validate import count_not_done
+    from npzfix_core.validate import count_pending
 
-    return bool(count_not_done(discovery.first_npz(directory, SAMPLE_FILES), features=features, edges=edges))
+    return bool(count_pending(discovery.first_npz(directory, SAMPLE_FILES), features, edges))
 
 
 def decide(
@@ -59,12 +60,13 @@ def decide(
     directory: str,
     latest: dict[str, dict | None],
     teacher_prov: FeatureProvenance | None,
-    features: bool,
-    edges: bool,
+    edge_prov: EdgeProvenance | None,
 ) -> Verdict:
     """Why this partition needs a run (or None), from its assets' latest metadata and O(1) file reads.
 
-    ``latest`` maps each asset of the job to its latest materialization metadata (None: never).
+    ``latest`` maps each asset of the job to its latest materialization metadata (None: never);
+    ``teacher_prov`` / ``edge_prov``: what the job's features / edges would be written by now (None: the job
+    has no such asset). A change of either re-requests the partition, by the same rule as the runners'.
     """
     from npzfix_core import discovery
 
@@ -76,6 +78,11 @@ def decide(
         if asset in FEATURE_ASSETS and teacher_prov is not None:
             if not teacher_prov.same_teacher(FeatureProvenance.from_dict(md.get("provenance"))):
                 return Verdict(key, f"{asset}: teacher changed since the last run")
+        if asset == EDGES_ASSET and edge_prov is not None:
+            before = EdgeProvenance.from_dict(md.get("provenance"))
+            if before != edge_prov:
+                change = f"{before.describe() if before else 'unrecorded'} -> {edge_prov.describe()}"
+                return Verdict(key, f"{asset}: edge rule or kernel changed since the last run ({change})")
     # The NPZ names now: known without a listing when the directory is unchanged since one of the runs ended
     # (the later of two assets' runs usually; each run rewrites files, which moves the directory's mtime).
     mtime = str(os.stat(directory).st_mtime_ns)
@@ -84,16 +91,18 @@ def decide(
     for asset, md in sorted(latest.items()):
         if sig != md.get("npz_signature"):
             return Verdict(key, f"{asset}: NPZ files added or removed since the last run")
-    if _not_done_sample(directory, features, edges):
-        return Verdict(key, "a sampled file is not flagged done")
+    if _pending_sample(directory, teacher_prov, edge_prov):
+        return Verdict(key, "a sampled file is not done (unflagged, or written by another teacher or kernel)")
     return Verdict(key, None)
 
 
-def recheck(context, partitions_def, job_assets, directory_of, teacher: Sam2Teacher | None, features, edges):
+def recheck(context, partitions_def, job_assets, directory_of, teacher: Sam2Teacher, edge_kernel: int | None):
+    """``edge_kernel``: the kernel the job's edges are written with now (None: the job has no edges)."""
     t0 = time.monotonic()
     keys = context.instance.get_dynamic_partitions(partitions_def.name)
     latest = {a: latest_metadata(context.instance, a) for a in job_assets}
-    teacher_prov = teacher.provenance() if teacher is not None else None
+    teacher_prov = teacher.provenance()
+    edge_prov = EdgeProvenance(edge_kernel) if edge_kernel is not None else None
     runs, gone, refused = [], 0, 0
     for key in keys:
         try:
@@ -105,7 +114,7 @@ def recheck(context, partitions_def, job_assets, directory_of, teacher: Sam2Teac
         if not os.path.isdir(d):
             gone += 1
             continue
-        v = decide(key, d, {a: latest[a].get(key) for a in job_assets}, teacher_prov, features, edges)
+        v = decide(key, d, {a: latest[a].get(key) for a in job_assets}, teacher_prov, edge_prov)
         if v.reason:
             runs.append(
                 RunRequest(
@@ -130,8 +139,7 @@ def sa1b_daily_recheck(context: ScheduleEvaluationContext, roots: DatasetRoots, 
         ("sa1b_features_fixed", "edges_B_v1"),
         lambda k: sa1b_dir(roots.sa1b_root, k),
         teacher,
-        features=True,
-        edges=True,
+        edge_kernel=default_edge_kernel(),  # what the job's edges_B_v1 config defaults to now
     )
 
 
@@ -145,6 +153,5 @@ def train_test_daily_recheck(context: ScheduleEvaluationContext, roots: DatasetR
         ("train_test_features_fixed",),
         lambda k: split_extracted_dir(roots.train_test_root, k),
         teacher,
-        features=True,
-        edges=False,
+        edge_kernel=None,
     )

@@ -240,7 +240,7 @@ def _schedule_case(tmp_path, instance):
     shutil.copy(c.npz[0], new)  # a file that lands after the run
     store.update(a.npz[1], remove={"edge_flag"})  # a flag removed behind Dagster's back (and a rewrite: new mtime)
     assert tick() == {
-        "sa_000020/extracted": "a sampled file is not flagged done",
+        "sa_000020/extracted": "a sampled file is not done (unflagged, or written by another teacher or kernel)",
         "sa_000021/extracted": "edges_B_v1 never materialized",
         "sa_000022/extracted": "edges_B_v1: NPZ files added or removed since the last run",
     }
@@ -256,6 +256,21 @@ def _schedule_case(tmp_path, instance):
         materialize([sa1b_features_fixed, edges_B_v1], partition_key=key, instance=instance, resources=r)
     skip = tick()
     assert skip.startswith("5 partitions checked, every one done; 1 directories gone; 1 keys refused")
+    # a new edge kernel: the UI shows every edges partition stale ("code version changed"); the schedule agrees
+    os.environ["NPZFIX_EDGE_KERNEL"] = "5"
+    try:
+        change = "edges_B_v1: edge rule or kernel changed since the last run ("
+        change += "method_b B_v1 kernel 3 -> method_b B_v1 kernel 5)"
+        assert tick() == {k: change for k in ("sa_000020/extracted", "sa_000021/extracted", "sa_000022/extracted")}
+    finally:
+        del os.environ["NPZFIX_EDGE_KERNEL"]
+    # files rewritten behind Dagster's back with another kernel: the sample says so, by the runners' own rule
+    from npzfix_core.edge_repair import EdgeRequest, run_edges
+
+    run_edges(EdgeRequest(npz_dir=os.path.dirname(a.npz[0]), kernel_size=5), progress=False)
+    assert tick() == {
+        "sa_000020/extracted": "a sampled file is not done (unflagged, or written by another teacher or kernel)"
+    }
 
 
 def _env(tmp_path, root):

@@ -43,3 +43,30 @@ def test_feature_state_done_legacy_todo():
     assert TEACHER.state(adopted) is FeatureState.DONE  # adoption evidence rides along, same teacher
     assert FeatureProvenance.from_dict(TEACHER.as_dict()) == TEACHER
     assert FeatureProvenance.from_dict({"config": "x"}) is None and not TEACHER.same_teacher(None)
+
+
+def test_one_state_rule_for_edges_as_for_features(tmp_path):
+    """Runners, checks and the schedule share ``state()``: a kernel change makes edges STALE (pending), as a
+    teacher change makes features STALE; legacy features are not pending (left to --legacy)."""
+    from npzfix_core.provenance import State
+    from npzfix_core.validate import count_pending
+
+    k3, k5 = EdgeProvenance(3), EdgeProvenance(5)
+    assert k5.state(k5.arrays()) is State.DONE and k3.state(k5.arrays()) is State.STALE
+    old_rule = {"edge_flag": np.array(1), "edge_version": np.array("A_v0")}
+    assert k3.state({}) is State.TODO and k3.state(old_rule) is State.STALE
+    assert EdgeProvenance.from_dict(k5.as_dict()) == k5 and EdgeProvenance.from_dict({"kernel_size": "5"}) is None
+    assert [s.pending for s in State] == [False, False, True, True]  # DONE, LEGACY, STALE, TODO
+    files = {}
+    for name, arrays in {
+        "done": {**k3.arrays(), "feature_flag": np.array(1, np.uint8), "feature_provenance": TEACHER.record("bulk")},
+        "legacy": {**k3.arrays(), "feature_flag": np.array(1, np.uint8)},
+        "kernel5": {**k5.arrays(), "feature_flag": np.array(1, np.uint8), "feature_provenance": TEACHER.record("bulk")},
+    }.items():
+        files[name] = str(tmp_path / f"{name}.npz")
+        np.savez(files[name], P4_S16=np.zeros(1, np.float32), **arrays)
+    assert count_pending([files["done"], files["legacy"]], TEACHER, k3, stop_at=None) == 0
+    assert count_pending(list(files.values()), TEACHER, k3, stop_at=None) == 1  # the kernel-5 file
+    assert count_pending(list(files.values()), TEACHER, None, stop_at=None) == 0  # features only
+    other = FeatureProvenance(TEACHER.config, "random-init:1", "fp32", 256)
+    assert count_pending(list(files.values()), other, None, stop_at=None) == 2  # legacy is not pending
