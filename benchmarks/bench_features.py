@@ -59,7 +59,7 @@ def main() -> None:
 
         t = time.perf_counter()
         rep = run_features(
-            FeatureRequest("bulk", spec, root=d, batch_size=a.batch_size, workers=a.workers, force=True),
+            FeatureRequest("bulk", spec, root=d, batch_size=a.batch_size, decode_threads=a.workers, force=True),
             teacher=teacher,
             progress=False,
         )

@@ -89,7 +89,7 @@ def main() -> None:
             for bs in (8, 16):
                 t = time.perf_counter()
                 rep = run_features(
-                    FeatureRequest("bulk", spec, root=d, batch_size=bs, workers=a.workers, writers=4, force=True),
+                    FeatureRequest("bulk", spec, root=d, batch_size=bs, decode_threads=a.workers, writers=4, force=True),
                     teacher=teacher,
                     progress=False,
                 )

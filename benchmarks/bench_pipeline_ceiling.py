@@ -67,7 +67,7 @@ def run(d: str, workers: int, resolution: int, batch: int, gpu_like: bool):
     spec = TeacherSpec(random_init_seed=0, resolution=resolution, device="cpu")
     teacher = Teacher(_InstantEncoder(resolution), torch.device("cpu"), resolution, "fp32", provenance(spec))
     on = "device" if gpu_like else "workers"  # GPU host: decode threads only decode; the device preprocesses
-    req = FeatureRequest("bulk", spec, root=d, batch_size=batch, workers=workers, force=True, preprocess_on=on)
+    req = FeatureRequest("bulk", spec, root=d, batch_size=batch, decode_threads=workers, force=True, preprocess_on=on)
     real = images.preprocess
     if gpu_like:
         images.preprocess = _device_preprocess

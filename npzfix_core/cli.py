@@ -93,67 +93,23 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_edges(args) -> int:
-    from npzfix_core.edge_repair import EdgeRequest, run_edges
+    from npzfix_core.edge_repair import run_edges
+    from npzfix_core.requests import EdgeRequest
 
-    if not os.path.isdir(args.npz_dir):
-        raise UsageError(f"--npz-dir {args.npz_dir} is not a directory")
     if args.json_dir and not os.path.isdir(args.json_dir):
         raise UsageError(f"--json-dir {args.json_dir} is not a directory")
-    req = EdgeRequest(
-        npz_dir=args.npz_dir,
-        json_dir=args.json_dir,
-        kernel_size=args.kernel_size,
-        max_files=args.max_files,
-        skip_if_processed=args.skip_if_processed,
-        set_flag=not args.no_edge_flag,
-        order=args.order,
-        glob=args.glob,
-        workers=args.workers,
-        dry_run=args.dry_run,
-        durable=args.durable,
-        retry_killed=args.retry_killed,
-    )
+    req = EdgeRequest.from_args(args)
+    try:
+        req.validate()
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from exc
     return _finish(run_edges(req), args)
-
-
-def _csv(v: str | None) -> tuple[str, ...]:
-    return tuple(x.strip() for x in (v or "").split(",") if x.strip())
-
-
-def _teacher_spec(args, device: str):
-    """The teacher named by the shared teacher flags (``features`` and ``check features``), validated."""
-    from npzfix_core.teacher import TeacherSpec
-
-    spec = TeacherSpec(
-        weights=args.weights,
-        config=args.config,
-        random_init_seed=args.random_init,
-        device=device,
-        precision=args.precision,
-        resolution=args.resolution,
-    )
-    spec.validate()
-    return spec
-
-
-def _tolerance(args):
-    from npzfix_core.verify import Tolerance
-
-    tol = Tolerance(args.min_cosine, args.max_rel_error)
-    tol.validate()
-    return tol
 
 
 def cmd_features(args) -> int:
     from npzfix_core import devices
-    from npzfix_core.feature_repair import (
-        BULK,
-        SAMPLES,
-        TRAIN_TEST,
-        FeatureRequest,
-        default_decode_workers,
-        run_features,
-    )
+    from npzfix_core.feature_repair import run_features
+    from npzfix_core.requests import BULK, SAMPLES, TRAIN_TEST, FeatureRequest, teacher_spec_from_args
     from npzfix_core.teacher import TeacherError
 
     modes = [m for m, v in ((BULK, args.root), (SAMPLES, args.samples), (TRAIN_TEST, args.extracted_dirs)) if v]
@@ -161,32 +117,11 @@ def cmd_features(args) -> int:
         raise UsageError("give exactly one of --root (bulk), --samples (sample list), --extracted-dirs (train/test)")
     if args.npz_dirs and modes[0] != SAMPLES:
         raise UsageError("--npz-dirs goes with --samples")
-    limit = args.max_files if args.max_files is not None else args.max_images
     try:
         device = devices.resolve(args.device, args.gpus) if not args.dry_run else "cpu"
         if not args.dry_run:
             print(f"npzfix features: device {device} (asked: {args.device})", file=sys.stderr)
-        spec = _teacher_spec(args, device)
-        req = FeatureRequest(
-            mode=modes[0],
-            teacher=spec,
-            root=args.root,
-            samples=args.samples,
-            npz_dirs=_csv(args.npz_dirs),
-            extracted_dirs=_csv(args.extracted_dirs),
-            max_files=limit,
-            batch_size=args.batch_size,
-            workers=args.workers or default_decode_workers(),
-            writers=args.writers,
-            store_dtype=args.store_dtype,
-            force=args.force,
-            dry_run=args.dry_run,
-            durable=args.durable,
-            legacy=args.legacy,
-            legacy_sample=args.legacy_sample,
-            drift_sample=args.drift_sample,
-            tolerance=_tolerance(args),
-        )
+        req = FeatureRequest.from_args(args, modes[0], teacher_spec_from_args(args, device))
         req.validate()
     except (TeacherError, devices.DeviceError, ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from exc
@@ -225,17 +160,18 @@ def cmd_check(args) -> int:
 
 def _check_features(args, paths):
     from npzfix_core import devices, validate
+    from npzfix_core.requests import teacher_spec_from_args, tolerance_from_args
     from npzfix_core.teacher import LazyTeacher, TeacherError, provenance
 
     if args.weights is None and args.random_init is None:
         raise UsageError("check features recomputes sampled files: pass the teacher (--weights or --random-init)")
     try:
-        tol = _tolerance(args)
+        tol = tolerance_from_args(args)
         if args.structure_only:
             print("npzfix check features: --structure-only: values are NOT verified", file=sys.stderr)
-            prov = provenance(_teacher_spec(args, "cpu"))
+            prov = provenance(teacher_spec_from_args(args, "cpu"))
             return validate.check_features(paths, provenance=prov, needs_flag=not args.no_flag)
-        teacher = LazyTeacher(_teacher_spec(args, devices.resolve(args.device, args.gpus)))
+        teacher = LazyTeacher(teacher_spec_from_args(args, devices.resolve(args.device, args.gpus)))
         return validate.check_features(
             paths, teacher, needs_flag=not args.no_flag, tolerance=tol, image_dir=args.image_dir
         )
@@ -318,10 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--order", choices=("name", "mtime"), default="name")
     e.add_argument("--glob", help="only NPZ file names matching this pattern")
     e.add_argument(
+        "--worker-processes",
         "--workers",
+        dest="worker_processes",
         type=_non_negative,
         default=1,
-        help="worker processes (0: one per usable CPU, container limits kept)",
+        help="worker processes (0: one per usable CPU, container limits kept); --workers is the old name",
     )
     _common(e)
     e.set_defaults(fn=cmd_edges)
@@ -335,7 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--extracted-dirs", help="train/test: comma-separated <split>/extracted dirs; sets feature_flag=1")
     _teacher_flags(f)
     f.add_argument("--batch-size", type=int, default=0, help="images per encoder call (default: 1 on CPU, 8 on GPU)")
-    f.add_argument("--workers", type=_positive, help="image decode threads (default: the host's cores - 1, 2..16)")
+    f.add_argument(
+        "--decode-threads",
+        "--workers",
+        dest="decode_threads",
+        type=_positive,
+        help="image decode threads (default: the host's cores - 1, 2..16); --workers is the old name",
+    )
     f.add_argument("--writers", type=_positive, default=4, help="NPZ writer threads")
     f.add_argument("--max-files", type=_positive, help="update at most this many files (skipped ones don't count)")
     f.add_argument("--max-images", type=_positive, help="the sample-list name for --max-files")

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from typing import Callable, Iterator
 
 from npzfix_core import discovery, store
@@ -23,37 +23,13 @@ from npzfix_core.report import (
     RunReport,
     outcome_for,
 )
-from npzfix_core.devices import usable_cpus
+from npzfix_core.requests import EdgeRequest
 from npzfix_core.workers import KillerRegistry, WorkerPool
 
 log = logging.getLogger("npzfix")
 
 
-@dataclass(frozen=True)
-class EdgeRequest:
-    npz_dir: str
-    json_dir: str | None = None
-    kernel_size: int = 3
-    max_files: int | None = None
-    skip_if_processed: bool = False
-    set_flag: bool = True
-    order: str = "name"
-    glob: str | None = None
-    workers: int = 1  # 0: one per usable CPU (affinity and container limit)
-    dry_run: bool = False
-    durable: bool = True
-    retry_killed: bool = False  # try files that killed a worker process in an earlier run
-
-
-def process_one(
-    npz: str,
-    json_path: str | None,
-    kernel_size: int,
-    skip_if_processed: bool,
-    set_flag: bool,
-    dry_run: bool,
-    durable: bool = True,
-) -> Outcome:
+def process_one(npz: str, json_path: str | None, req: EdgeRequest) -> Outcome:
     """One file, start to end; every problem becomes an Outcome, never an exception."""
     from npzfix_core.edges import method_b, parse_sa1b  # OpenCV: imported in the worker that needs it
 
@@ -63,22 +39,22 @@ def process_one(
         return Outcome(npz, status, reason, time.perf_counter() - t0)
 
     try:
-        prov = EdgeProvenance(kernel_size)
-        if skip_if_processed and prov.is_done(store.read_flags(npz, EDGE_KEYS)):
+        prov = EdgeProvenance(req.kernel_size)
+        if req.skip_if_processed and prov.is_done(store.read_flags(npz, EDGE_KEYS)):
             return out(SKIPPED_DONE)
         if json_path is None:
             return out(MISSING, "no JSON found for this NPZ")
         with open(json_path, "rb") as f:
             doc = json.loads(f.read())
-        maps = method_b(parse_sa1b(doc), kernel_size)
-        if dry_run:
+        maps = method_b(parse_sa1b(doc), req.kernel_size)
+        if req.dry_run:
             store.inspect(npz)  # a dry run still reports files that could not be written
             return out(WOULD_UPDATE)
         arrays = {"edge_64x64": maps[64], "edge_32x32": maps[32], "edge_256x256": maps[256]}
-        if set_flag:
+        if req.set_flag:
             arrays.update(prov.arrays())
         # without a flag, the flag and provenance of an earlier run would vouch for edges they did not see
-        store.update(npz, arrays, only_if_present={"edge_256x256"}, remove=set(EDGE_KEYS), durable=durable)
+        store.update(npz, arrays, only_if_present={"edge_256x256"}, remove=set(EDGE_KEYS), durable=req.durable)
         return out(UPDATED)
     except Exception as exc:  # a batch never dies on one file
         return outcome_for(npz, exc, json_path, time.perf_counter() - t0)
@@ -154,14 +130,7 @@ def run_bounded(
 
 def run_edges(req: EdgeRequest, progress: bool = True) -> RunReport:
     """Rebuild edges for every feature NPZ of ``req.npz_dir``; returns the report, never raises per file."""
-    if req.kernel_size < 1:
-        raise ValueError("--kernel-size must be >= 1")
-    if req.workers < 0:
-        raise ValueError("--workers must be >= 0 (0: one per usable CPU)")
-    if req.workers == 0:
-        req = replace(req, workers=usable_cpus())  # the report says how many ran
-    if not os.path.isdir(req.npz_dir):
-        raise FileNotFoundError(f"NPZ directory {req.npz_dir} does not exist")
+    req = req.resolved()  # validated; worker_processes=0 made a number (the report says how many ran)
     report = RunReport(
         "edges", provenance=EdgeProvenance(req.kernel_size).as_dict(), request=asdict(req), dry_run=req.dry_run
     )
@@ -173,18 +142,10 @@ def run_edges(req: EdgeRequest, progress: bool = True) -> RunReport:
     try:
         run_bounded(
             iter(items),
-            lambda it: (
-                it.npz,
-                it.source,
-                req.kernel_size,
-                req.skip_if_processed,
-                req.set_flag,
-                req.dry_run,
-                req.durable,
-            ),
+            lambda it: (it.npz, it.source, req),  # the request travels whole, to worker processes too
             process_one,
             report,
-            req.workers,
+            req.worker_processes,
             req.max_files,
             bar,
             KillerRegistry(retry=req.retry_killed),

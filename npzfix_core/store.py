@@ -11,34 +11,24 @@ never lose each other's keys.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import functools
-import hashlib
 import io
 import logging
 import os
-import stat
 import tempfile
-import time
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
 from npzfix_core import zipraw
+from npzfix_core.errors import NpzError
+from npzfix_core.locks import LOCK_TIMEOUT_ENV, locked, open_regular  # noqa: F401 (part of store's API)
+from npzfix_core.temps import TMP_MARKER, sweep_stale_temps, sweep_target_dir, temp_prefix  # noqa: F401
 
-TMP_MARKER = ".npzfix-tmp-"
-NAME_MAX = 255  # bytes in one path component (Linux file systems)
-LOCK_TIMEOUT_ENV = "NPZFIX_LOCK_TIMEOUT_S"
-DEFAULT_LOCK_TIMEOUT_S = 300.0  # another writer holds a file for a few ms; minutes means something is stuck
 log = logging.getLogger("npzfix")
-
-
-class NpzError(Exception):
-    """A file that cannot be read or updated safely; the message is the reason."""
 
 
 @dataclass(frozen=True)
@@ -189,90 +179,6 @@ def read_arrays(path: str | os.PathLike, keys: list[str] | tuple[str, ...] | Non
     return out
 
 
-def open_regular(path: str | os.PathLike) -> int:
-    """A read-only descriptor of a regular file; never blocks (a FIFO or device named like an NPZ would)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise NpzError(f"{os.fspath(path)} is not a regular file")
-    return fd
-
-
-def lock_holder(fd: int) -> str:
-    """Who holds an flock on this file, from /proc/locks (Linux; '' when unknown)."""
-    st = os.fstat(fd)
-    try:
-        with open("/proc/locks") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(st.st_ino):
-                    return f"pid {parts[4]}"
-    except OSError:
-        pass
-    return ""
-
-
-def _flock_within(fd: int, path: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    delay, warned = 0.005, False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                holder = lock_holder(fd) or "another process"
-                raise NpzError(
-                    f"locked by {holder} for over {timeout:.0f} s (raise {LOCK_TIMEOUT_ENV} to wait longer)"
-                ) from None
-            if not warned and delay >= 0.5:
-                log.info("waiting for the lock on %s (held by %s)", path, lock_holder(fd) or "another writer")
-                warned = True
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-
-
-@contextlib.contextmanager
-def locked(path: str | os.PathLike, timeout: float | None = None) -> Iterator[None]:
-    """Exclusive lock on the NPZ itself, waited for at most ``timeout`` s; retried if the path was replaced."""
-    path = os.fspath(path)
-    timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_S)) if timeout is None else timeout
-    while True:
-        fd = open_regular(path)
-        try:
-            _flock_within(fd, path, timeout)
-            held, now = os.fstat(fd), os.stat(path)
-        except BaseException:
-            os.close(fd)
-            raise
-        if (held.st_ino, held.st_dev) == (now.st_ino, now.st_dev):
-            break
-        os.close(fd)
-    try:
-        yield
-    finally:
-        os.close(fd)
-
-
-def temp_prefix(name: str) -> str:
-    """``.<name>.npzfix-tmp-`` for the temp file beside ``name``; a long name is cut and hashed so that the
-    temp (plus mkstemp's 8 random characters) stays within NAME_MAX."""
-    prefix = f".{name}{TMP_MARKER}"
-    if len(os.fsencode(prefix)) + 8 <= NAME_MAX:
-        return prefix
-    digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:16]
-    head = os.fsencode(name)[:150].decode(errors="ignore") if name.isascii() else name[:40]
-    return f".{head}~{digest}{TMP_MARKER}"
-
-
-def _temp_target(temp_name: str, names: list[str]) -> str | None:
-    """The file name a temp belongs to (among ``names`` when its prefix was hashed)."""
-    stem = temp_name[1:].split(TMP_MARKER, 1)[0]
-    if "~" in stem and len(stem.rsplit("~", 1)[1]) == 16:
-        return next((n for n in names if temp_prefix(n) == f".{stem}{TMP_MARKER}"), stem)
-    return stem
-
-
 def _keep_attributes(src_fd: int, dst_fd: int, st: os.stat_result) -> None:
     """The replacement keeps the replaced file's permission bits, owner and group (where we may set them:
     as root, or our own group) and extended attributes (where the file system has them). Hard links to
@@ -333,7 +239,7 @@ def update(
     """
     real = os.path.realpath(path)  # a symlinked cache: update the file it points to, keep the link
     if os.path.dirname(real) != os.path.dirname(os.path.abspath(path)):
-        _sweep_target_dir(os.path.dirname(real))
+        sweep_target_dir(os.path.dirname(real))
     path = real
     directory, name = os.path.split(path)
     with locked(path):
@@ -374,62 +280,3 @@ def update(
         if durable:
             _fsync_dir(directory or ".")
     return UpdateResult(tuple(chosen), st.st_size, size_after)
-
-
-_SWEPT_TARGET_DIRS: set[str] = set()  # per process: each target directory is swept once, not once per file
-
-
-def _sweep_target_dir(directory: str) -> None:
-    """Temps of a symlinked NPZ live beside its target, where a run's own sweep never looks: sweep that
-    directory the first time this process writes there (a live writer's temps are left, as always)."""
-    if directory in _SWEPT_TARGET_DIRS:
-        return
-    _SWEPT_TARGET_DIRS.add(directory)
-    for p in sweep_stale_temps(directory):
-        log.warning("removed a temp file left by an interrupted write: %s", p)
-
-
-def sweep_stale_temps(directory: str | os.PathLike) -> list[str]:
-    """Remove temp files left by killed writers; a live writer holds its target's lock, so is left alone.
-
-    Never blocks and never fails the run: a target that is not a regular file cannot have a live writer,
-    and an entry that cannot be removed (a directory, another user's file) is logged and left.
-    """
-    removed: list[str] = []
-    directory = os.fspath(directory)
-    try:
-        with os.scandir(directory) as it:
-            entries = list(it)
-    except OSError:
-        return removed
-    names = [e.name for e in entries]
-    for entry in entries:
-        if not (entry.name.startswith(".") and TMP_MARKER in entry.name):
-            continue
-        target = os.path.join(directory, _temp_target(entry.name, names))
-        fd = None
-        try:
-            fd = open_regular(target)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except (FileNotFoundError, NpzError):
-            pass  # no target, or not a file we write: nobody writes this temp
-        except OSError as exc:
-            if fd is not None:
-                os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                log.warning("left %s: cannot check its target: %s", entry.path, exc)
-            continue  # a live writer holds the target
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                log.warning("left %s: a directory named like an npzfix temp file", entry.path)
-                continue
-            os.unlink(entry.path)
-            removed.append(entry.path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("cannot remove stale temp %s: %s", entry.path, exc)
-        finally:
-            if fd is not None:
-                os.close(fd)
-    return removed

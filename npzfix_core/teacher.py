@@ -126,6 +126,34 @@ def provenance(spec: TeacherSpec) -> FeatureProvenance:
     )
 
 
+def _load_strictly(model, path: str, config: str) -> None:
+    """sam2's checkpoint load (``torch.load(weights_only=True)["model"]``, every key matched), with each way
+    it can fail told apart by type: sam2's own raises a bare RuntimeError after logging the keys."""
+    import pickle
+
+    import torch
+
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise TeacherError(f"cannot load checkpoint {path} with weights_only=True: {exc}") from exc
+    except (RuntimeError, EOFError, OSError) as exc:  # torch: not a zip / truncated archive
+        raise TeacherError(f"cannot load checkpoint {path}: {exc}") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+        raise TeacherError(f"checkpoint {path} has no 'model' entry (expected a sam2 checkpoint)")
+    stored, own = raw["model"], model.state_dict()
+    missing = [k for k in own if k not in stored]
+    unexpected = [k for k in stored if k not in own]
+    reshaped = [k for k in own if k in stored and tuple(stored[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or reshaped:
+        example = (reshaped or missing or unexpected)[0]
+        raise TeacherError(
+            f"checkpoint {path} does not match {config} strictly ({len(missing)} missing, {len(unexpected)} "
+            f"unexpected, {len(reshaped)} of another shape, e.g. {example})"
+        )
+    model.load_state_dict(stored)
+
+
 def build(spec: TeacherSpec) -> Teacher:
     """Build the encoder: seeded random init, or a checkpoint loaded strictly with ``weights_only=True``."""
     spec.validate()
@@ -144,24 +172,15 @@ def build(spec: TeacherSpec) -> Teacher:
             "TEACHER IS RANDOMLY INITIALISED (seed %d): features are NOT SAM2 features; demo/test only",
             spec.random_init_seed,
         )
-    ckpt = spec.weights
+    from hydra.errors import MissingConfigException
+
     try:
-        # build on the CPU, load, then move: sam2 defaults to "cuda"
-        model = build_sam2(config, ckpt_path=ckpt, device="cpu", hydra_overrides_extra=[KEEP_ALL_LEVELS])
-    except RuntimeError as exc:
-        # sam2 raises a bare RuntimeError after logging missing/unexpected keys; torch names size mismatches
-        if not str(exc) or "state_dict" in str(exc):
-            detail = str(exc).strip().splitlines()[-1][:200] if str(exc) else "missing or unexpected keys"
-            raise TeacherError(f"checkpoint {spec.weights} does not match {config} strictly ({detail})") from exc
-        raise TeacherError(f"cannot load checkpoint {spec.weights}: {exc}") from exc
-    except KeyError as exc:
-        raise TeacherError(f"checkpoint {spec.weights} has no {exc} entry (expected a sam2 checkpoint)") from exc
-    except Exception as exc:
-        if "MissingConfigException" in type(exc).__name__ or "Cannot find primary config" in str(exc):
-            raise TeacherError(f"unknown SAM2 config {config!r}") from exc
-        if "Unpickl" in type(exc).__name__ or isinstance(exc, EOFError):
-            raise TeacherError(f"cannot load checkpoint {spec.weights} with weights_only=True: {exc}") from exc
-        raise
+        # build on the CPU, then load and move: sam2 defaults to "cuda"
+        model = build_sam2(config, ckpt_path=None, device="cpu", hydra_overrides_extra=[KEEP_ALL_LEVELS])
+    except MissingConfigException as exc:
+        raise TeacherError(f"unknown SAM2 config {config!r}") from exc
+    if spec.weights is not None:
+        _load_strictly(model, spec.weights, config)
     encoder = model.image_encoder
     del model  # never hand a scalp=0 model to SAM2ImagePredictor: keep only the encoder
     encoder.to(device).eval()

@@ -9,55 +9,16 @@ import re
 import zlib
 from typing import Callable, Optional
 
-from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, asset
-from pydantic import Field
+from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
-from npzfix_core.feature_repair import BULK, TRAIN_TEST
 from npzfix_core.report import RunReport
-from npzfix_core.verify import Tolerance
+from npzfix_core.requests import BULK, TRAIN_TEST
 from npzfix_dagster import checks, metadata
+from npzfix_dagster.config import EdgesConfig, FeaturesConfig, edge_request, feature_request
 from npzfix_dagster.k8s import CPU_TAGS, GPU_TAGS
 from npzfix_dagster.partitions import PartitionKeyError, sa1b_dir, sa1b_dirs, split_extracted_dir, train_test_splits
-from npzfix_dagster.resources import (
-    DatasetRoots,
-    Sam2Teacher,
-    default_edge_kernel,
-    default_edge_workers,
-    edges_code_version,
-    features_code_version,
-)
+from npzfix_dagster.resources import DatasetRoots, Sam2Teacher, edges_code_version, features_code_version
 from npzfix_dagster.sources import sa1b_npz_files, train_test_npz_files
-
-
-class FeaturesConfig(Config):
-    """Mirrors ``npzfix features`` flags."""
-
-    max_files: Optional[int] = None
-    force: bool = False
-    dry_run: bool = False
-    store_dtype: str = "keep"
-    durable: bool = True
-    legacy: str = Field("skip", description="files flagged by the original tool: skip | verify (adopt or redo) | redo")
-    legacy_sample: int = Field(4, description="legacy files recomputed per directory before adopting the rest")
-    drift_sample: int = Field(8, description="files redone for another teacher whose old features are compared")
-    verify_sample: int = Field(2, description="files sample_valid recomputes with the run's teacher")
-    min_cosine: float = Tolerance().min_cosine
-    max_rel_error: float = Tolerance().max_rel_error
-
-
-class EdgesConfig(Config):
-    """Mirrors ``npzfix edges`` flags."""
-
-    kernel_size: int = default_edge_kernel()  # NPZFIX_EDGE_KERNEL, else 3; part of the asset's code version
-    max_files: Optional[int] = None
-    skip_if_processed: bool = True
-    set_edge_flag: bool = True
-    workers: int = default_edge_workers()  # NPZFIX_EDGE_WORKERS, else 1; 0: one per usable CPU
-    glob: Optional[str] = None
-    order: str = "name"
-    dry_run: bool = False
-    durable: bool = True
-    retry_killed: bool = False
 
 
 def _partition_dir(root: str, key: str, to_dir: Callable[[str, str], str]) -> str:
@@ -114,28 +75,11 @@ def _features(
     directory: str,
 ) -> MaterializeResult:
     from npzfix_core import discovery
-    from npzfix_core.feature_repair import FeatureRequest, default_decode_workers, run_features
+    from npzfix_core.feature_repair import run_features
     from npzfix_core.teacher import LazyTeacher
 
-    tolerance = Tolerance(config.min_cosine, config.max_rel_error)
-    req = FeatureRequest(
-        mode=mode,
-        teacher=teacher.spec(),
-        root=directory if mode == BULK else None,
-        recursive=False,  # a partition is the NPZ files directly in its directory
-        extracted_dirs=(directory,) if mode == TRAIN_TEST else (),
-        max_files=config.max_files,
-        batch_size=teacher.batch_size,
-        workers=teacher.decode_workers or default_decode_workers(),
-        store_dtype=config.store_dtype,
-        force=config.force,
-        dry_run=config.dry_run,
-        durable=config.durable,
-        legacy=config.legacy,
-        legacy_sample=config.legacy_sample,
-        drift_sample=config.drift_sample,
-        tolerance=tolerance,
-    )
+    tolerance = config.tolerance()
+    req = feature_request(config, teacher, mode, directory)
     try:
         req.validate()
     except (ValueError, FileNotFoundError) as exc:
@@ -201,25 +145,16 @@ def edges_B_v1(context: AssetExecutionContext, config: EdgesConfig, roots: Datas
     """Every SA-1B NPZ in this directory carries Method-B edge maps (edge_64x64, edge_32x32, and edge_256x256
     where present) computed from its SA-1B JSON, flagged B_v1 with the kernel size."""
     from npzfix_core import discovery
-    from npzfix_core.edge_repair import EdgeRequest, run_edges
+    from npzfix_core.edge_repair import run_edges
 
     key = context.partition_key
     directory = _partition_dir(roots.require("sa1b_root"), key, sa1b_dir)
     json_dir = roots.json_dir_for(directory)
-    req = EdgeRequest(
-        npz_dir=directory,
-        json_dir=json_dir,
-        kernel_size=config.kernel_size,
-        max_files=config.max_files,
-        skip_if_processed=config.skip_if_processed,
-        set_flag=config.set_edge_flag,
-        order=config.order,
-        glob=config.glob,
-        workers=config.workers,
-        dry_run=config.dry_run,
-        durable=config.durable,
-        retry_killed=config.retry_killed,
-    )
+    req = edge_request(config, directory, json_dir)
+    try:
+        req.validate()
+    except (ValueError, FileNotFoundError) as exc:
+        raise Failure(description=f"bad run config: {exc}; no file was touched") from exc
     seen_dir = discovery.snapshot(directory)
     report = run_edges(req, progress=True)
     sample_check = lambda paths: checks.edges_sample_valid(paths, config.kernel_size, json_dir)  # noqa: E731

@@ -25,7 +25,8 @@ def generate(data: str, resolution: int = 256) -> tuple[str, str]:
     features are noise; sa_000002 holds only legacy files whose features are right (written by the demo's
     teacher, then stripped of provenance, as the original tool left them)."""
     from npzfix_core import store, synth
-    from npzfix_core.feature_repair import BULK, FeatureRequest, run_features
+    from npzfix_core.feature_repair import run_features
+    from npzfix_core.requests import BULK, FeatureRequest
     from npzfix_core.teacher import TeacherSpec
 
     sa1b, tt = os.path.join(data, "sa1b"), os.path.join(data, "train_test")
@@ -45,7 +46,7 @@ def generate(data: str, resolution: int = 256) -> tuple[str, str]:
     legacy = os.path.join(sa1b, "sa_000002")
     res = synth.generate(legacy, synth.SynthSpec(n=6, seed=2, sizes=sizes, masks=40, feature_hw=16, states=("fresh",)))
     teacher = TeacherSpec(random_init_seed=0, resolution=resolution)
-    run_features(FeatureRequest(mode=BULK, root=legacy, teacher=teacher, workers=2), progress=False)
+    run_features(FeatureRequest(mode=BULK, root=legacy, teacher=teacher, decode_threads=2), progress=False)
     for p in res.npz:
         store.update(p, remove={"feature_provenance"})
     for i, split in enumerate(("train_1200", "test")):

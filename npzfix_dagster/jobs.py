@@ -1,10 +1,7 @@
 """Jobs: the asset jobs the sensors and schedules launch (with their pod resources), and sample-list repair."""
 
-from typing import List, Optional
-
 from dagster import (
     AssetSelection,
-    Config,
     Failure,
     Nothing,
     OpExecutionContext,
@@ -16,6 +13,7 @@ from dagster import (
 )
 
 from npzfix_dagster import metadata
+from npzfix_dagster.config import SampleListConfig, sample_list_request
 from npzfix_dagster.k8s import CPU_TAGS, GPU_TAGS
 from npzfix_dagster.resources import Sam2Teacher
 
@@ -39,17 +37,6 @@ train_test_job = define_asset_job(
 )
 
 
-class SampleListConfig(Config):
-    """Mirrors ``npzfix features --samples LIST --npz-dirs a,b``."""
-
-    samples: str
-    npz_dirs: List[str] = []
-    max_images: Optional[int] = None
-    store_dtype: str = "keep"
-    dry_run: bool = False
-    report: Optional[str] = None
-
-
 @op(
     pool="gpu",
     tags=GPU_TAGS,
@@ -57,19 +44,9 @@ class SampleListConfig(Config):
     description="Recompute P4_S16, P5_S32 and IMAGE_EMB_S16 for the images of a sample list (no flag).",
 )
 def fix_from_sample_list(context: OpExecutionContext, config: SampleListConfig, teacher: Sam2Teacher):
-    from npzfix_core.feature_repair import SAMPLES, FeatureRequest, default_decode_workers, run_features
+    from npzfix_core.feature_repair import run_features
 
-    req = FeatureRequest(
-        mode=SAMPLES,
-        teacher=teacher.spec(),
-        samples=config.samples,
-        npz_dirs=tuple(config.npz_dirs),
-        max_files=config.max_images,
-        batch_size=teacher.batch_size,
-        workers=teacher.decode_workers or default_decode_workers(),
-        store_dtype=config.store_dtype,
-        dry_run=config.dry_run,
-    )
+    req = sample_list_request(config, teacher)
     try:
         req.validate()
     except (ValueError, FileNotFoundError) as exc:

@@ -37,7 +37,7 @@ def test_cuda_pipeline_matches_the_cpu_reference(tmp_path, precision, rel):
     asynchronously, encoder time is read from CUDA events."""
     res = _shard(tmp_path, n=6)
     spec = TeacherSpec(random_init_seed=0, resolution=RES, device="cuda", precision=precision)
-    rep = run_features(FeatureRequest("bulk", spec, root=res.root, batch_size=4, workers=2), progress=False)
+    rep = run_features(FeatureRequest("bulk", spec, root=res.root, batch_size=4, decode_threads=2), progress=False)
     assert rep.counts["updated"] == 6 and rep.exit_code == 0, rep.summary()
     assert rep.timings["batches"] == 2 and rep.timings["encoder_s"] > 0
     model = _reference_model(0)

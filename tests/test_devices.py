@@ -165,7 +165,7 @@ def test_usable_cpus_follow_affinity_and_a_container_limit(tmp_path):
 
 
 def test_edge_workers_default_comes_from_the_environment():
-    code = "from npzfix_dagster.assets import EdgesConfig; print(EdgesConfig().workers)"
+    code = "from npzfix_dagster.config import EdgesConfig; print(EdgesConfig().worker_processes)"
     for value, want in ((None, "1"), ("0", "0"), ("6", "6")):
         env = {k: v for k, v in os.environ.items() if k != "NPZFIX_EDGE_WORKERS"}
         if value is not None:

@@ -124,7 +124,7 @@ def test_workers_order_glob_and_json_dir(tmp_path):
     assert "missing source 6" in p.stdout  # JSON moved away from the default places
     p = run_cli("edges", "--npz-dir", ext, "--workers", "0", "--dry-run", "--report", tmp_path / "auto", check_rc=0)
     auto = json.load(open(tmp_path / "auto.json"))
-    assert auto["request"]["workers"] == devices.usable_cpus()  # 0: one per usable CPU, recorded as run
+    assert auto["request"]["worker_processes"] == devices.usable_cpus()  # 0: one per usable CPU, recorded as run
     p = run_cli(
         "edges",
         "--npz-dir",

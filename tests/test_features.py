@@ -74,7 +74,7 @@ def test_bulk_matches_reference_and_sets_flag(tmp_path, teacher, reference_model
     res = _shard(tmp_path, n=5)
     before = {p: store.read_arrays(p, ["P3_S8_f16", "num_masks", "edge_64x64"]) for p in res.npz}
     rep = run_features(
-        FeatureRequest("bulk", SPEC, root=res.root, batch_size=2, workers=2), teacher=teacher, progress=False
+        FeatureRequest("bulk", SPEC, root=res.root, batch_size=2, decode_threads=2), teacher=teacher, progress=False
     )
     assert rep.counts["updated"] == 5 and rep.exit_code == 0
     for p in res.npz:

@@ -1,0 +1,128 @@
+"""Run config of the assets and jobs, and the one constructor of each core request from config + resources.
+
+The fields mirror ``npzfix_core.requests`` (names and defaults; ``tests/test_config.py`` holds them to it).
+Where Dagster's default differs from the CLI's on purpose, ``DAGSTER_DEFAULTS`` says so; where a field comes
+from a resource or the partition rather than run config, ``FROM_RESOURCES`` says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import List, Optional
+
+from dagster import Config
+from pydantic import Field
+
+from npzfix_core.requests import BULK, SAMPLES, TRAIN_TEST, EdgeRequest, FeatureRequest, default_decode_threads
+from npzfix_core.verify import Tolerance
+from npzfix_dagster.resources import Sam2Teacher, default_edge_kernel, default_edge_workers
+
+# Defaults chosen for scheduled runs: a re-run of a partition skips what is done (the CLI keeps the original
+# tool's default, False), and the edge kernel / worker processes come from the code location's environment.
+DAGSTER_DEFAULTS = {
+    EdgeRequest: {
+        "skip_if_processed": True,
+        "kernel_size": "NPZFIX_EDGE_KERNEL",
+        "worker_processes": "NPZFIX_EDGE_WORKERS",
+    }
+}
+# Request fields set by the partition or a resource, not by run config (and Config names that differ).
+FROM_RESOURCES = {
+    EdgeRequest: {"npz_dir", "json_dir"},
+    FeatureRequest: {
+        *("mode", "teacher", "root", "recursive", "samples", "npz_dirs", "extracted_dirs"),  # the partition
+        *("batch_size", "decode_threads"),  # the teacher resource
+        *("writers", "preprocess_on"),  # the request's defaults
+        "tolerance",  # min_cosine, max_rel_error
+    },
+}
+RENAMED = {"set_flag": "set_edge_flag"}
+
+
+class FeaturesConfig(Config):
+    """Mirrors ``npzfix features`` flags."""
+
+    max_files: Optional[int] = None
+    force: bool = False
+    dry_run: bool = False
+    store_dtype: str = "keep"
+    durable: bool = True
+    legacy: str = Field("skip", description="files flagged by the original tool: skip | verify (adopt or redo) | redo")
+    legacy_sample: int = Field(4, description="legacy files recomputed per directory before adopting the rest")
+    drift_sample: int = Field(8, description="files redone for another teacher whose old features are compared")
+    verify_sample: int = Field(2, description="files sample_valid recomputes with the run's teacher")
+    min_cosine: float = Tolerance().min_cosine
+    max_rel_error: float = Tolerance().max_rel_error
+
+    def tolerance(self) -> Tolerance:
+        return Tolerance(self.min_cosine, self.max_rel_error)
+
+
+class EdgesConfig(Config):
+    """Mirrors ``npzfix edges`` flags."""
+
+    kernel_size: int = default_edge_kernel()  # NPZFIX_EDGE_KERNEL, else 3; part of the asset's code version
+    max_files: Optional[int] = None
+    skip_if_processed: bool = True
+    set_edge_flag: bool = True
+    worker_processes: int = default_edge_workers()  # NPZFIX_EDGE_WORKERS, else 1; 0: one per usable CPU
+    workers: Optional[int] = Field(None, description="the old name of worker_processes (wins when given)")
+    glob: Optional[str] = None
+    order: str = "name"
+    dry_run: bool = False
+    durable: bool = True
+    retry_killed: bool = False
+
+
+class SampleListConfig(Config):
+    """Mirrors ``npzfix features --samples LIST --npz-dirs a,b``."""
+
+    samples: str
+    npz_dirs: List[str] = []
+    max_images: Optional[int] = None
+    store_dtype: str = "keep"
+    dry_run: bool = False
+    report: Optional[str] = None
+
+
+def _from_config(cls, config: Config, given: dict) -> dict:
+    """Every request field that run config holds (under its own name or ``RENAMED``), plus ``given``."""
+    out = dict(given)
+    for f in fields(cls):
+        name = RENAMED.get(f.name, f.name)
+        if f.name not in out and name in type(config).model_fields:
+            out[f.name] = getattr(config, name)
+    return out
+
+
+def edge_request(config: EdgesConfig, npz_dir: str, json_dir: Optional[str]) -> EdgeRequest:
+    given = {"npz_dir": npz_dir, "json_dir": json_dir}
+    if config.workers is not None:
+        given["worker_processes"] = config.workers
+    return EdgeRequest(**_from_config(EdgeRequest, config, given))
+
+
+def _pipeline(teacher: Sam2Teacher) -> dict:
+    return {
+        "teacher": teacher.spec(),
+        "batch_size": teacher.batch_size,
+        "decode_threads": teacher.decode_workers or default_decode_threads(),
+    }
+
+
+def feature_request(config: FeaturesConfig, teacher: Sam2Teacher, mode: str, directory: str) -> FeatureRequest:
+    """A partition's request: only the NPZ files directly in its directory."""
+    given = {
+        **_pipeline(teacher),
+        "mode": mode,
+        "root": directory if mode == BULK else None,
+        "recursive": False,
+        "extracted_dirs": (directory,) if mode == TRAIN_TEST else (),
+        "tolerance": config.tolerance(),
+    }
+    return FeatureRequest(**_from_config(FeatureRequest, config, given))
+
+
+def sample_list_request(config: SampleListConfig, teacher: Sam2Teacher) -> FeatureRequest:
+    given = {**_pipeline(teacher), "mode": SAMPLES, "npz_dirs": tuple(config.npz_dirs), "max_files": config.max_images}
+    return FeatureRequest(**_from_config(FeatureRequest, config, given))

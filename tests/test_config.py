@@ -1,0 +1,75 @@
+"""One source of truth per flag: the Dagster run config mirrors the core requests (names and defaults), and
+both front doors build the same request."""
+
+import dataclasses
+
+import pytest
+
+from npzfix_core.cli import build_parser
+from npzfix_core.requests import EdgeRequest, FeatureRequest
+from npzfix_dagster.config import (
+    DAGSTER_DEFAULTS,
+    FROM_RESOURCES,
+    RENAMED,
+    EdgesConfig,
+    FeaturesConfig,
+    edge_request,
+    feature_request,
+)
+from npzfix_dagster.resources import Sam2Teacher
+
+
+def _default(f):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+@pytest.mark.parametrize("request_type, config_type", [(EdgeRequest, EdgesConfig), (FeatureRequest, FeaturesConfig)])
+def test_dagster_config_mirrors_the_request(request_type, config_type):
+    """Every request field is run config (same name or RENAMED, same default unless DAGSTER_DEFAULTS says
+    why) or set from the partition / resources (FROM_RESOURCES): a new field cannot be forgotten silently."""
+    config_fields = config_type.model_fields
+    differ = DAGSTER_DEFAULTS.get(request_type, {})
+    for f in dataclasses.fields(request_type):
+        if f.name in FROM_RESOURCES[request_type]:
+            assert RENAMED.get(f.name, f.name) not in config_fields or f.name == "tolerance", f.name
+            continue
+        name = RENAMED.get(f.name, f.name)
+        assert name in config_fields, f"{request_type.__name__}.{f.name} has no run config field"
+        if f.name not in differ:
+            assert config_fields[name].default == _default(f), f.name
+
+
+def test_a_cli_run_and_a_dagster_run_build_the_same_request(tmp_path):
+    ap = build_parser()
+    d = str(tmp_path)
+    args = ap.parse_args(["edges", "--npz-dir", d, "--kernel-size", "5", "--workers", "3", "--skip-if-processed"])
+    cli = EdgeRequest.from_args(args)
+    dagster = edge_request(EdgesConfig(kernel_size=5, workers=3), d, None)
+    assert cli == dagster and cli.worker_processes == 3  # the old flag and config name keep working
+    args = ap.parse_args(["edges", "--npz-dir", d, "--worker-processes", "0", "--no-edge-flag"])
+    assert EdgeRequest.from_args(args) == edge_request(
+        EdgesConfig(worker_processes=0, set_edge_flag=False, skip_if_processed=False), d, None
+    )
+
+    teacher = Sam2Teacher(random_init_seed=0, resolution=128, device="cpu", batch_size=2, decode_workers=3)
+    flags = ["--random-init", "0", "--resolution", "128", "--batch-size", "2", "--workers", "3"]
+    flags += ["--legacy", "verify", "--min-cosine", "0.99", "--max-files", "7"]
+    args = ap.parse_args(["features", "--root", d, *flags])
+    from npzfix_core.requests import teacher_spec_from_args
+
+    cli = FeatureRequest.from_args(args, "bulk", teacher_spec_from_args(args, "cpu"))
+    config = FeaturesConfig(legacy="verify", min_cosine=0.99, max_files=7)
+    dagster = feature_request(config, teacher, "bulk", d)
+    assert dataclasses.replace(dagster, recursive=True) == cli  # a partition is its own directory only
+    assert cli.decode_threads == 3 and cli.tolerance.min_cosine == 0.99
+
+
+def test_requests_validate_themselves(tmp_path):
+    with pytest.raises(ValueError, match="--kernel-size"):
+        EdgeRequest(str(tmp_path), kernel_size=0).validate()
+    with pytest.raises(ValueError, match="--order"):
+        EdgeRequest(str(tmp_path), order="size").validate()
+    with pytest.raises(FileNotFoundError):
+        EdgeRequest(str(tmp_path / "gone")).validate()
+    with pytest.raises(ValueError, match="--decode-threads"):
+        FeatureRequest("bulk", root=str(tmp_path), decode_threads=0).validate()
