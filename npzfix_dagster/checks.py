@@ -14,7 +14,7 @@ from npzfix_core.report import ADOPTED, FAILED, MISSING, SKIPPED_DONE, SKIPPED_L
 from npzfix_core.teacher import LazyTeacher
 from npzfix_core.validate import CheckResult, check_edges, check_features, sample
 from npzfix_core.verify import Tolerance
-from npzfix_dagster.metadata import md_table
+from npzfix_dagster.metadata import files_table
 
 SAMPLE = 8  # files per partition whose content is checked (edges: recomputed exactly)
 NO_FAILED_FILES = "no_failed_files"
@@ -52,7 +52,7 @@ def no_failed_files(report: RunReport) -> AssetCheckResult:
         metadata={
             "failed": report.counts[FAILED],
             "missing_source": report.counts[MISSING],
-            "failures": MetadataValue.md(md_table(report.failures, ["path", "status", "reason"])),
+            "failures": MetadataValue.md(files_table(report.failures, ["status", "reason"])),
         },
     )
 
@@ -65,7 +65,7 @@ def _sample_valid(result: CheckResult, extra: dict | None = None) -> AssetCheckR
         "checked": result.checked,
         "problems": len(result.problems),
         "legacy_flagged": result.legacy_flagged,
-        "details": MetadataValue.md(md_table(result.problems, ["path", "problem", "remedy"])),
+        "details": MetadataValue.md(files_table(result.problems, ["problem", "remedy"])),
         **(extra or {}),
     }
     if result.verification is not None:

@@ -59,6 +59,22 @@ def generate(data: str, resolution: int = 256) -> tuple[str, str]:
     return sa1b, tt
 
 
+def observe(instance, sa1b: str, tt: str) -> int:
+    """Observe every partition's NPZ files, as the sensors do when they request a run, so that the UI shows
+    the source assets filled (and, later, "upstream data changed" when a directory's names move)."""
+    from npzfix_core import discovery
+    from npzfix_dagster.partitions import sa1b_dir, split_extracted_dir
+    from npzfix_dagster.sources import observation
+
+    n = 0
+    for pdef, root, to_dir in (("sa1b_dirs", sa1b, sa1b_dir), ("train_test_splits", tt, split_extracted_dir)):
+        for key in instance.get_dynamic_partitions(pdef):
+            sig = discovery.snapshot(to_dir(root, key)).signature
+            instance.report_runless_asset_event(observation(pdef, key, sig))
+            n += 1
+    return n
+
+
 def check_results(instance, run_id: str) -> list[str]:
     """One line per asset check evaluated in a run: asset, check, partition, PASSED/FAILED and why."""
     from dagster import DagsterEventType
@@ -72,9 +88,9 @@ def check_results(instance, run_id: str) -> list[str]:
         if not ev.passed:
             md = ev.metadata
             table = (md.get("failures") or md.get("details")).value
-            files = sorted(
-                {os.path.basename(r.split(" | ")[0].strip("| ")) for r in table.splitlines()[2:] if "|" in r}
-            )
+            cells = table.splitlines()
+            rows = cells[next(i for i, r in enumerate(cells) if r.startswith("|---")) + 1 :]
+            files = sorted({r.split(" | ")[0].strip("| ") for r in rows if r.startswith("|")})
             line += f" ({', '.join(files)})"
         lines.append(line)
     return sorted(lines)
@@ -140,6 +156,7 @@ def main() -> int:
 
     os.environ["DAGSTER_HOME"] = home
     instance = DagsterInstance.get()
+    observe(instance, sa1b, tt)
     shards = instance.get_dynamic_partitions("sa1b_dirs")
     runs = [("sa1b_features_fixed,edges_B_v1", k, None) for k in shards]
     runs += [("train_test_features_fixed", k, None) for k in instance.get_dynamic_partitions("train_test_splits")]

@@ -25,6 +25,19 @@ def md_table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
+def files_table(rows: list[dict], cols: list[str]) -> str:
+    """``md_table`` of per-file rows with the file name first: the UI cuts long cells, and an absolute path in
+    the first column squeezes the reason to a letter per line. The directory is said once, above, when the
+    rows share one (a partition's always do), else in a last column."""
+    if not rows:
+        return "_none_"
+    dirs = {os.path.dirname(r["path"]) for r in rows[:MAX_ROWS]}
+    named = [{**r, "file": os.path.basename(r["path"]), "directory": os.path.dirname(r["path"])} for r in rows]
+    if len(dirs) == 1:
+        return f"in `{dirs.pop()}`:\n\n" + md_table(named, ["file", *cols])
+    return md_table(named, ["file", *cols, "directory"])
+
+
 def report_metadata(
     report: RunReport, directory: str, report_path: str | None, seen_dir: DirSnapshot | None = None
 ) -> dict:
@@ -34,7 +47,7 @@ def report_metadata(
         **{COUNT_LABELS.get(status, status): n for status, n in report.counts.items()},
         "files_per_s": round(report.files_per_s, 2),
         "duration_s": round(report.elapsed, 2),
-        "failures": MetadataValue.md(md_table(report.failures, ["path", "status", "reason"])),
+        "failures": MetadataValue.md(files_table(report.failures, ["status", "reason"])),
         "provenance": MetadataValue.json(report.provenance),
     }
     if report.timings:

@@ -73,3 +73,31 @@ def test_requests_validate_themselves(tmp_path):
         EdgeRequest(str(tmp_path / "gone")).validate()
     with pytest.raises(ValueError, match="--decode-threads"):
         FeatureRequest("bulk", root=str(tmp_path), decode_threads=0).validate()
+
+
+def test_the_code_location_is_named_npzfix_under_dg_dagster_dev_and_the_workspace():
+    """Not after the checkout's folder (``clone``, ``main``), which is what ``dg dev`` shows by default."""
+    import pathlib
+    import tomllib
+
+    import yaml
+    from dagster_dg_core.context import DgContext
+
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    assert DgContext.for_project_environment(repo, {}).code_location_name == "npzfix"
+    assert tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["dagster"]["code_location_name"] == "npzfix"
+    workspace = yaml.safe_load((repo / "workspace.yaml").read_text())
+    assert [e["python_module"]["location_name"] for e in workspace["load_from"]] == ["npzfix"]
+
+
+def test_failure_tables_put_the_file_name_first_and_the_directory_once():
+    from npzfix_dagster.metadata import files_table
+
+    ext = "/data/sa1b/sa_000001/extracted"
+    rows = [{"path": f"{ext}/sa_{i}_features.npz", "status": "failed", "reason": "r"} for i in (1, 2)]
+    table = files_table(rows, ["status", "reason"])
+    assert table.splitlines()[0] == "in `/data/sa1b/sa_000001/extracted`:"
+    assert table.splitlines()[2] == "| file | status | reason |"
+    assert table.splitlines()[4] == "| sa_1_features.npz | failed | r |"
+    mixed = files_table([*rows, {"path": "/elsewhere/x.npz", "status": "failed", "reason": "r"}], ["status", "reason"])
+    assert mixed.splitlines()[0] == "| file | status | reason | directory |" and "| x.npz | failed | r | /elsewhere |" in mixed

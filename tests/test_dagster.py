@@ -622,6 +622,12 @@ def test_the_demo_ends_with_red_checks_only_for_its_corrupt_file(tmp_path):
     phase1, phase2 = [], []
     with instance_for_test() as instance:
         sync(instance, sa1b, tt)
+        assert demo.observe(instance, sa1b, tt) == 5  # the source assets read filled in the UI
+        for source, n in (("sa1b_npz_files", 3), ("train_test_npz_files", 2)):
+            from dagster import AssetKey
+
+            records = instance.fetch_observations(AssetKey(source), limit=100).records
+            assert len({r.partition_key for r in records}) == n, source
         shards = instance.get_dynamic_partitions("sa1b_dirs")
         for assets, pdef in (
             ([sa1b_features_fixed, edges_B_v1], "sa1b_dirs"),
