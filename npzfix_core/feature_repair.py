@@ -234,7 +234,8 @@ class _Pipeline:
                 if loaded.error is not None:
                     self.finish(loaded.error)
                 elif loaded.adopt is not None:
-                    self.writes.append(self.write_pool.submit(files.adopt_one, loaded.item, loaded.job, loaded.adopt, self.req))
+                    args = (loaded.item, loaded.job, loaded.adopt, self.req)
+                    self.writes.append(self.write_pool.submit(files.adopt_one, *args))
                 elif self.req.dry_run:
                     self.finish(Outcome(loaded.item.npz, WOULD_UPDATE))
                 else:

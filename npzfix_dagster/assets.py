@@ -14,6 +14,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 from npzfix_core.report import RunReport
 from npzfix_core.requests import BULK, TRAIN_TEST
 from npzfix_dagster import checks, metadata
+from npzfix_dagster.contracts import EDGES, SA1B_FEATURES, TRAIN_TEST_FEATURES
 from npzfix_dagster.config import EdgesConfig, FeaturesConfig, edge_request, feature_request
 from npzfix_dagster.k8s import CPU_TAGS, GPU_TAGS
 from npzfix_dagster.partitions import PartitionKeyError, sa1b_dir, sa1b_dirs, split_extracted_dir, train_test_splits
@@ -98,9 +99,10 @@ def _features(
 
 
 @asset(
+    name=SA1B_FEATURES,
     partitions_def=sa1b_dirs,
     deps=[sa1b_npz_files],
-    check_specs=checks.specs("sa1b_features_fixed", sa1b_dirs),
+    check_specs=checks.specs(SA1B_FEATURES, sa1b_dirs),
     pool="gpu",
     op_tags=GPU_TAGS,
     group_name="sa1b",
@@ -116,9 +118,10 @@ def sa1b_features_fixed(
 
 
 @asset(
+    name=TRAIN_TEST_FEATURES,
     partitions_def=train_test_splits,
     deps=[train_test_npz_files],
-    check_specs=checks.specs("train_test_features_fixed", train_test_splits),
+    check_specs=checks.specs(TRAIN_TEST_FEATURES, train_test_splits),
     pool="gpu",
     op_tags=GPU_TAGS,
     group_name="train_test",
@@ -134,9 +137,10 @@ def train_test_features_fixed(
 
 
 @asset(
+    name=EDGES,
     partitions_def=sa1b_dirs,
     deps=[sa1b_npz_files],
-    check_specs=checks.specs("edges_B_v1", sa1b_dirs),
+    check_specs=checks.specs(EDGES, sa1b_dirs),
     op_tags=CPU_TAGS,
     group_name="sa1b",
     kinds={"numpy", "opencv"},

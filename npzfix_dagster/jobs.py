@@ -14,24 +14,25 @@ from dagster import (
 
 from npzfix_dagster import metadata
 from npzfix_dagster.config import SampleListConfig, sample_list_request
+from npzfix_dagster.contracts import EDGES, SA1B_FEATURES, TRAIN_TEST_FEATURES
 from npzfix_dagster.k8s import CPU_TAGS, GPU_TAGS
 from npzfix_dagster.resources import Sam2Teacher
 
 sa1b_job = define_asset_job(
     "sa1b_job",
-    selection=AssetSelection.assets("sa1b_features_fixed", "edges_B_v1"),
+    selection=AssetSelection.assets(SA1B_FEATURES, EDGES),
     description="Features and edges for one SA-1B directory (one GPU).",
     tags=GPU_TAGS,
 )
 sa1b_edges_job = define_asset_job(
     "sa1b_edges_job",
-    selection=AssetSelection.assets("edges_B_v1"),
+    selection=AssetSelection.assets(EDGES),
     description="Edges only for one SA-1B directory (CPU: no GPU requested).",
     tags=CPU_TAGS,
 )
 train_test_job = define_asset_job(
     "train_test_job",
-    selection=AssetSelection.assets("train_test_features_fixed"),
+    selection=AssetSelection.assets(TRAIN_TEST_FEATURES),
     description="Features for one train/test split (one GPU).",
     tags=GPU_TAGS,
 )

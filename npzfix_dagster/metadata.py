@@ -9,6 +9,7 @@ from dagster import MetadataValue
 
 from npzfix_core.discovery import DirSnapshot
 from npzfix_core.report import WOULD_UPDATE, RunReport, drift_line
+from npzfix_dagster.contracts import Md
 
 MAX_ROWS = 50
 COUNT_LABELS = {WOULD_UPDATE: "would_update (dry run)"}  # every other count is labelled by its status
@@ -48,14 +49,14 @@ def report_metadata(
         "files_per_s": round(report.files_per_s, 2),
         "duration_s": round(report.elapsed, 2),
         "failures": MetadataValue.md(files_table(report.failures, ["status", "reason"])),
-        "provenance": MetadataValue.json(report.provenance),
+        Md.PROVENANCE: MetadataValue.json(report.provenance),
     }
     if report.timings:
         md["timings"] = MetadataValue.json(report.timings)
     if report.warnings:
         md["warnings"] = MetadataValue.md("\n".join(f"- {w}" for w in report.warnings))
     if report.stopped_early:
-        md["stopped_early"] = report.stopped_early
+        md[Md.STOPPED_EARLY] = report.stopped_early
     if report.legacy:  # --legacy verify: per directory, what was verified, adopted or redone, and why
         md["legacy"] = MetadataValue.md(
             md_table(report.legacy, ["directory", "legacy_files", "sampled", "matched", "decision", "why"])
@@ -68,8 +69,8 @@ def report_metadata(
             if key in report.drift:
                 md[f"drift_min_cosine_{key}"] = report.drift[key]["min_cosine"]
     if seen_dir is not None:  # what the daily re-check compares with, without reading the files again
-        md["dir_mtime_ns"] = MetadataValue.text(str(seen_dir.mtime_ns))
-        md["npz_signature"] = MetadataValue.text(seen_dir.signature)
+        md[Md.DIR_MTIME_NS] = MetadataValue.text(str(seen_dir.mtime_ns))
+        md[Md.NPZ_SIGNATURE] = MetadataValue.text(seen_dir.signature)
     if report_path:
         md["report"] = MetadataValue.path(report_path)
     return md

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from dagster import AssetKey, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
 from npzfix_core.provenance import EdgeProvenance, FeatureProvenance
+from npzfix_dagster.contracts import EDGES, FEATURE_ASSETS, SA1B_FEATURES, TRAIN_TEST_FEATURES, Md
 from npzfix_dagster.jobs import sa1b_job, train_test_job
 from npzfix_dagster.partitions import PartitionKeyError, sa1b_dir, sa1b_dirs, split_extracted_dir, train_test_splits
 from npzfix_dagster.resources import DatasetRoots, Sam2Teacher, default_edge_kernel
 
 SAMPLE_FILES = 2  # flag reads per partition: catches files changed behind Dagster's back, at O(1) cost
-FEATURE_ASSETS = {"sa1b_features_fixed", "train_test_features_fixed"}
-EDGES_ASSET = "edges_B_v1"
 CHUNK = 500  # storage ids per query
 
 
@@ -73,23 +72,23 @@ def decide(
     for asset, md in sorted(latest.items()):
         if md is None:
             return Verdict(key, f"{asset} never materialized")
-        if md.get("stopped_early"):
-            return Verdict(key, f"{asset}: last run stopped early ({md['stopped_early']})")
+        if md.get(Md.STOPPED_EARLY):
+            return Verdict(key, f"{asset}: last run stopped early ({md[Md.STOPPED_EARLY]})")
         if asset in FEATURE_ASSETS and teacher_prov is not None:
-            if not teacher_prov.same_teacher(FeatureProvenance.from_dict(md.get("provenance"))):
+            if not teacher_prov.same_teacher(FeatureProvenance.from_dict(md.get(Md.PROVENANCE))):
                 return Verdict(key, f"{asset}: teacher changed since the last run")
-        if asset == EDGES_ASSET and edge_prov is not None:
-            before = EdgeProvenance.from_dict(md.get("provenance"))
+        if asset == EDGES and edge_prov is not None:
+            before = EdgeProvenance.from_dict(md.get(Md.PROVENANCE))
             if before != edge_prov:
                 change = f"{before.describe() if before else 'unrecorded'} -> {edge_prov.describe()}"
                 return Verdict(key, f"{asset}: edge rule or kernel changed since the last run ({change})")
     # The NPZ names now: known without a listing when the directory is unchanged since one of the runs ended
     # (the later of two assets' runs usually; each run rewrites files, which moves the directory's mtime).
     mtime = str(os.stat(directory).st_mtime_ns)
-    sig = next((md.get("npz_signature") for md in latest.values() if md.get("dir_mtime_ns") == mtime), None)
+    sig = next((md.get(Md.NPZ_SIGNATURE) for md in latest.values() if md.get(Md.DIR_MTIME_NS) == mtime), None)
     sig = sig or discovery.snapshot(directory).signature  # one listing, only for a changed directory
     for asset, md in sorted(latest.items()):
-        if sig != md.get("npz_signature"):
+        if sig != md.get(Md.NPZ_SIGNATURE):
             return Verdict(key, f"{asset}: NPZ files added or removed since the last run")
     if _pending_sample(directory, teacher_prov, edge_prov):
         return Verdict(key, "a sampled file is not done (unflagged, or written by another teacher or kernel)")
@@ -136,7 +135,7 @@ def sa1b_daily_recheck(context: ScheduleEvaluationContext, roots: DatasetRoots, 
     return recheck(
         context,
         sa1b_dirs,
-        ("sa1b_features_fixed", "edges_B_v1"),
+        (SA1B_FEATURES, EDGES),
         lambda k: sa1b_dir(roots.sa1b_root, k),
         teacher,
         edge_kernel=default_edge_kernel(),  # what the job's edges_B_v1 config defaults to now
@@ -150,7 +149,7 @@ def train_test_daily_recheck(context: ScheduleEvaluationContext, roots: DatasetR
     return recheck(
         context,
         train_test_splits,
-        ("train_test_features_fixed",),
+        (TRAIN_TEST_FEATURES,),
         lambda k: split_extracted_dir(roots.train_test_root, k),
         teacher,
         edge_kernel=None,

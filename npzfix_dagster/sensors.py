@@ -7,12 +7,12 @@ whose set of NPZ names is unchanged (e.g. our own in-place rewrites) requests
 nothing.
 """
 
-import json
 import os
 import time
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
+from npzfix_dagster.contracts import DirEntry, SensorCursor
 from npzfix_dagster.jobs import sa1b_job, train_test_job
 from npzfix_dagster.partitions import keys_for, sa1b_dirs, train_test_splits
 from npzfix_dagster.resources import DatasetRoots
@@ -24,17 +24,16 @@ MAX_RUNS_PER_TICK = 50
 LIST_BUDGET_S = float(os.environ.get("NPZFIX_SENSOR_LIST_BUDGET_S", "30"))
 
 
-def _scan(root: str, state: dict, budget_s: float | None = None) -> tuple[dict, int]:
+def _scan(root: str, state: dict[str, DirEntry], budget_s: float | None = None) -> tuple[dict[str, DirEntry], int]:
     """The cursor's directory state brought up to date: only directories whose mtime moved are listed.
 
-    Each entry: ``m`` (mtime), ``sub`` (subdirectories), and for directories holding NPZs ``sig`` (count and
-    digest of their NPZ names) and ``req`` (the signature a run was last requested for). Once ``budget_s``
+    Once ``budget_s``
     is spent, changed directories keep their old entry (or none) and are listed by a later tick; returns
     the state and how many directories were deferred.
     """
     from npzfix_core import discovery
 
-    new_state: dict = {}
+    new_state: dict[str, DirEntry] = {}
     deadline = time.monotonic() + (LIST_BUDGET_S if budget_s is None else budget_s)
     deferred = 0
 
@@ -42,7 +41,7 @@ def _scan(root: str, state: dict, budget_s: float | None = None) -> tuple[dict, 
         nonlocal deferred
         rel = os.path.relpath(d, root)
         old = state.get(rel)
-        if old is not None and old["m"] == st.st_mtime_ns:
+        if old is not None and old.m == st.st_mtime_ns:
             new_state[rel] = old  # unchanged: no listing, descend into the subdirectories seen last time
         elif time.monotonic() > deadline:
             deferred += 1  # its mtime still differs from the cursor's, so a later tick lists it
@@ -50,13 +49,11 @@ def _scan(root: str, state: dict, budget_s: float | None = None) -> tuple[dict, 
                 return []
             new_state[rel] = old
         else:
-            entry = {"m": st.st_mtime_ns, "sub": [os.path.relpath(s, root) for s in discovery.subdirs(d)]}
+            sub = tuple(os.path.relpath(s, root) for s in discovery.subdirs(d))
             n, digest = discovery.npz_names_signature(d)  # one listing: no NPZ names means no partition
-            if n:
-                entry["sig"] = f"{n}:{digest}"
-                entry["req"] = (old or {}).get("req")
-            new_state[rel] = entry
-        return [os.path.join(root, s) for s in new_state[rel]["sub"]]
+            sig = f"{n}:{digest}" if n else None
+            new_state[rel] = DirEntry(st.st_mtime_ns, sub, sig, old.req if old is not None and sig else None)
+        return [os.path.join(root, s) for s in new_state[rel].sub]
 
     for _ in discovery.walk_dirs(root, children):
         pass
@@ -66,30 +63,28 @@ def _scan(root: str, state: dict, budget_s: float | None = None) -> tuple[dict, 
 def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, job_name: str):
     if not root or not os.path.isdir(root):
         return SkipReason(f"root {root!r} is not configured or does not exist")
-    cursor = json.loads(context.cursor) if context.cursor else {}
-    if cursor.get("root") != root:
-        cursor = {"root": root, "dirs": {}}
+    cursor = SensorCursor.from_json(context.cursor, root)
     t0 = time.monotonic()
-    state, deferred = _scan(root, cursor["dirs"])
+    state, deferred = _scan(root, cursor.dirs)
     # new or changed since the last request; a backlog beyond the per-tick cap waits without re-listing
-    keys = keys_for([rel for rel, e in state.items() if e.get("sig")], partitions_def.name)
-    wanted = sorted((key, rel) for rel, key in keys.items() if state[rel]["sig"] != state[rel].get("req"))
+    keys = keys_for([rel for rel, e in state.items() if e.sig], partitions_def.name)
+    wanted = sorted((key, rel) for rel, key in keys.items() if state[rel].sig != state[rel].req)
     todo = wanted[:MAX_RUNS_PER_TICK]
     known = set(context.instance.get_dynamic_partitions(partitions_def.name))
     add = [k for k, _ in todo if k not in known]
     runs, observed = [], []
     for key, rel in todo:
-        state[rel] = {**state[rel], "req": state[rel]["sig"]}
-        observed.append(observation(partitions_def.name, key, state[rel]["sig"]))  # the run's input version
+        state[rel] = state[rel].requested()
+        observed.append(observation(partitions_def.name, key, state[rel].sig))  # the run's input version
         runs.append(
             RunRequest(
-                run_key=f"{key}@{state[rel]['sig']}",
+                run_key=f"{key}@{state[rel].sig}",
                 partition_key=key,
                 job_name=job_name,
                 tags={"npzfix/trigger": "new files"},
             )
         )
-    n_dirs = sum(1 for e in state.values() if e.get("sig"))
+    n_dirs = sum(1 for e in state.values() if e.sig)
     said = (
         f"{len(state)} directories looked at ({n_dirs} hold NPZs) in {time.monotonic() - t0:.1f} s; "
         f"{len(todo)} new or changed requested"
@@ -105,7 +100,7 @@ def _tick(context: SensorEvaluationContext, root: str | None, partitions_def, jo
         run_requests=runs,
         dynamic_partitions_requests=[partitions_def.build_add_request(add)] if add else [],
         asset_events=observed,
-        cursor=json.dumps({"root": root, "dirs": state}),
+        cursor=SensorCursor(root, state).to_json(),
         skip_reason=None if runs else said,
     )
 

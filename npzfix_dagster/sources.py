@@ -8,12 +8,13 @@ A tick observes only the directories whose signature moved: O(changed directorie
 
 from dagster import AssetObservation, AssetSpec
 
+from npzfix_dagster.contracts import SA1B_NPZ_FILES, TRAIN_TEST_NPZ_FILES
 from npzfix_dagster.partitions import sa1b_dirs, train_test_splits
 
 DATA_VERSION_TAG = "dagster/data_version"  # the tag Dagster reads an observation's data version from
 
 sa1b_npz_files = AssetSpec(
-    "sa1b_npz_files",
+    SA1B_NPZ_FILES,
     partitions_def=sa1b_dirs,
     group_name="sa1b",
     kinds={"numpy"},
@@ -21,7 +22,7 @@ sa1b_npz_files = AssetSpec(
     "with the JPEGs and SA-1B JSONs they are computed from in the shard directory.",
 )
 train_test_npz_files = AssetSpec(
-    "train_test_npz_files",
+    TRAIN_TEST_NPZ_FILES,
     partitions_def=train_test_splits,
     group_name="train_test",
     kinds={"numpy"},

@@ -100,4 +100,5 @@ def test_failure_tables_put_the_file_name_first_and_the_directory_once():
     assert table.splitlines()[2] == "| file | status | reason |"
     assert table.splitlines()[4] == "| sa_1_features.npz | failed | r |"
     mixed = files_table([*rows, {"path": "/elsewhere/x.npz", "status": "failed", "reason": "r"}], ["status", "reason"])
-    assert mixed.splitlines()[0] == "| file | status | reason | directory |" and "| x.npz | failed | r | /elsewhere |" in mixed
+    assert mixed.splitlines()[0] == "| file | status | reason | directory |"
+    assert "| x.npz | failed | r | /elsewhere |" in mixed
