@@ -26,7 +26,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m npzfix_dagster.demo --data $(DEMO)
+	$(PY) -m npzfix_tools.demo --data $(DEMO)
 
 test: setup
 	$(PY) -m pytest -q tests

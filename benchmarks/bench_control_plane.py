@@ -181,7 +181,7 @@ def main() -> None:
 
     from dagster import DagsterInstance
 
-    from npzfix_dagster import local_postgres
+    from npzfix_tools import local_postgres
     from npzfix_dagster.resources import Sam2Teacher
 
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

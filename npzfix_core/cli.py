@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any, Callable
 
 log = logging.getLogger("npzfix")
 
@@ -227,7 +228,8 @@ def _tolerance_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
+    """The ``npzfix`` parser; ``add_commands(subparsers)`` adds the commands of another layer (``partitions``)."""
     from npzfix_core import __version__
 
     ap = argparse.ArgumentParser(prog="npzfix", description="Keep SAM2 feature / edge NPZ caches correct.")
@@ -336,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compressed", action="store_true", help="np.savez_compressed NPZs")
     s.set_defaults(fn=cmd_synth)
 
+    if add_commands is not None:
+        add_commands(sub)
     return ap
 
 

@@ -91,7 +91,7 @@ def run_bounded(
     if workers <= 1:
         for item in items:
             if not budget.allows(report, 0):
-                report.stopped_early = budget.reason
+                budget.stop(report)
                 return
             record(fn(*args_of(item)))
         return
@@ -114,7 +114,7 @@ def run_bounded(
             while pool.busy and (not pool.idle or not budget.allows(report, pool.busy)):
                 harvest(pool)
             if not budget.allows(report, pool.busy):
-                report.stopped_early = budget.reason
+                budget.stop(report)
                 break
             earlier = killers.killed_before(item.npz, item.source) if item.npz else None
             if earlier:
@@ -135,8 +135,7 @@ def run_edges(req: EdgeRequest, progress: bool = True) -> RunReport:
         "edges", provenance=EdgeProvenance(req.kernel_size).as_dict(), request=asdict(req), dry_run=req.dry_run
     )
     if not req.dry_run:
-        for p in store.sweep_stale_temps(req.npz_dir):
-            log.warning("removed a temp file left by an interrupted write: %s", p)
+        store.sweep_and_log(req.npz_dir)
     items = discovery.edge_items(req.npz_dir, req.json_dir, req.order, req.glob)
     bar = Progress(len(items), "edges", enabled=progress)
     try:

@@ -140,7 +140,7 @@ class _Pipeline:
                 elif exhausted:
                     return
                 else:
-                    self.report.stopped_early = self.budget.reason
+                    self.budget.stop(self.report)
                     return
 
     def next_item(self, items: Iterator[discovery.WorkItem]) -> tuple[discovery.WorkItem, files.Job | None] | None:
@@ -343,6 +343,5 @@ def _sweeping(items: Iterable[discovery.WorkItem]) -> Iterator[discovery.WorkIte
         d = os.path.dirname(item.npz) if item.npz else None
         if d is not None and d not in swept:
             swept.add(d)
-            for p in store.sweep_stale_temps(d):
-                log.warning("removed a temp file left by an interrupted write: %s", p)
+            store.sweep_and_log(d)
         yield item

@@ -93,6 +93,10 @@ class Budget:
     def reason(self) -> str:
         return f"--max-files {self.max_updates} reached"
 
+    def stop(self, report: "RunReport") -> None:
+        """The run stops here: the report (and the schedule, through its metadata) says why."""
+        report.stopped_early = self.reason
+
 
 @dataclass
 class RunReport:

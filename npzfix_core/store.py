@@ -26,7 +26,7 @@ import numpy as np
 from npzfix_core import zipraw
 from npzfix_core.errors import NpzError
 from npzfix_core.locks import LOCK_TIMEOUT_ENV, locked, open_regular  # noqa: F401 (part of store's API)
-from npzfix_core.temps import TMP_MARKER, sweep_stale_temps, sweep_target_dir, temp_prefix  # noqa: F401
+from npzfix_core.temps import TMP_MARKER, sweep_and_log, sweep_stale_temps, sweep_target_dir, temp_prefix  # noqa: F401
 
 log = logging.getLogger("npzfix")
 

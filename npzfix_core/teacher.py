@@ -53,6 +53,9 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()[:16]
 
 
+SAM2_INPUT = 1024  # the image size every SAM2 config is trained at
+
+
 @dataclass(frozen=True)
 class TeacherSpec:
     weights: str | None = None
@@ -60,7 +63,11 @@ class TeacherSpec:
     random_init_seed: int | None = None
     device: str = "cpu"
     precision: str = "fp32"
-    resolution: int | None = None  # None: the model's own (1024)
+    resolution: int | None = None  # None: the model's own (SAM2_INPUT)
+
+    @property
+    def input_size(self) -> int:
+        return self.resolution or SAM2_INPUT
 
     def resolved_config(self) -> str:
         if self.config:
@@ -122,7 +129,7 @@ def provenance(spec: TeacherSpec) -> FeatureProvenance:
         if spec.weights is None
         else f"sha256:{file_digest(spec.weights)}",
         precision=spec.precision,
-        resolution=spec.resolution or 1024,
+        resolution=spec.input_size,
     )
 
 

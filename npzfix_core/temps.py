@@ -45,8 +45,15 @@ def sweep_target_dir(directory: str) -> None:
     if directory in _SWEPT_TARGET_DIRS:
         return
     _SWEPT_TARGET_DIRS.add(directory)
-    for p in sweep_stale_temps(directory):
+    sweep_and_log(directory)
+
+
+def sweep_and_log(directory: str | os.PathLike) -> list[str]:
+    """``sweep_stale_temps``, each removal logged: what every runner does before writing into a directory."""
+    removed = sweep_stale_temps(directory)
+    for p in removed:
         log.warning("removed a temp file left by an interrupted write: %s", p)
+    return removed
 
 
 def sweep_stale_temps(directory: str | os.PathLike) -> list[str]:

@@ -133,22 +133,20 @@ def features_code_version(teacher: Sam2Teacher, store_dtype: str = "keep") -> st
     Read at definitions load, so it must be cheap: weights are identified by name, size and mtime (the
     files themselves record the sha256). A change shows every partition as "code version changed".
     """
-    from npzfix_core.teacher import TeacherSpec
-
-    spec = TeacherSpec(weights=teacher.weights, config=teacher.config, random_init_seed=teacher.random_init_seed)
+    spec = teacher.spec()  # the same spec the run's provenance and model come from
     try:
         config = spec.resolved_config()
     except ValueError:
-        config = teacher.config or "?"
-    if teacher.weights:
+        config = spec.config or "?"
+    if spec.weights:
         try:
-            st = os.stat(teacher.weights)
-            weights = f"{os.path.basename(teacher.weights)}:{st.st_size}:{st.st_mtime_ns}"
+            st = os.stat(spec.weights)
+            weights = f"{os.path.basename(spec.weights)}:{st.st_size}:{st.st_mtime_ns}"
         except OSError:
-            weights = f"{teacher.weights}:missing"
+            weights = f"{spec.weights}:missing"
     else:
-        weights = f"random-init:{teacher.random_init_seed}"
-    return f"sam2|{config}|{weights}|{teacher.precision}|{teacher.resolution or 1024}|{store_dtype}"
+        weights = f"random-init:{spec.random_init_seed}"
+    return f"sam2|{config}|{weights}|{spec.precision}|{spec.input_size}|{store_dtype}"
 
 
 def edges_code_version(kernel_size: int) -> str:

@@ -600,7 +600,7 @@ def test_the_demo_ends_with_red_checks_only_for_its_corrupt_file(tmp_path):
     """Phase 1 (defaults): the legacy noise file of sa_000000 is caught by value, the corrupt file of sa_000001
     is red. Phase 2 (legacy: verify): the noise is redone, sa_000002's right legacy files are adopted with their
     bytes kept, and the corrupt file is the only red, named."""
-    from npzfix_dagster import demo
+    from npzfix_tools import demo
     from npzfix_dagster.partitions import sync
 
     sa1b, tt = demo.generate(str(tmp_path / "data"), RES)

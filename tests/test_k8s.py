@@ -34,7 +34,7 @@ def k8s_instance(tmp_path, monkeypatch):
     pytest.importorskip("dagster_k8s")
     from dagster import instance_for_test
 
-    from npzfix_dagster import local_postgres
+    from npzfix_tools import local_postgres
 
     url, _ = local_postgres.start(str(tmp_path / "pg"))
 

@@ -16,7 +16,7 @@ from conftest import BIN, NPZFIX
 
 from npzfix_core import store, synth
 from npzfix_core.edges import method_b_reference, parse_sa1b
-from npzfix_dagster import local_postgres
+from npzfix_tools import local_postgres
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RES = 256

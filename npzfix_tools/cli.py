@@ -47,20 +47,17 @@ def cmd_partitions(args) -> int:
     return 0
 
 
-def build_parser():
-    ap = core_cli.build_parser()
-    sub = next(a for a in ap._actions if a.dest == "cmd")
+def add_partitions(sub) -> None:
     p = sub.add_parser("partitions", help="add/list the Dagster dynamic partitions for the dataset directories")
     p.add_argument("action", choices=("sync", "list"))
     p.add_argument("--sa1b-root", help="default $NPZFIX_SA1B_ROOT")
     p.add_argument("--train-test-root", help="default $NPZFIX_TRAIN_TEST_ROOT")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(fn=cmd_partitions, log=None)
-    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    return core_cli.main(argv, parser=build_parser())
+    return core_cli.main(argv, parser=core_cli.build_parser(add_partitions))
 
 
 if __name__ == "__main__":

@@ -52,14 +52,14 @@ def stop(pgdata: str, timeout: float = 30.0) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m npzfix_dagster.local_postgres", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m npzfix_tools.local_postgres", description=__doc__)
     ap.add_argument("action", choices=("start", "stop"))
     ap.add_argument("pgdata", help="data directory (created on first start)")
     a = ap.parse_args(argv)
     if a.action == "start":
         url, pid = start(a.pgdata)
         print(
-            f"NPZFIX_PG_URL={url}\n# postmaster pid {pid}; stop with: python -m npzfix_dagster.local_postgres stop {a.pgdata}"
+            f"NPZFIX_PG_URL={url}\n# postmaster pid {pid}; stop with: python -m npzfix_tools.local_postgres stop {a.pgdata}"
         )
         return 0
     return 0 if stop(a.pgdata) else 1
