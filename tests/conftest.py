@@ -43,6 +43,15 @@ def _state_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def instance(tmp_path):
+    """An ephemeral Dagster instance in the test's temp dir."""
+    from dagster import DagsterInstance
+
+    with DagsterInstance.ephemeral(tempdir=str(tmp_path / "home")) as inst:
+        yield inst
+
+
+@pytest.fixture
 def dataset(tmp_path):
     """A small SA-1B-like shard in every NPZ state (corrupt and missing-JSON included)."""
     return synth.generate(tmp_path / "shard", synth.SynthSpec(n=16, seed=7, sizes=SMALL_SIZES, masks=20, feature_hw=8))

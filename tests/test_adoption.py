@@ -9,7 +9,18 @@ import time
 
 import numpy as np
 import pytest
-from conftest import NPZFIX, SMALL_RES, SMALL_TEACHER_FLAGS, image_of, raw_members, run_cli, set_features, sha, small_spec, temp_files
+from conftest import (
+    NPZFIX,
+    SMALL_RES,
+    SMALL_TEACHER_FLAGS,
+    image_of,
+    raw_members,
+    run_cli,
+    set_features,
+    sha,
+    small_spec,
+    temp_files,
+)
 
 from npzfix_core import store, synth
 from npzfix_core.feature_repair import FeatureRequest, run_features

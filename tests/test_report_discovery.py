@@ -74,7 +74,8 @@ def test_store_updates_through_a_symlink_and_keeps_it(tmp_path):
 
 def test_cli_start_up_imports_no_torch_sam2_or_dagster():
     code = (
-        "import sys; from npzfix_tools import cli; from npzfix_core import cli as core; core.build_parser(cli.add_partitions);"
+        "import sys; from npzfix_tools import cli; from npzfix_core import cli as core;"
+        "core.build_parser(cli.add_partitions);"
         "print(sorted(m for m in ('torch', 'sam2', 'dagster', 'cv2', 'pandas') if m in sys.modules))"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
