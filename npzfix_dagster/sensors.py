@@ -21,7 +21,12 @@ from npzfix_dagster.sources import observation
 MAX_RUNS_PER_TICK = 50
 # Listing budget of one tick (Dagster cancels an evaluation after 60 s). A fresh SA-1B root (1,000 directories
 # of 11,000 files) may not be listed in one tick on a slow file system: what is left is listed by the next.
-LIST_BUDGET_S = float(os.environ.get("NPZFIX_SENSOR_LIST_BUDGET_S", "30"))
+LIST_BUDGET_ENV = "NPZFIX_SENSOR_LIST_BUDGET_S"
+
+
+def list_budget_s() -> float:
+    """Read at each tick, not at import: the daemon keeps a code location loaded for days."""
+    return float(os.environ.get(LIST_BUDGET_ENV) or 30)
 
 
 def _scan(root: str, state: dict[str, DirEntry], budget_s: float | None = None) -> tuple[dict[str, DirEntry], int]:
@@ -34,7 +39,7 @@ def _scan(root: str, state: dict[str, DirEntry], budget_s: float | None = None) 
     from npzfix_core import discovery
 
     new_state: dict[str, DirEntry] = {}
-    deadline = time.monotonic() + (LIST_BUDGET_S if budget_s is None else budget_s)
+    deadline = time.monotonic() + (list_budget_s() if budget_s is None else budget_s)
     deferred = 0
 
     def children(d: str, st: os.stat_result) -> list[str]:

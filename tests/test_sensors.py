@@ -134,13 +134,13 @@ def test_a_first_listing_beyond_the_tick_budget_is_finished_by_later_ticks(tmp_p
     for i in range(3):
         shard(root, f"sa_00009{i}", n=1, states=("fresh",), seed=i)
     defs = _sensor_defs(root)
-    monkeypatch.setattr(sensors, "LIST_BUDGET_S", 0.0)  # spent at once: only what is already known is walked
+    monkeypatch.setenv(sensors.LIST_BUDGET_ENV, "0")  # spent at once: only what is already known is walked
     with build_sensor_context(
         instance=instance, definitions=defs, resources={"roots": DatasetRoots(sa1b_root=root)}
     ) as ctx:
         first = sa1b_new_dirs_sensor(ctx)
     assert not first.run_requests and "listing budget spent" in first.skip_reason.skip_message
-    monkeypatch.setattr(sensors, "LIST_BUDGET_S", 30.0)
+    monkeypatch.setenv(sensors.LIST_BUDGET_ENV, "30")
     with build_sensor_context(
         instance=instance, definitions=defs, cursor=first.cursor, resources={"roots": DatasetRoots(sa1b_root=root)}
     ) as ctx:
