@@ -164,7 +164,7 @@ def _check_features(args, paths):
     from npzfix_core.requests import teacher_spec_from_args, tolerance_from_args
     from npzfix_core.teacher import LazyTeacher, TeacherError, provenance
 
-    if args.weights is None and args.random_init is None:
+    if args.weights is None and args.random_init_seed is None:
         raise UsageError("check features recomputes sampled files: pass the teacher (--weights or --random-init)")
     try:
         tol = tolerance_from_args(args)
@@ -206,7 +206,13 @@ def cmd_synth(args) -> int:
 def _teacher_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="SAM2 checkpoint (e.g. sam2.1_hiera_base_plus.pt); config follows from its name")
     p.add_argument("--config", help="SAM2 config, e.g. configs/sam2.1/sam2.1_hiera_b+.yaml")
-    p.add_argument("--random-init", type=int, metavar="SEED", help="seeded random teacher, for demos and tests only")
+    p.add_argument(
+        "--random-init",
+        dest="random_init_seed",
+        type=int,
+        metavar="SEED",
+        help="seeded random teacher, for demos and tests only",
+    )
     p.add_argument("--device", default=os.environ.get("NPZFIX_DEVICE", "auto"), help="cpu | cuda | cuda:N | auto")
     p.add_argument("--gpus", help="allowed GPUs, e.g. 1,2,4,5,6,7 (default $NPZFIX_GPUS, else all)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")

@@ -149,14 +149,7 @@ class FeatureRequest:
 
 def teacher_spec_from_args(args: Any, device: str) -> TeacherSpec:
     """The teacher named by the shared teacher flags (``features`` and ``check features``), validated."""
-    spec = TeacherSpec(
-        weights=args.weights,
-        config=args.config,
-        random_init_seed=args.random_init,
-        device=device,
-        precision=args.precision,
-        resolution=args.resolution,
-    )
+    spec = TeacherSpec.from_attrs(args, device)
     spec.validate()
     return spec
 

@@ -69,6 +69,13 @@ class TeacherSpec:
     def input_size(self) -> int:
         return self.resolution or SAM2_INPUT
 
+    @classmethod
+    def from_attrs(cls, source: object, device: str) -> TeacherSpec:
+        """From anything holding the teacher's fields under their names: parsed CLI flags, the Dagster
+        resource. One place, so a new teacher field reaches both front doors."""
+        names = ("weights", "config", "random_init_seed", "precision", "resolution")
+        return cls(**{n: getattr(source, n) for n in names}, device=device)
+
     def resolved_config(self) -> str:
         if self.config:
             return self.config

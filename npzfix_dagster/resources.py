@@ -62,14 +62,7 @@ class Sam2Teacher(ConfigurableResource):
         """The teacher as the core describes it; the device is resolved (and leased) only by ``build``."""
         from npzfix_core.teacher import TeacherSpec
 
-        return TeacherSpec(
-            weights=self.weights,
-            config=self.config,
-            random_init_seed=self.random_init_seed,
-            device=device,
-            precision=self.precision,
-            resolution=self.resolution,
-        )
+        return TeacherSpec.from_attrs(self, device)
 
     def provenance(self):
         """What identifies the features this teacher writes (FeatureProvenance); no model, no torch."""

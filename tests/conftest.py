@@ -29,11 +29,15 @@ def small_spec(seed: int = 0):
     return TeacherSpec(random_init_seed=seed, resolution=SMALL_RES, device="cpu")
 
 
+SMALL_SPEC = small_spec()
+
+
 @pytest.fixture(scope="session")
-def small_teacher():
+def teacher():
+    """The small teacher, built once per session (test_features overrides it with its own)."""
     from npzfix_core.teacher import build
 
-    return build(small_spec())
+    return build(SMALL_SPEC)
 
 
 @pytest.fixture(autouse=True)

@@ -8,17 +8,16 @@ import subprocess
 import time
 
 import numpy as np
-import pytest
 from conftest import (
     NPZFIX,
     SMALL_RES,
+    SMALL_SPEC,
     SMALL_TEACHER_FLAGS,
     image_of,
     raw_members,
     run_cli,
     set_features,
     sha,
-    small_spec,
     temp_files,
 )
 
@@ -26,23 +25,13 @@ from npzfix_core import store, synth
 from npzfix_core.feature_repair import FeatureRequest, run_features
 from npzfix_core.teacher import TeacherSpec
 
-RES = SMALL_RES
-SPEC = small_spec()
-TEACHER_FLAGS = SMALL_TEACHER_FLAGS
-
-
-@pytest.fixture
-def teacher(small_teacher):
-    return small_teacher
-
-
 def _legacy_shard(tmp_path, teacher, n=6, name="shard", seed=0):
     """A shard as the original tool left it when it worked: the teacher's features, feature_flag, no provenance."""
     res = synth.generate(
         tmp_path / name,
         synth.SynthSpec(n=n, seed=seed, sizes=((120, 180), (90, 200)), masks=3, states=("fresh",), feature_hw=8),
     )
-    run_features(FeatureRequest("bulk", SPEC, root=res.root), teacher=teacher, progress=False)
+    run_features(FeatureRequest("bulk", SMALL_SPEC, root=res.root), teacher=teacher, progress=False)
     for p in res.npz:
         store.update(p, remove={"feature_provenance"})
     return res
@@ -53,7 +42,7 @@ def _provenance(p):
 
 
 def _req(res, **kw):
-    return FeatureRequest("bulk", SPEC, root=res.root, **kw)
+    return FeatureRequest("bulk", SMALL_SPEC, root=res.root, **kw)
 
 
 def test_a_verified_directory_is_adopted_without_rewriting_its_features(tmp_path, teacher):
@@ -72,7 +61,7 @@ def test_a_verified_directory_is_adopted_without_rewriting_its_features(tmp_path
         assert prov["adopted"]["of"] == 6 and prov["adopted"]["tolerance"] == {"min_cosine": 0.999, "max_rel_error": 0.1}
     rep = run_features(_req(res, legacy="verify"), teacher=teacher, progress=False)
     assert rep.counts["skipped_done"] == 6 and rep.legacy == []  # adopted = done for this teacher
-    p = run_cli("check", "features", "--npz-dir", os.path.dirname(res.npz[0]), *TEACHER_FLAGS, check_rc=0)
+    p = run_cli("check", "features", "--npz-dir", os.path.dirname(res.npz[0]), *SMALL_TEACHER_FLAGS, check_rc=0)
     assert "6 recomputed, 6 matched" in p.stdout
 
 
@@ -83,7 +72,7 @@ def test_one_mismatching_sampled_file_redoes_the_whole_directory(tmp_path, teach
     set_features(bad, rng.standard_normal((1, 256, 8, 8)), rng.standard_normal((1, 256, 4, 4)), legacy=True)
     ok = _legacy_shard(tmp_path, teacher, n=2, name="ok", seed=3)
     rep = run_features(
-        FeatureRequest("bulk", SPEC, root=str(tmp_path), legacy="verify", legacy_sample=6), teacher=teacher, progress=False
+        FeatureRequest("bulk", SMALL_SPEC, root=str(tmp_path), legacy="verify", legacy_sample=6), teacher=teacher, progress=False
     )
     decisions = {d["directory"]: d for d in rep.legacy}
     redone = decisions[os.path.dirname(bad)]
@@ -92,7 +81,7 @@ def test_one_mismatching_sampled_file_redoes_the_whole_directory(tmp_path, teach
     assert rep.counts["updated"] == 6 and rep.counts["adopted"] == 2
     for p in res.npz:
         assert "adopted" not in _provenance(p)
-    p = run_cli("check", "features", "--npz-dir", os.path.dirname(bad), *TEACHER_FLAGS, check_rc=0)
+    p = run_cli("check", "features", "--npz-dir", os.path.dirname(bad), *SMALL_TEACHER_FLAGS, check_rc=0)
     assert "6 recomputed, 6 matched" in p.stdout
     # the noise file was a drift sample (legacy redone): held something unrelated
     assert rep.drift["candidates"] == 6 and rep.drift["sampled"] == 4  # 1st, 2nd, 3rd, 5th
@@ -118,7 +107,7 @@ def test_adoption_never_stamps_a_file_that_fails_the_structural_check(tmp_path, 
 
 def test_legacy_redo_and_skip_and_their_limits(tmp_path, teacher):
     res = _legacy_shard(tmp_path, teacher, n=3)
-    run_features(FeatureRequest("bulk", SPEC, root=res.root, force=True, max_files=1), teacher=teacher, progress=False)
+    run_features(FeatureRequest("bulk", SMALL_SPEC, root=res.root, force=True, max_files=1), teacher=teacher, progress=False)
     done = [p for p in res.npz if "feature_provenance" in store.inspect(p)]
     assert len(done) == 1
     digest = sha(done[0])
@@ -126,7 +115,7 @@ def test_legacy_redo_and_skip_and_their_limits(tmp_path, teacher):
     assert rep.counts["skipped_legacy"] == 2 and rep.counts["skipped_done"] == 1  # the original behaviour
     rep = run_features(_req(res, legacy="redo"), teacher=teacher, progress=False)
     assert rep.counts["updated"] == 2 and rep.counts["skipped_done"] == 1 and sha(done[0]) == digest
-    p = run_cli("features", "--samples", tmp_path / "x.txt", *TEACHER_FLAGS, "--legacy", "verify", check_rc=2)
+    p = run_cli("features", "--samples", tmp_path / "x.txt", *SMALL_TEACHER_FLAGS, "--legacy", "verify", check_rc=2)
     assert "--legacy goes with --root" in p.stderr
 
 
@@ -148,7 +137,7 @@ def test_drift_is_measured_on_a_sample_when_the_teacher_changes(tmp_path, teache
     store.read_arrays = lambda p, keys=None: (read.append((p, keys)) or real(p, keys))
     try:
         rep = run_features(
-            FeatureRequest("bulk", TeacherSpec(random_init_seed=1, resolution=RES, device="cpu"), root=res.root),
+            FeatureRequest("bulk", TeacherSpec(random_init_seed=1, resolution=SMALL_RES, device="cpu"), root=res.root),
             progress=False,
         )
     finally:
@@ -162,7 +151,7 @@ def test_drift_is_measured_on_a_sample_when_the_teacher_changes(tmp_path, teache
     assert len(old_reads) == 5  # sample only: the old arrays of the other files were never read
     assert "drift, old vs new features of 5 of 12 files" in rep.summary()
     rep = run_features(
-        FeatureRequest("bulk", SPEC, root=res.root, drift_sample=2), teacher=teacher, progress=False
+        FeatureRequest("bulk", SMALL_SPEC, root=res.root, drift_sample=2), teacher=teacher, progress=False
     )
     assert rep.drift["sampled"] == 2 and rep.drift["candidates"] == 12
 
@@ -176,7 +165,7 @@ def test_a_killed_adoption_leaves_every_file_old_or_fully_stamped(tmp_path, teac
 
     fcntl.flock(fd, fcntl.LOCK_EX)  # the run blocks on this file's lock, mid-adoption
     proc = subprocess.Popen(
-        [NPZFIX, "features", "--root", res.root, *map(str, TEACHER_FLAGS), "--legacy", "verify", "--writers", "1"],
+        [NPZFIX, "features", "--root", res.root, *map(str, SMALL_TEACHER_FLAGS), "--legacy", "verify", "--writers", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -5,34 +5,25 @@ import os
 
 import numpy as np
 import pytest
-from conftest import SMALL_RES, SMALL_TEACHER_FLAGS, WRONG_KINDS, image_of, plant_wrong_features, run_cli, small_spec
+from conftest import SMALL_RES, SMALL_SPEC, SMALL_TEACHER_FLAGS, WRONG_KINDS, image_of, plant_wrong_features, run_cli
 
 from npzfix_core import store, synth, validate, verify
 from npzfix_core.feature_repair import FeatureRequest, run_features
 from npzfix_core.teacher import LazyTeacher, TeacherSpec
-
-RES = SMALL_RES
-SPEC = small_spec()
-TEACHER_FLAGS = SMALL_TEACHER_FLAGS
-
-
-@pytest.fixture
-def teacher(small_teacher):
-    return small_teacher
 
 
 def _shard(tmp_path, n=7, states=("fresh",), seed=0, name="shard"):
     return synth.generate(
         tmp_path / name,
         synth.SynthSpec(
-            n=n, seed=seed, sizes=((120, 180), (200, 90), (64, 64)), masks=3, states=states, feature_hw=RES // 16
+            n=n, seed=seed, sizes=((120, 180), (200, 90), (64, 64)), masks=3, states=states, feature_hw=SMALL_RES // 16
         ),
     )
 
 
 def _fixed(tmp_path, teacher, **kw):
     res = _shard(tmp_path, **kw)
-    rep = run_features(FeatureRequest("bulk", SPEC, root=res.root), teacher=teacher, progress=False)
+    rep = run_features(FeatureRequest("bulk", SMALL_SPEC, root=res.root), teacher=teacher, progress=False)
     assert rep.counts["updated"] == len(res.npz)
     return res
 
@@ -51,23 +42,23 @@ def test_compare_and_structure_rules():
     good = {"P4_S16": np.ones((1, 256, 8, 8), np.float32), "P5_S32": np.ones((1, 256, 4, 4), np.float32)}
     good["P4_S16"][0, 0, 0, 0] = 2
     good["P5_S32"][0, 0, 0, 0] = 2
-    assert verify.structure_problems(good, RES) == []
-    assert "another resolution" in verify.structure_problems(good, 2 * RES)[0]
+    assert verify.structure_problems(good, SMALL_RES) == []
+    assert "another resolution" in verify.structure_problems(good, 2 * SMALL_RES)[0]
     nan = {**good, "P5_S32": np.full((1, 256, 4, 4), np.nan, np.float32)}
-    assert verify.structure_problems(nan, RES) == ["P5_S32 holds NaN or Inf"]
+    assert verify.structure_problems(nan, SMALL_RES) == ["P5_S32 holds NaN or Inf"]
     const = {**good, "P4_S16": np.zeros((1, 256, 8, 8), np.float32)}
-    assert verify.structure_problems(const, RES) == ["P4_S16 is constant (0)"]
+    assert verify.structure_problems(const, SMALL_RES) == ["P4_S16 is constant (0)"]
     emb = {**good, "IMAGE_EMB_S16": good["P4_S16"] * 2}
-    assert verify.structure_problems(emb, RES) == ["IMAGE_EMB_S16 disagrees with P4_S16"]
+    assert verify.structure_problems(emb, SMALL_RES) == ["IMAGE_EMB_S16 disagrees with P4_S16"]
     assert verify.structure_problems({"P4_S16": good["P4_S16"]}) == ["missing P5_S32"]
     assert "want float" in verify.structure_problems({k: v.astype(np.int32) for k, v in good.items()})[0]
 
 
 def test_the_five_kinds_of_wrong_features_are_caught_by_the_cli(tmp_path, teacher):
     res = _fixed(tmp_path, teacher)
-    planted = plant_wrong_features(res.npz[:5] + [res.npz[-1]], RES)
+    planted = plant_wrong_features(res.npz[:5] + [res.npz[-1]], SMALL_RES)
     ext = os.path.dirname(res.npz[0])
-    p = run_cli("check", "features", "--npz-dir", ext, *TEACHER_FLAGS, "--sample", 50, check_rc=1)
+    p = run_cli("check", "features", "--npz-dir", ext, *SMALL_TEACHER_FLAGS, "--sample", 50, check_rc=1)
     lines = {ln.split(": ", 1)[0].strip(): ln for ln in p.stdout.splitlines() if ln.startswith("  ")}
     assert set(lines) == set(planted), p.stdout
     for npz, kind in planted.items():
@@ -86,9 +77,9 @@ def test_the_five_kinds_of_wrong_features_are_caught_by_the_cli(tmp_path, teache
 def test_the_teachers_own_files_pass_in_fp32_and_bf16_across_batch_sizes(tmp_path, teacher):
     res = _fixed(tmp_path, teacher)
     ext = os.path.dirname(res.npz[0])
-    p = run_cli("check", "features", "--npz-dir", ext, *TEACHER_FLAGS, check_rc=0)
+    p = run_cli("check", "features", "--npz-dir", ext, *SMALL_TEACHER_FLAGS, check_rc=0)
     assert "7 recomputed, 7 matched; min cosine P4_S16 1.000000" in p.stdout
-    bf16 = TeacherSpec(random_init_seed=0, resolution=RES, device="cpu", precision="bf16")
+    bf16 = TeacherSpec(random_init_seed=0, resolution=SMALL_RES, device="cpu", precision="bf16")
     rep = run_features(FeatureRequest("bulk", bf16, root=res.root, batch_size=3), progress=False)
     assert rep.counts["updated"] == 7  # another teacher (precision): redone
     res_bf16 = validate.check_features(res.npz, LazyTeacher(bf16))  # the check encodes in batches of 8
@@ -117,7 +108,7 @@ def test_bad_samples_are_named_problems_and_the_teacher_is_built_only_when_neede
     os.remove(image_of(no_image))
     a = store.read_arrays(wrong_shape, ["P4_S16"])["P4_S16"]
     store.update(wrong_shape, {"P4_S16": a[:, :128], "IMAGE_EMB_S16": a[:, :128]})
-    never = LazyTeacher(SPEC, factory=lambda: pytest.fail("no file needed the teacher"))
+    never = LazyTeacher(SMALL_SPEC, factory=lambda: pytest.fail("no file needed the teacher"))
     got = validate.check_features([bad_zip, no_image, wrong_shape], never)
     by = {p["path"]: p["problem"] for p in got.problems}
     assert "not a readable NPZ" in by[bad_zip] or "unreadable" in by[bad_zip]
@@ -128,14 +119,14 @@ def test_bad_samples_are_named_problems_and_the_teacher_is_built_only_when_neede
     assert got.passed and got.verification.verified == 1
     p = run_cli("check", "features", "--npz-dir", os.path.dirname(good), "--device", "cpu", check_rc=2)
     assert "--weights or --random-init" in p.stderr
-    p = run_cli("check", "features", "--npz-dir", os.path.dirname(good), *TEACHER_FLAGS, "--structure-only")
+    p = run_cli("check", "features", "--npz-dir", os.path.dirname(good), *SMALL_TEACHER_FLAGS, "--structure-only")
     assert p.returncode == 1 and "values are NOT verified" in p.stderr and "verified by value" not in p.stdout
 
 
 def test_a_lazy_teacher_refuses_a_model_that_is_not_the_one_asked_for(teacher):
     from npzfix_core.teacher import TeacherError
 
-    other = TeacherSpec(random_init_seed=1, resolution=RES, device="cpu")
+    other = TeacherSpec(random_init_seed=1, resolution=SMALL_RES, device="cpu")
     with pytest.raises(TeacherError, match="not the one requested"):
         LazyTeacher(other, factory=lambda: teacher).get()
 
