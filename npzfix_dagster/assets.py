@@ -18,7 +18,13 @@ from npzfix_dagster.contracts import EDGES, SA1B_FEATURES, TRAIN_TEST_FEATURES
 from npzfix_dagster.config import EdgesConfig, FeaturesConfig, edge_request, feature_request
 from npzfix_dagster.k8s import CPU_TAGS, GPU_TAGS
 from npzfix_dagster.partitions import PartitionKeyError, sa1b_dir, sa1b_dirs, split_extracted_dir, train_test_splits
-from npzfix_dagster.resources import DatasetRoots, Sam2Teacher, edges_code_version, features_code_version
+from npzfix_dagster.resources import (
+    DatasetRoots,
+    FeaturePipeline,
+    Sam2Teacher,
+    edges_code_version,
+    features_code_version,
+)
 from npzfix_dagster.sources import sa1b_npz_files, train_test_npz_files
 
 
@@ -72,6 +78,7 @@ def _features(
     config: FeaturesConfig,
     roots: DatasetRoots,
     teacher: Sam2Teacher,
+    pipeline: FeaturePipeline,
     mode: str,
     directory: str,
 ) -> MaterializeResult:
@@ -80,7 +87,7 @@ def _features(
     from npzfix_core.teacher import LazyTeacher
 
     tolerance = config.tolerance()
-    req = feature_request(config, teacher, mode, directory)
+    req = feature_request(config, teacher, pipeline, mode, directory)
     try:
         req.validate()
     except (ValueError, FileNotFoundError) as exc:
@@ -109,12 +116,16 @@ def _features(
     kinds={"numpy", "pytorch"},
 )
 def sa1b_features_fixed(
-    context: AssetExecutionContext, config: FeaturesConfig, roots: DatasetRoots, teacher: Sam2Teacher
+    context: AssetExecutionContext,
+    config: FeaturesConfig,
+    roots: DatasetRoots,
+    teacher: Sam2Teacher,
+    pipeline: FeaturePipeline,
 ) -> MaterializeResult:
     """Every SA-1B NPZ in this directory carries P4_S16/P5_S32 from the configured SAM2 teacher, with
     feature_flag=1 and the teacher's provenance."""
     directory = _partition_dir(roots.require("sa1b_root"), context.partition_key, sa1b_dir)
-    return _features(context, config, roots, teacher, BULK, directory)
+    return _features(context, config, roots, teacher, pipeline, BULK, directory)
 
 
 @asset(
@@ -128,12 +139,16 @@ def sa1b_features_fixed(
     kinds={"numpy", "pytorch"},
 )
 def train_test_features_fixed(
-    context: AssetExecutionContext, config: FeaturesConfig, roots: DatasetRoots, teacher: Sam2Teacher
+    context: AssetExecutionContext,
+    config: FeaturesConfig,
+    roots: DatasetRoots,
+    teacher: Sam2Teacher,
+    pipeline: FeaturePipeline,
 ) -> MaterializeResult:
     """Every NPZ in <split>/extracted carries P4_S16/P5_S32 from the configured SAM2 teacher, computed from
     the image in <split>/, with feature_flag=1."""
     directory = _partition_dir(roots.require("train_test_root"), context.partition_key, split_extracted_dir)
-    return _features(context, config, roots, teacher, TRAIN_TEST, directory)
+    return _features(context, config, roots, teacher, pipeline, TRAIN_TEST, directory)
 
 
 @asset(

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from npzfix_core.requests import BULK, SAMPLES, TRAIN_TEST, EdgeRequest, FeatureRequest, default_decode_threads
 from npzfix_core.verify import Tolerance
-from npzfix_dagster.resources import Sam2Teacher, default_edge_kernel, default_edge_workers
+from npzfix_dagster.resources import FeaturePipeline, Sam2Teacher, default_edge_kernel, default_edge_workers
 
 # Defaults chosen for scheduled runs: a re-run of a partition skips what is done (the CLI keeps the original
 # tool's default, False), and the edge kernel / worker processes come from the code location's environment.
@@ -31,7 +31,7 @@ FROM_RESOURCES = {
     EdgeRequest: {"npz_dir", "json_dir"},
     FeatureRequest: {
         *("mode", "teacher", "root", "recursive", "samples", "npz_dirs", "extracted_dirs"),  # the partition
-        *("batch_size", "decode_threads"),  # the teacher resource
+        *("batch_size", "decode_threads"),  # the pipeline resource
         *("writers", "preprocess_on"),  # the request's defaults
         "tolerance",  # min_cosine, max_rel_error
     },
@@ -102,18 +102,20 @@ def edge_request(config: EdgesConfig, npz_dir: str, json_dir: Optional[str]) -> 
     return EdgeRequest(**_from_config(EdgeRequest, config, given))
 
 
-def _pipeline(teacher: Sam2Teacher) -> dict:
+def _pipeline(teacher: Sam2Teacher, pipeline: FeaturePipeline) -> dict:
     return {
         "teacher": teacher.spec(),
-        "batch_size": teacher.batch_size,
-        "decode_threads": teacher.decode_workers or default_decode_threads(),
+        "batch_size": pipeline.batch_size,
+        "decode_threads": pipeline.decode_threads or default_decode_threads(),
     }
 
 
-def feature_request(config: FeaturesConfig, teacher: Sam2Teacher, mode: str, directory: str) -> FeatureRequest:
+def feature_request(
+    config: FeaturesConfig, teacher: Sam2Teacher, pipeline: FeaturePipeline, mode: str, directory: str
+) -> FeatureRequest:
     """A partition's request: only the NPZ files directly in its directory."""
     given = {
-        **_pipeline(teacher),
+        **_pipeline(teacher, pipeline),
         "mode": mode,
         "root": directory if mode == BULK else None,
         "recursive": False,
@@ -123,6 +125,8 @@ def feature_request(config: FeaturesConfig, teacher: Sam2Teacher, mode: str, dir
     return FeatureRequest(**_from_config(FeatureRequest, config, given))
 
 
-def sample_list_request(config: SampleListConfig, teacher: Sam2Teacher) -> FeatureRequest:
-    given = {**_pipeline(teacher), "mode": SAMPLES, "npz_dirs": tuple(config.npz_dirs), "max_files": config.max_images}
+def sample_list_request(
+    config: SampleListConfig, teacher: Sam2Teacher, pipeline: FeaturePipeline
+) -> FeatureRequest:
+    given = {**_pipeline(teacher, pipeline), "mode": SAMPLES, "npz_dirs": tuple(config.npz_dirs), "max_files": config.max_images}
     return FeatureRequest(**_from_config(FeatureRequest, config, given))

@@ -16,7 +16,7 @@ from npzfix_dagster import metadata
 from npzfix_dagster.config import SampleListConfig, sample_list_request
 from npzfix_dagster.contracts import EDGES, SA1B_FEATURES, TRAIN_TEST_FEATURES
 from npzfix_dagster.k8s import CPU_TAGS, GPU_TAGS
-from npzfix_dagster.resources import Sam2Teacher
+from npzfix_dagster.resources import FeaturePipeline, Sam2Teacher
 
 sa1b_job = define_asset_job(
     "sa1b_job",
@@ -44,10 +44,12 @@ train_test_job = define_asset_job(
     out=Out(Nothing),
     description="Recompute P4_S16, P5_S32 and IMAGE_EMB_S16 for the images of a sample list (no flag).",
 )
-def fix_from_sample_list(context: OpExecutionContext, config: SampleListConfig, teacher: Sam2Teacher):
+def fix_from_sample_list(
+    context: OpExecutionContext, config: SampleListConfig, teacher: Sam2Teacher, pipeline: FeaturePipeline
+):
     from npzfix_core.feature_repair import run_features
 
-    req = sample_list_request(config, teacher)
+    req = sample_list_request(config, teacher, pipeline)
     try:
         req.validate()
     except (ValueError, FileNotFoundError) as exc:

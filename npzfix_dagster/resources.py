@@ -4,7 +4,7 @@ Every field can come from the environment (names below), so the same
 definitions run on a laptop, in CI and on a GPU cluster:
 NPZFIX_SA1B_ROOT, NPZFIX_JSON_ROOT, NPZFIX_TRAIN_TEST_ROOT, NPZFIX_SAM2_WEIGHTS,
 NPZFIX_SAM2_CONFIG, NPZFIX_DEVICE, NPZFIX_GPUS, NPZFIX_PRECISION,
-NPZFIX_BATCH_SIZE, NPZFIX_RESOLUTION, NPZFIX_RANDOM_INIT_SEED, NPZFIX_PREVIEW_DIR.
+NPZFIX_BATCH_SIZE, NPZFIX_DECODE_THREADS, NPZFIX_RESOLUTION, NPZFIX_RANDOM_INIT_SEED, NPZFIX_PREVIEW_DIR.
 """
 
 import os
@@ -51,10 +51,8 @@ class Sam2Teacher(ConfigurableResource):
     device: str = "auto"
     gpus: Optional[str] = None
     precision: str = "fp32"
-    batch_size: int = 0  # 0: 1 on CPU, 8 on GPU
     resolution: Optional[int] = None
     random_init_seed: Optional[int] = None
-    decode_workers: int = 0  # 0: the host's cores - 1 (2..16)
 
     _teacher: object = PrivateAttr(default=None)
 
@@ -113,11 +111,26 @@ def teacher_from_env() -> Sam2Teacher:
     for name, key, cast in (
         ("NPZFIX_DEVICE", "device", str),
         ("NPZFIX_PRECISION", "precision", str),
-        ("NPZFIX_BATCH_SIZE", "batch_size", int),
     ):
         if _env(name) is not None:
             kw[key] = _env(name, cast)
     return Sam2Teacher(**kw)
+
+
+class FeaturePipeline(ConfigurableResource):
+    """How images are fed to the teacher. Not part of the teacher: no provenance or code version depends on it
+    (a batch of 8 writes the same features as a batch of 1)."""
+
+    batch_size: int = 0  # 0: 1 on CPU, 8 on GPU
+    decode_threads: int = 0  # 0: the host's cores - 1 (2..16)
+
+
+def pipeline_from_env() -> FeaturePipeline:
+    kw = {}
+    for name, key in (("NPZFIX_BATCH_SIZE", "batch_size"), ("NPZFIX_DECODE_THREADS", "decode_threads")):
+        if _env(name) is not None:
+            kw[key] = _env(name, int)
+    return FeaturePipeline(**kw)
 
 
 def features_code_version(teacher: Sam2Teacher, store_dtype: str = "keep") -> str:

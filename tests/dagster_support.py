@@ -5,7 +5,7 @@ import os
 from dagster import AssetKey
 
 from npzfix_core import synth
-from npzfix_dagster.resources import DatasetRoots, Sam2Teacher
+from npzfix_dagster.resources import DatasetRoots, FeaturePipeline, Sam2Teacher
 
 
 RES = 256
@@ -32,6 +32,7 @@ def resources(tmp_path, sa1b=None, tt=None):
     return {
         "roots": DatasetRoots(sa1b_root=sa1b, train_test_root=tt, preview_dir=str(tmp_path / "previews")),
         "teacher": TEACHER,
+        "pipeline": FeaturePipeline(),
     }
 
 

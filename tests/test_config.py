@@ -16,7 +16,7 @@ from npzfix_dagster.config import (
     edge_request,
     feature_request,
 )
-from npzfix_dagster.resources import Sam2Teacher
+from npzfix_dagster.resources import FeaturePipeline, Sam2Teacher
 
 
 def _default(f):
@@ -51,7 +51,8 @@ def test_a_cli_run_and_a_dagster_run_build_the_same_request(tmp_path):
         EdgesConfig(worker_processes=0, set_edge_flag=False, skip_if_processed=False), d, None
     )
 
-    teacher = Sam2Teacher(random_init_seed=0, resolution=128, device="cpu", batch_size=2, decode_workers=3)
+    teacher = Sam2Teacher(random_init_seed=0, resolution=128, device="cpu")
+    pipeline = FeaturePipeline(batch_size=2, decode_threads=3)
     flags = ["--random-init", "0", "--resolution", "128", "--batch-size", "2", "--workers", "3"]
     flags += ["--legacy", "verify", "--min-cosine", "0.99", "--max-files", "7"]
     args = ap.parse_args(["features", "--root", d, *flags])
@@ -59,7 +60,7 @@ def test_a_cli_run_and_a_dagster_run_build_the_same_request(tmp_path):
 
     cli = FeatureRequest.from_args(args, "bulk", teacher_spec_from_args(args, "cpu"))
     config = FeaturesConfig(legacy="verify", min_cosine=0.99, max_files=7)
-    dagster = feature_request(config, teacher, "bulk", d)
+    dagster = feature_request(config, teacher, pipeline, "bulk", d)
     assert dataclasses.replace(dagster, recursive=True) == cli  # a partition is its own directory only
     assert cli.decode_threads == 3 and cli.tolerance.min_cosine == 0.99
 
@@ -102,3 +103,20 @@ def test_failure_tables_put_the_file_name_first_and_the_directory_once():
     mixed = files_table([*rows, {"path": "/elsewhere/x.npz", "status": "failed", "reason": "r"}], ["status", "reason"])
     assert mixed.splitlines()[0] == "| file | status | reason | directory |"
     assert "| x.npz | failed | r | /elsewhere |" in mixed
+
+
+def test_pipeline_settings_are_a_resource_of_their_own_not_the_teachers(monkeypatch):
+    """Batch size and decode threads change how fast features come, never which: not in the teacher, its
+    provenance or the code version."""
+    from npzfix_dagster.resources import features_code_version, pipeline_from_env, teacher_from_env
+
+    monkeypatch.setenv("NPZFIX_RANDOM_INIT_SEED", "0")
+    before = features_code_version(teacher_from_env())
+    monkeypatch.setenv("NPZFIX_BATCH_SIZE", "4")
+    monkeypatch.setenv("NPZFIX_DECODE_THREADS", "3")
+    assert pipeline_from_env() == FeaturePipeline(batch_size=4, decode_threads=3)
+    assert features_code_version(teacher_from_env()) == before
+    assert not {"batch_size", "decode_workers"} & set(Sam2Teacher.model_fields)
+    monkeypatch.setenv("NPZFIX_DECODE_THREADS", "many")
+    with pytest.raises(ValueError, match="NPZFIX_DECODE_THREADS='many' is not a valid int"):
+        pipeline_from_env()
