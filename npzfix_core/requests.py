@@ -1,8 +1,9 @@
 """What a run is asked to do: one frozen request per mode, the single source of its fields, defaults and checks.
 
-The CLI builds a request with ``from_args`` (argparse's names are the fields', except where ``CLI_NAMES``
-says); Dagster builds the same type from run config plus resources (``npzfix_dagster.requests``), and a test
-holds the Dagster ``Config`` classes to these fields and defaults. A new flag is a field here, plus its
+The CLI builds a request with ``from_args`` (argparse dests are the field names; the few that are not, such
+as ``set_flag`` from ``--no-edge-flag``, are passed explicitly); Dagster builds the same type from run config
+plus resources (``npzfix_dagster.config``), and a test holds the Dagster ``Config`` classes to these fields and
+defaults. A new flag is a field here, plus its
 argparse line and its ``Config`` line. Requests travel whole, to worker processes too (they pickle).
 """
 
@@ -94,11 +95,6 @@ class FeatureRequest:
     @property
     def sets_flag(self) -> bool:
         return self.mode != SAMPLES
-
-    @property
-    def workers(self) -> int:
-        """The old name of ``decode_threads`` (``--workers`` keeps working)."""
-        return self.decode_threads
 
     def validate(self) -> None:
         if self.mode not in MODES:
