@@ -48,6 +48,7 @@ def decide(
     tolerance: verify.Tolerance,
     sample_size: int,
     dry_run: bool = False,
+    decoder: str = "opencv",
 ) -> Decision:
     """Recompute a sample of a directory's legacy files (those with an image) and decide for all of them."""
     record = {"directory": directory, "legacy_files": len(items), "sampled": 0, "matched": 0}
@@ -59,7 +60,7 @@ def decide(
     rng = random.Random(zlib.crc32(os.fsencode(directory)))
     sample = candidates if len(candidates) <= sample_size else rng.sample(candidates, sample_size)
     t = time.perf_counter()
-    verdicts = verify.verify([(it.npz, it.source) for it in sample], teacher, tolerance)
+    verdicts = verify.verify([(it.npz, it.source) for it in sample], teacher, tolerance, decoder=decoder)
     summary = verify.Summary().add(verdicts)
     bad = [v for v in verdicts if v.status != verify.MATCH]
     record.update(
@@ -104,7 +105,13 @@ def adoptable(npz: str, prov: FeatureProvenance) -> tuple[int, int, int]:
 
 
 def adopt(
-    npz: str, prov: FeatureProvenance, mode: str, evidence: dict, seen: tuple[int, int, int], durable: bool = True
+    npz: str,
+    prov: FeatureProvenance,
+    mode: str,
+    evidence: dict,
+    seen: tuple[int, int, int],
+    durable: bool = True,
+    lock_timeout_s: float = store.DEFAULT_LOCK_TIMEOUT_S,
 ) -> store.UpdateResult:
     """Stamp provenance (with the evidence) onto a legacy file examined as ``seen``; nothing else changes."""
     record = prov.record(mode, adopted=evidence)
@@ -117,4 +124,4 @@ def adopt(
             raise NotAdoptable("no longer a legacy file")
         return {"feature_provenance": record}
 
-    return store.update(npz, prepare=prepare, durable=durable)
+    return store.update(npz, prepare=prepare, durable=durable, lock_timeout_s=lock_timeout_s)

@@ -54,8 +54,7 @@ _HELD: dict[str, int] = {}
 
 
 def allowed_gpus(spec: str | None = None) -> list[int] | None:
-    """``"1,2,4"`` (or ``$NPZFIX_GPUS``) -> [1, 2, 4]; None means every visible GPU."""
-    spec = spec if spec is not None else os.environ.get("NPZFIX_GPUS")
+    """``"1,2,4"`` -> [1, 2, 4]; None (or "all") means every visible GPU."""
     if spec is None or spec.strip() in ("", "all"):
         return None
     try:
@@ -84,8 +83,8 @@ def probe_cuda() -> list[Gpu]:
     return out
 
 
-def lease_dir() -> str:
-    return os.environ.get(LEASE_DIR_ENV) or os.path.join(tempfile.gettempdir(), "npzfix-gpu-leases")
+def default_lease_dir() -> str:
+    return os.path.join(tempfile.gettempdir(), "npzfix-gpu-leases")
 
 
 def _lease_path(directory: str, physical: str) -> str:
@@ -129,7 +128,7 @@ def release_all() -> None:
 def lease(
     candidates: Callable[[], list[Gpu]],
     need_free: bool,
-    wait_s: float | None = None,
+    wait_s: float = DEFAULT_WAIT_S,
     directory: str | None = None,
     poll_s: float = POLL_S,
 ) -> Gpu | None:
@@ -140,8 +139,7 @@ def lease(
     lease): the caller decides (``auto`` uses the CPU). ``candidates`` is asked again on every poll, so
     free memory is read after the previous holder has gone.
     """
-    directory = directory or lease_dir()
-    wait_s = float(os.environ.get(LEASE_WAIT_ENV, DEFAULT_WAIT_S)) if wait_s is None else wait_s
+    directory = directory or default_lease_dir()
     deadline = time.monotonic() + wait_s
     last_log = None
     while True:
@@ -178,7 +176,8 @@ def resolve(
     device: str,
     gpus: str | None = None,
     probe: Callable[[], list[Gpu]] = probe_cuda,
-    wait_s: float | None = None,
+    wait_s: float = DEFAULT_WAIT_S,
+    lease_dir: str | None = None,
 ) -> str:
     """``cpu | cuda | cuda:N | auto`` -> a concrete device string, honouring the allowlist, with the GPU leased."""
     allow = allowed_gpus(gpus)
@@ -207,7 +206,7 @@ def resolve(
         gpus = first.pop() if first else probe()
         return [g for g in gpus if g.ordinal in usable]
 
-    gpu = lease(candidates, need_free=device == "auto", wait_s=wait_s)
+    gpu = lease(candidates, need_free=device == "auto", wait_s=wait_s, directory=lease_dir)
     if gpu is None:
         log.info("device auto: no free allowed GPU (visible %d, allowed %s); using the CPU", n, allow or "all")
         return "cpu"

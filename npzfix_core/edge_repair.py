@@ -46,7 +46,7 @@ def process_one(npz: str, json_path: str | None, req: EdgeRequest) -> Outcome:
             return out(MISSING, "no JSON found for this NPZ")
         with open(json_path, "rb") as f:
             doc = json.loads(f.read())
-        maps = method_b(parse_sa1b(doc), req.kernel_size)
+        maps = method_b(parse_sa1b(doc, req.settings.max_pixels), req.kernel_size)
         if req.dry_run:
             store.inspect(npz)  # a dry run still reports files that could not be written
             return out(WOULD_UPDATE)
@@ -54,7 +54,14 @@ def process_one(npz: str, json_path: str | None, req: EdgeRequest) -> Outcome:
         if req.set_flag:
             arrays.update(prov.arrays())
         # without a flag, the flag and provenance of an earlier run would vouch for edges they did not see
-        store.update(npz, arrays, only_if_present={"edge_256x256"}, remove=set(EDGE_KEYS), durable=req.durable)
+        store.update(
+            npz,
+            arrays,
+            only_if_present={"edge_256x256"},
+            remove=set(EDGE_KEYS),
+            durable=req.durable,
+            lock_timeout_s=req.settings.lock_timeout_s,
+        )
         return out(UPDATED)
     except Exception as exc:  # a batch never dies on one file
         return outcome_for(npz, exc, json_path, time.perf_counter() - t0)
@@ -74,7 +81,7 @@ def run_bounded(
     workers: int,
     max_updates: int | None,
     progress: Progress,
-    killers: KillerRegistry | None = None,
+    killers: KillerRegistry,
 ) -> None:
     """Run ``fn(*args_of(item))`` over items (in ``workers`` processes when > 1) until ``max_updates`` are done.
 
@@ -96,7 +103,6 @@ def run_bounded(
             record(fn(*args_of(item)))
         return
 
-    killers = killers or KillerRegistry()
     sources: dict[str, str | None] = {}
 
     def harvest(pool: WorkerPool) -> None:
@@ -147,7 +153,7 @@ def run_edges(req: EdgeRequest, progress: bool = True) -> RunReport:
             req.worker_processes,
             req.max_files,
             bar,
-            KillerRegistry(retry=req.retry_killed),
+            KillerRegistry(req.settings.state_dir, retry=req.retry_killed),
         )
     finally:
         bar.close()

@@ -22,7 +22,6 @@ thresholds at > 0. Two facts make it cheap without changing a single bit:
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import cv2
@@ -30,6 +29,7 @@ import numpy as np
 
 from npzfix_core.errors import InputError
 from npzfix_core.rle import ImageRuns, decode_image_runs
+from npzfix_core.settings import DEFAULT_MAX_PIXELS, ENV
 
 EDGE_SIZES = (256, 64, 32)
 
@@ -41,20 +41,13 @@ class ImageAnnotations:
     segmentations: list
 
 
-MAX_PIXELS_ENV = "NPZFIX_MAX_PIXELS"
-DEFAULT_MAX_PIXELS = 100_000_000  # SA-1B images are ~3.4 MP; a 20000x20000 claim would cost GBs per file
-
-
-def max_pixels() -> int:
-    return int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
-
-
 class AnnotationError(InputError):
     """The JSON does not describe an image with masks; the message says why."""
 
 
-def parse_sa1b(doc: object) -> ImageAnnotations:
-    """Image size and segmentations from an SA-1B style JSON document."""
+def parse_sa1b(doc: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageAnnotations:
+    """Image size and segmentations from an SA-1B style JSON document; a size over ``max_pixels`` is refused
+    before anything is allocated for it."""
     if not isinstance(doc, dict):
         raise AnnotationError("JSON root is not an object")
     image = doc.get("image")
@@ -66,9 +59,8 @@ def parse_sa1b(doc: object) -> ImageAnnotations:
     h, w = image["height"], image["width"]
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
         raise AnnotationError(f"image size {h!r}x{w!r} is not two positive integers"[:200])
-    limit = max_pixels()
-    if h * w > limit:
-        raise AnnotationError(f"image size {h}x{w} is over the {limit:,}-pixel limit ({MAX_PIXELS_ENV})")
+    if h * w > max_pixels:
+        raise AnnotationError(f"image size {h}x{w} is over the {max_pixels:,}-pixel limit ({ENV['max_pixels']})")
     if not isinstance(anns, list):
         raise AnnotationError("'annotations' is not a list")
     segs = []

@@ -90,7 +90,7 @@ def write_features(
         arrays["feature_provenance"] = record
         return arrays
 
-    return store.update(npz, prepare=prepare, durable=req.durable)
+    return store.update(npz, prepare=prepare, durable=req.durable, lock_timeout_s=req.settings.lock_timeout_s)
 
 
 @dataclass
@@ -105,7 +105,7 @@ class Loaded:
     job: "Job | None" = None
 
 
-def load(item: discovery.WorkItem, resolution: int, device, stage: str, job: "Job") -> Loaded:
+def load(item: discovery.WorkItem, resolution: int, device, stage: str, job: "Job", decoder: str) -> Loaded:
     """Check the NPZ, decode the image, then (stage) stop, preprocess here (CPU), or pin for the device.
 
     An adoption candidate is examined instead (structure, still legacy) and decoded only if it must be redone.
@@ -123,7 +123,7 @@ def load(item: discovery.WorkItem, resolution: int, device, stage: str, job: "Jo
                     return Loaded(item, error=gone, t0=t0)
         old = old_features(item.npz) if job.drift else None
         store.inspect(item.npz)  # fail before spending the encoder on an unwritable file
-        img = load_rgb(item.source)
+        img = load_rgb(item.source, decoder)
         if stage == "decode":
             loaded = Loaded(item, None, t0=t0)
         elif stage == "preprocess":
@@ -195,7 +195,7 @@ def drift_of(old: dict, new: dict) -> list:
 def adopt_one(item: discovery.WorkItem, job: Job, seen, req: FeatureRequest) -> tuple[Outcome, float, None]:
     start = time.perf_counter()
     try:
-        adoption.adopt(item.npz, job.prov, req.mode, job.adopt, seen, req.durable)
+        adoption.adopt(item.npz, job.prov, req.mode, job.adopt, seen, req.durable, req.settings.lock_timeout_s)
         outcome = Outcome(item.npz, ADOPTED, "verified sample of its directory")
     except adoption.NotAdoptable as exc:
         outcome = Outcome(item.npz, SKIPPED_LEGACY, f"not adopted: {exc}")

@@ -178,7 +178,11 @@ class _Pipeline:
             device = self.device()
             self.admitted += 1
             stage = self.stage(device)
-            self.pending.append(self.decode_pool.submit(files.load, item, self.prov.resolution, device, stage, job))
+            self.pending.append(
+                self.decode_pool.submit(
+                    files.load, item, self.prov.resolution, device, stage, job, self.req.settings.jpeg_decoder
+                )
+            )
         return True
 
     def job(self, why: str) -> files.Job:
@@ -197,7 +201,13 @@ class _Pipeline:
         self.held_dir, self.held = None, []
         t = time.perf_counter()
         d = adoption.decide(
-            directory, items, self.lazy, self.req.tolerance, self.req.legacy_sample, dry_run=self.req.dry_run
+            directory,
+            items,
+            self.lazy,
+            self.req.tolerance,
+            self.req.legacy_sample,
+            dry_run=self.req.dry_run,
+            decoder=self.req.settings.jpeg_decoder,
         )
         self.timings.legacy_verify_s += time.perf_counter() - t
         self.report.legacy.append(d.record)

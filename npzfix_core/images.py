@@ -16,7 +16,6 @@ GPU, in batches, and need no torchvision.
 from __future__ import annotations
 
 import io
-import os
 
 import numpy as np
 
@@ -30,11 +29,8 @@ class ImageError(InputError):
     pass
 
 
-JPEG_DECODER_ENV = "NPZFIX_JPEG_DECODER"  # "pil" turns the OpenCV fast path off
-
-
-def load_rgb(path: str) -> np.ndarray:
-    """HxWx3 uint8 RGB, by the rule above.
+def load_rgb(path: str, decoder: str = "opencv") -> np.ndarray:
+    """HxWx3 uint8 RGB, by the rule above (``decoder="pil"`` turns the OpenCV fast path off).
 
     Plain colour JPEGs (the SA-1B case) are decoded by OpenCV, ~30 % faster than Pillow: both run
     libjpeg-turbo with the same settings (islow IDCT, fancy upsampling), and ``tests/test_images.py`` holds
@@ -53,7 +49,7 @@ def load_rgb(path: str) -> np.ndarray:
         raise ImageError(f"cannot read image {path}: {exc}") from exc
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if im.format == "JPEG" and im.mode == "RGB" and _opencv_allowed() and data.endswith(b"\xff\xd9"):
+            if im.format == "JPEG" and im.mode == "RGB" and decoder != "pil" and data.endswith(b"\xff\xd9"):
                 a = _opencv_rgb(data, im.size)
                 if a is not None:
                     return a
@@ -75,10 +71,6 @@ def load_rgb(path: str) -> np.ndarray:
     if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
         raise ImageError(f"unexpected decoded shape {a.shape} for {path}")
     return np.ascontiguousarray(a)
-
-
-def _opencv_allowed() -> bool:
-    return os.environ.get(JPEG_DECODER_ENV, "opencv").lower() != "pil"
 
 
 def _opencv_rgb(data: bytes, size: tuple[int, int]) -> np.ndarray | None:

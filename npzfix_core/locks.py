@@ -12,7 +12,7 @@ from typing import Iterator
 
 from npzfix_core.errors import NpzError
 
-LOCK_TIMEOUT_ENV = "NPZFIX_LOCK_TIMEOUT_S"
+LOCK_TIMEOUT_ENV = "NPZFIX_LOCK_TIMEOUT_S"  # read by the edges into Settings.lock_timeout_s
 DEFAULT_LOCK_TIMEOUT_S = 300.0  # another writer holds a file for a few ms; minutes means something is stuck
 log = logging.getLogger("npzfix")
 
@@ -61,10 +61,9 @@ def _flock_within(fd: int, path: str, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def locked(path: str | os.PathLike, timeout: float | None = None) -> Iterator[None]:
+def locked(path: str | os.PathLike, timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> Iterator[None]:
     """Exclusive lock on the NPZ itself, waited for at most ``timeout`` s; retried if the path was replaced."""
     path = os.fspath(path)
-    timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_S)) if timeout is None else timeout
     while True:
         fd = open_regular(path)
         try:

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from npzfix_core import adoption
 from npzfix_core.devices import usable_cpus
+from npzfix_core.settings import Settings
 from npzfix_core.teacher import TeacherSpec
 from npzfix_core.verify import Tolerance
 
@@ -44,6 +45,7 @@ class EdgeRequest:
     dry_run: bool = False
     durable: bool = True
     retry_killed: bool = False  # try files that killed a worker process in an earlier run
+    settings: Settings = field(default_factory=Settings)  # from the environment, read by the caller
 
     def validate(self) -> None:
         if self.kernel_size < 1:
@@ -54,6 +56,7 @@ class EdgeRequest:
             raise ValueError("--max-files must be >= 0")
         if self.order not in EDGE_ORDERS:
             raise ValueError(f"--order must be one of {EDGE_ORDERS}")
+        self.settings.validate()
         if not os.path.isdir(self.npz_dir):
             raise FileNotFoundError(f"NPZ directory {self.npz_dir} does not exist")
         # a json_dir that does not exist is not refused here: each file then reports its JSON missing (Dagster
@@ -65,8 +68,8 @@ class EdgeRequest:
         return replace(self, worker_processes=usable_cpus()) if self.worker_processes == 0 else self
 
     @classmethod
-    def from_args(cls, args: Any) -> EdgeRequest:
-        return cls(**_from_args(cls, args, {"set_flag": not args.no_edge_flag}))
+    def from_args(cls, args: Any, settings: Settings) -> EdgeRequest:
+        return cls(**_from_args(cls, args, {"set_flag": not args.no_edge_flag, "settings": settings}))
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class FeatureRequest:
     legacy_sample: int = 4  # legacy files recomputed per directory before adopting the rest
     drift_sample: int = 8  # files redone for another teacher whose old features are compared with the new
     tolerance: Tolerance = field(default_factory=Tolerance)
+    settings: Settings = field(default_factory=Settings)  # from the environment, read by the caller
 
     @property
     def sets_flag(self) -> bool:
@@ -114,6 +118,7 @@ class FeatureRequest:
         if self.legacy_sample < 1 or self.drift_sample < 0:
             raise ValueError("--legacy-sample must be >= 1 and --drift-sample >= 0")
         self.tolerance.validate()
+        self.settings.validate()
         given, flag = {
             BULK: (self.root, "--root"),
             SAMPLES: (self.samples, "--samples"),
@@ -128,7 +133,7 @@ class FeatureRequest:
             raise FileNotFoundError(f"sample list {self.samples} does not exist")
 
     @classmethod
-    def from_args(cls, args: Any, mode: str, teacher: TeacherSpec) -> FeatureRequest:
+    def from_args(cls, args: Any, mode: str, teacher: TeacherSpec, settings: Settings) -> FeatureRequest:
         """From ``npzfix features`` arguments; ``teacher`` from the shared teacher flags (``teacher_spec``)."""
         csv = lambda v: tuple(x.strip() for x in (v or "").split(",") if x.strip())  # noqa: E731
         given = {
@@ -139,6 +144,7 @@ class FeatureRequest:
             "max_files": args.max_files if args.max_files is not None else args.max_images,
             "decode_threads": args.decode_threads or default_decode_threads(),
             "tolerance": tolerance_from_args(args),
+            "settings": settings,
         }
         return cls(**_from_args(cls, args, given))
 

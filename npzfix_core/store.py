@@ -25,7 +25,7 @@ import numpy as np
 
 from npzfix_core import zipraw
 from npzfix_core.errors import NpzError
-from npzfix_core.locks import LOCK_TIMEOUT_ENV, locked, open_regular  # noqa: F401 (part of store's API)
+from npzfix_core.locks import DEFAULT_LOCK_TIMEOUT_S, LOCK_TIMEOUT_ENV, locked, open_regular  # noqa: F401 (store's API)
 from npzfix_core.temps import TMP_MARKER, sweep_and_log, sweep_stale_temps, sweep_target_dir, temp_prefix  # noqa: F401
 
 log = logging.getLogger("npzfix")
@@ -227,10 +227,11 @@ def update(
     prepare: Callable[[dict[str, MemberInfo]], Mapping[str, np.ndarray]] | None = None,
     remove: frozenset[str] | set[str] = frozenset(),
     durable: bool = True,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> UpdateResult:
     """Atomically set arrays in the NPZ, keeping every other member byte for byte.
 
-    The file is re-read under its lock: keys in ``only_if_present`` are written
+    The file is re-read under its lock (waited for at most ``lock_timeout_s``): keys in ``only_if_present`` are written
     only where it has them, and ``prepare`` (instead of ``arrays``) sees its
     current members (shape, dtype) to shape what it writes. Keys in ``remove``
     (and not written) are dropped: a flag must not outlive what it vouched for. Raises NpzError
@@ -242,7 +243,7 @@ def update(
         sweep_target_dir(os.path.dirname(real))
     path = real
     directory, name = os.path.split(path)
-    with locked(path):
+    with locked(path, lock_timeout_s):
         st = os.stat(path)
         with open(path, "rb") as src, _open_zip(src) as zf:
             infos = zf.infolist()

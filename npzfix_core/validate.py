@@ -25,6 +25,7 @@ from npzfix_core.provenance import (
     stored_teacher,
 )
 from npzfix_core.report import outcome_for
+from npzfix_core.settings import DEFAULT_MAX_PIXELS
 from npzfix_core.verify import Summary, Tolerance
 
 
@@ -70,7 +71,13 @@ def sample(paths: list[str], n: int, seed: int = 0) -> list[str]:
     return paths if len(paths) <= n else sorted(random.Random(seed).sample(paths, n))
 
 
-def check_edges(paths: Iterable[str], kernel_size: int, json_dir: str | None = None, recompute: int = 8) -> CheckResult:
+def check_edges(
+    paths: Iterable[str],
+    kernel_size: int,
+    json_dir: str | None = None,
+    recompute: int = 8,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> CheckResult:
     """Keys, shapes, dtypes, 0/1 values, flag and provenance; the first ``recompute`` files are recomputed exactly."""
     from npzfix_core.edges import method_b, parse_sa1b  # OpenCV: only when edges are checked
 
@@ -104,7 +111,7 @@ def check_edges(paths: Iterable[str], kernel_size: int, json_dir: str | None = N
             continue
         try:
             with open(j, "rb") as f:
-                want = method_b(parse_sa1b(json.loads(f.read())), kernel_size)
+                want = method_b(parse_sa1b(json.loads(f.read()), max_pixels), kernel_size)
         except Exception as exc:  # the check reports a bad source; it never crashes the step
             res.fail(p, f"cannot recompute its edges: {outcome_for(p, exc, j).reason}", FIX_JSON)
             continue
@@ -124,6 +131,7 @@ def check_features(
     verify: Collection[str] | None = None,
     tolerance: Tolerance = Tolerance(),
     image_dir: str | None = None,
+    decoder: str = "opencv",
 ) -> CheckResult:
     """Structure, flag and provenance of every file; then the values: files in ``verify`` (all, when None) are
     recomputed with ``teacher`` (a ``LazyTeacher``, built only if a file needs it) and compared.
@@ -164,7 +172,7 @@ def check_features(
             held[p] = {k: a[k] for k in by_value.FEATURE_ARRAYS if k in a}
             remedy[p] = fix
     if queued:
-        verdicts, res.verification = by_value.timed_verify(queued, teacher, tolerance, held)
+        verdicts, res.verification = by_value.timed_verify(queued, teacher, tolerance, held, decoder)
         for v in verdicts:
             if v.status == by_value.UNVERIFIABLE:
                 res.unverifiable += 1

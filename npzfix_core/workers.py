@@ -136,14 +136,11 @@ class KillerRegistry:
     """Files that killed a worker, remembered across runs so that a rerun does not die at the same place.
 
     Keyed by the file and the size and mtime of its source: fixing the source (or ``retry``) tries it
-    again. One small JSON-lines file outside the data directories (``$NPZFIX_STATE_DIR``).
+    again. One small JSON-lines file outside the data directories (``Settings.state_dir``).
     """
 
-    ENV = "NPZFIX_STATE_DIR"
-
-    def __init__(self, path: str | None = None, retry: bool = False):
-        state = os.environ.get(self.ENV) or os.path.join(os.path.expanduser("~"), ".cache", "npzfix")
-        self.path = path or os.path.join(state, "worker_killers.jsonl")
+    def __init__(self, state_dir: str, retry: bool = False):
+        self.path = os.path.join(state_dir, "worker_killers.jsonl")
         self.retry = retry
         self._known: dict[str, str] | None = None
 

@@ -25,7 +25,10 @@ import sys
 
 log = logging.getLogger("npzfix")
 
-PRIVATE_DIR = os.environ.get("NPZFIX_ANTLR413_DIR", os.path.join(sys.prefix, "antlr4-4.13"))
+def private_dir() -> str:
+    return os.environ.get("NPZFIX_ANTLR413_DIR") or os.path.join(sys.prefix, "antlr4-4.13")
+
+
 RUNTIME = "antlr4-python3-runtime==4.13.2"
 # A private module path of Dagster 1.13: checked loudly below, since a Dagster upgrade may move it.
 _DAGSTER_GRAMMAR = "dagster._core.definitions.antlr_asset_selection.antlr_asset_selection"
@@ -53,16 +56,17 @@ def install() -> None:
     """Import Dagster's selection grammar on ANTLR 4.13 (before anything parses a selection string)."""
     if _DAGSTER_GRAMMAR in sys.modules or _runtime_is_new_enough():
         return
-    if not os.path.isdir(os.path.join(PRIVATE_DIR, "antlr4")):
+    private = private_dir()
+    if not os.path.isdir(os.path.join(private, "antlr4")):
         raise AntlrBridgeError(
             f"Dagster's asset-selection grammar needs ANTLR >= 4.10, but this environment has the 4.9 runtime "
-            f"that hydra-core (sam2) pins, and no private 4.13 runtime at {PRIVATE_DIR}. "
+            f"that hydra-core (sam2) pins, and no private 4.13 runtime at {private}. "
             f"Fix: {sys.executable} -m npzfix_dagster.antlr_compat install"
         )
     saved = _antlr_modules()
     for k in saved:
         del sys.modules[k]
-    sys.path.insert(0, PRIVATE_DIR)
+    sys.path.insert(0, private)
     try:
         importlib.import_module(_DAGSTER_GRAMMAR)
     except ModuleNotFoundError as exc:
@@ -70,17 +74,17 @@ def install() -> None:
             f"{_DAGSTER_GRAMMAR} is not where Dagster 1.13 keeps it ({exc}); npzfix pins dagster==1.13.27"
         ) from exc
     finally:
-        sys.path.remove(PRIVATE_DIR)
+        sys.path.remove(private)
         for k in _antlr_modules():
             del sys.modules[k]
         sys.modules.update(saved)
 
 
-def provide(target: str = PRIVATE_DIR) -> None:
+def provide(target: str | None = None) -> None:
     """Install the private ANTLR 4.13 runtime where ``install`` looks for it (what ``make setup`` runs)."""
     import subprocess
 
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target, RUNTIME]
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target or private_dir(), RUNTIME]
     subprocess.run(cmd, check=True)
 
 
@@ -88,4 +92,4 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["install"]:
         sys.exit("usage: python -m npzfix_dagster.antlr_compat install")
     provide()
-    print(f"ANTLR {RUNTIME} installed in {PRIVATE_DIR}")
+    print(f"ANTLR {RUNTIME} installed in {private_dir()}")

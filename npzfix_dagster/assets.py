@@ -87,20 +87,22 @@ def _features(
     from npzfix_core.teacher import LazyTeacher
 
     tolerance = config.tolerance()
-    req = feature_request(config, teacher, pipeline, mode, directory)
     try:
+        req = feature_request(config, teacher, pipeline, mode, directory)
         req.validate()
     except (ValueError, FileNotFoundError) as exc:
         raise Failure(description=f"bad run config: {exc}; no file was touched") from exc
     # one teacher for the run and its check: built (and the GPU leased) only if a file or the check needs it
-    lazy = LazyTeacher(req.teacher, factory=teacher.build)
+    lazy = LazyTeacher(req.teacher, factory=lambda: teacher.build(req.settings))
     seen_dir = discovery.snapshot(directory)
     report = run_features(req, teacher=lazy, progress=True)
     image_dir = os.path.dirname(directory) if mode == TRAIN_TEST else None
     seed = zlib.crc32(context.run.run_id.encode())  # another random sample each run: coverage grows
 
     def sample_check(paths):
-        return checks.features_sample_valid(paths, lazy, report, config.verify_sample, tolerance, image_dir, seed)
+        return checks.features_sample_valid(
+            paths, lazy, report, config.verify_sample, tolerance, image_dir, seed, req.settings.jpeg_decoder
+        )
 
     return _result(context, roots, directory, seen_dir, report, sample_check)
 
@@ -169,14 +171,16 @@ def edges_B_v1(context: AssetExecutionContext, config: EdgesConfig, roots: Datas
     key = context.partition_key
     directory = _partition_dir(roots.require("sa1b_root"), key, sa1b_dir)
     json_dir = roots.json_dir_for(directory)
-    req = edge_request(config, directory, json_dir)
     try:
+        req = edge_request(config, directory, json_dir)
         req.validate()
     except (ValueError, FileNotFoundError) as exc:
         raise Failure(description=f"bad run config: {exc}; no file was touched") from exc
     seen_dir = discovery.snapshot(directory)
     report = run_edges(req, progress=True)
-    sample_check = lambda paths: checks.edges_sample_valid(paths, config.kernel_size, json_dir)  # noqa: E731
+    sample_check = lambda paths: checks.edges_sample_valid(  # noqa: E731
+        paths, req.kernel_size, json_dir, req.settings.max_pixels
+    )
     return _result(context, roots, directory, seen_dir, report, sample_check, config.glob)
 
 

@@ -11,6 +11,7 @@ import warnings
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue, PreviewWarning
 
 from npzfix_core.report import ADOPTED, FAILED, MISSING, SKIPPED_DONE, SKIPPED_LEGACY, UPDATED, RunReport
+from npzfix_core.settings import DEFAULT_MAX_PIXELS
 from npzfix_core.teacher import LazyTeacher
 from npzfix_core.validate import CheckResult, check_edges, check_features, sample
 from npzfix_core.verify import Tolerance
@@ -85,8 +86,10 @@ def _sample_valid(result: CheckResult, extra: dict | None = None) -> AssetCheckR
     )
 
 
-def edges_sample_valid(paths: list[str], kernel_size: int, json_dir: str | None) -> AssetCheckResult:
-    return _sample_valid(check_edges(sample(paths, SAMPLE), kernel_size, json_dir))
+def edges_sample_valid(
+    paths: list[str], kernel_size: int, json_dir: str | None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> AssetCheckResult:
+    return _sample_valid(check_edges(sample(paths, SAMPLE), kernel_size, json_dir, max_pixels=max_pixels))
 
 
 # What a value check recomputes first: what this run left unverified (legacy files it skipped), what it vouched
@@ -113,6 +116,7 @@ def features_sample_valid(
     tolerance: Tolerance,
     image_dir: str | None = None,
     seed: int = 0,
+    decoder: str = "opencv",
 ) -> AssetCheckResult:
     """Structure, flags and provenance of SAMPLE random files; ``verify_sample`` of the run's files (see
     ``verify_picks``) recomputed with the run's teacher and compared within ``tolerance``."""
@@ -121,6 +125,12 @@ def features_sample_valid(
     picks += rest[: verify_sample - len(picks)]  # a run that saw fewer kinds of files: random ones fill up
     checked = sorted(set(rest[:SAMPLE]) | set(picks))
     result = check_features(
-        checked, teacher, needs_flag=True, verify=set(picks), tolerance=tolerance, image_dir=image_dir
+        checked,
+        teacher,
+        needs_flag=True,
+        verify=set(picks),
+        tolerance=tolerance,
+        image_dir=image_dir,
+        decoder=decoder,
     )
     return _sample_valid(result, {"tolerance": tolerance.describe()})

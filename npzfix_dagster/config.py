@@ -7,6 +7,7 @@ from a resource or the partition rather than run config, ``FROM_RESOURCES`` says
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from typing import List, Optional
 
@@ -14,11 +15,13 @@ from dagster import Config
 from pydantic import Field
 
 from npzfix_core.requests import BULK, SAMPLES, TRAIN_TEST, EdgeRequest, FeatureRequest, default_decode_threads
+from npzfix_core.settings import Settings
 from npzfix_core.verify import Tolerance
 from npzfix_dagster.resources import FeaturePipeline, Sam2Teacher, default_edge_kernel, default_edge_workers
 
 # Defaults chosen for scheduled runs: a re-run of a partition skips what is done (the CLI keeps the original
-# tool's default, False), and the edge kernel / worker processes come from the code location's environment.
+# tool's default, False), and the edge kernel / worker processes come from the code location's environment
+# (read when the run builds its request: None in run config means "the environment's, else the CLI's").
 DAGSTER_DEFAULTS = {
     EdgeRequest: {
         "skip_if_processed": True,
@@ -28,12 +31,13 @@ DAGSTER_DEFAULTS = {
 }
 # Request fields set by the partition or a resource, not by run config (and Config names that differ).
 FROM_RESOURCES = {
-    EdgeRequest: {"npz_dir", "json_dir"},
+    EdgeRequest: {"npz_dir", "json_dir", "settings"},  # settings: the environment, read per run
     FeatureRequest: {
         *("mode", "teacher", "root", "recursive", "samples", "npz_dirs", "extracted_dirs"),  # the partition
         *("batch_size", "decode_threads"),  # the pipeline resource
         *("writers", "preprocess_on"),  # the request's defaults
         "tolerance",  # min_cosine, max_rel_error
+        "settings",  # the environment, read per run
     },
 }
 RENAMED = {"set_flag": "set_edge_flag"}
@@ -61,11 +65,15 @@ class FeaturesConfig(Config):
 class EdgesConfig(Config):
     """Mirrors ``npzfix edges`` flags."""
 
-    kernel_size: int = default_edge_kernel()  # NPZFIX_EDGE_KERNEL, else 3; part of the asset's code version
+    kernel_size: Optional[int] = Field(
+        None, description="None: $NPZFIX_EDGE_KERNEL, else 3 (part of the asset's code version)"
+    )
     max_files: Optional[int] = None
     skip_if_processed: bool = True
     set_edge_flag: bool = True
-    worker_processes: int = default_edge_workers()  # NPZFIX_EDGE_WORKERS, else 1; 0: one per usable CPU
+    worker_processes: Optional[int] = Field(
+        None, description="None: $NPZFIX_EDGE_WORKERS, else 1; 0: one per usable CPU"
+    )
     workers: Optional[int] = Field(None, description="the old name of worker_processes (wins when given)")
     glob: Optional[str] = None
     order: str = "name"
@@ -95,10 +103,20 @@ def _from_config(cls, config: Config, given: dict) -> dict:
     return out
 
 
+def edge_kernel(config: EdgesConfig) -> int:
+    """The kernel a run uses (and its check and code version expect): run config, else the environment's."""
+    return config.kernel_size if config.kernel_size is not None else default_edge_kernel()
+
+
 def edge_request(config: EdgesConfig, npz_dir: str, json_dir: Optional[str]) -> EdgeRequest:
-    given = {"npz_dir": npz_dir, "json_dir": json_dir}
-    if config.workers is not None:
-        given["worker_processes"] = config.workers
+    workers = config.workers if config.workers is not None else config.worker_processes
+    given = {
+        "npz_dir": npz_dir,
+        "json_dir": json_dir,
+        "kernel_size": edge_kernel(config),
+        "worker_processes": workers if workers is not None else default_edge_workers(),
+        "settings": Settings.from_env(os.environ),
+    }
     return EdgeRequest(**_from_config(EdgeRequest, config, given))
 
 
@@ -107,6 +125,7 @@ def _pipeline(teacher: Sam2Teacher, pipeline: FeaturePipeline) -> dict:
         "teacher": teacher.spec(),
         "batch_size": pipeline.batch_size,
         "decode_threads": pipeline.decode_threads or default_decode_threads(),
+        "settings": Settings.from_env(os.environ),
     }
 
 

@@ -49,12 +49,12 @@ def fix_from_sample_list(
 ):
     from npzfix_core.feature_repair import run_features
 
-    req = sample_list_request(config, teacher, pipeline)
     try:
+        req = sample_list_request(config, teacher, pipeline)
         req.validate()
     except (ValueError, FileNotFoundError) as exc:
         raise Failure(description=str(exc)) from exc
-    report = run_features(req, teacher=teacher.build, progress=True)
+    report = run_features(req, teacher=lambda: teacher.build(req.settings), progress=True)
     json_path = report.write(config.report)[0] if config.report else None
     context.log.info(report.summary())
     md = metadata.report_metadata(report, config.samples, json_path)

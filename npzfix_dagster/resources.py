@@ -68,13 +68,17 @@ class Sam2Teacher(ConfigurableResource):
 
         return provenance(self.spec())
 
-    def build(self):
-        """The teacher factory handed to the core: resolves and leases a device, builds the model once per run."""
+    def build(self, settings=None):
+        """The teacher factory handed to the core: resolves and leases a device (lease directory and wait from
+        the run's ``settings``, else the environment's), builds the model once per run."""
         if self._teacher is None:
             from npzfix_core import devices
+            from npzfix_core.settings import Settings
             from npzfix_core.teacher import build
 
-            self._teacher = build(self.spec(devices.resolve(self.device, self.gpus)))
+            s = settings or Settings.from_env(os.environ)
+            device = devices.resolve(self.device, self.gpus, wait_s=s.gpu_lease_wait_s, lease_dir=s.gpu_lease_dir)
+            self._teacher = build(self.spec(device))
         return self._teacher
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:

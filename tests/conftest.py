@@ -42,7 +42,8 @@ def teacher():
 
 @pytest.fixture(autouse=True)
 def _state_dir(tmp_path, monkeypatch):
-    """Files that killed a worker are remembered per test, not in the real ~/.cache."""
+    """Files that killed a worker are remembered per test, not in the real ~/.cache (for the CLI and Dagster,
+    which read the environment; core calls take ``Settings``)."""
     monkeypatch.setenv("NPZFIX_STATE_DIR", str(tmp_path / "npzfix_state"))
 
 

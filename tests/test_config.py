@@ -2,11 +2,13 @@
 both front doors build the same request."""
 
 import dataclasses
+import os
 
 import pytest
 
 from npzfix_core.cli import build_parser
 from npzfix_core.requests import EdgeRequest, FeatureRequest
+from npzfix_core.settings import Settings
 from npzfix_dagster.config import (
     DAGSTER_DEFAULTS,
     FROM_RESOURCES,
@@ -42,12 +44,13 @@ def test_dagster_config_mirrors_the_request(request_type, config_type):
 def test_a_cli_run_and_a_dagster_run_build_the_same_request(tmp_path):
     ap = build_parser()
     d = str(tmp_path)
+    env = Settings.from_env(os.environ)  # what both front doors read when a run starts
     args = ap.parse_args(["edges", "--npz-dir", d, "--kernel-size", "5", "--workers", "3", "--skip-if-processed"])
-    cli = EdgeRequest.from_args(args)
+    cli = EdgeRequest.from_args(args, env)
     dagster = edge_request(EdgesConfig(kernel_size=5, workers=3), d, None)
     assert cli == dagster and cli.worker_processes == 3  # the old flag and config name keep working
     args = ap.parse_args(["edges", "--npz-dir", d, "--worker-processes", "0", "--no-edge-flag"])
-    assert EdgeRequest.from_args(args) == edge_request(
+    assert EdgeRequest.from_args(args, env) == edge_request(
         EdgesConfig(worker_processes=0, set_edge_flag=False, skip_if_processed=False), d, None
     )
 
@@ -58,11 +61,24 @@ def test_a_cli_run_and_a_dagster_run_build_the_same_request(tmp_path):
     args = ap.parse_args(["features", "--root", d, *flags])
     from npzfix_core.requests import teacher_spec_from_args
 
-    cli = FeatureRequest.from_args(args, "bulk", teacher_spec_from_args(args, "cpu"))
+    cli = FeatureRequest.from_args(args, "bulk", teacher_spec_from_args(args, "cpu"), env)
     config = FeaturesConfig(legacy="verify", min_cosine=0.99, max_files=7)
     dagster = feature_request(config, teacher, pipeline, "bulk", d)
     assert dataclasses.replace(dagster, recursive=True) == cli  # a partition is its own directory only
     assert cli.decode_threads == 3 and cli.tolerance.min_cosine == 0.99
+
+
+def test_edge_defaults_are_read_from_the_environment_when_a_run_starts_not_at_import(tmp_path, monkeypatch):
+    d = str(tmp_path)
+    for kernel, workers in ((None, None), ("5", "0"), ("7", "6")):
+        for name, value in (("NPZFIX_EDGE_KERNEL", kernel), ("NPZFIX_EDGE_WORKERS", workers)):
+            monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
+        req = edge_request(EdgesConfig(), d, None)
+        assert (req.kernel_size, req.worker_processes) == (int(kernel or 3), int(workers or 1))
+    assert edge_request(EdgesConfig(kernel_size=3, worker_processes=2), d, None).kernel_size == 3  # config wins
+    monkeypatch.setenv("NPZFIX_EDGE_WORKERS", "eight")
+    with pytest.raises(ValueError, match="NPZFIX_EDGE_WORKERS='eight' is not a valid int"):
+        edge_request(EdgesConfig(), d, None)
 
 
 def test_requests_validate_themselves(tmp_path):

@@ -55,6 +55,6 @@ def test_cli_on_cuda_leases_the_gpu_it_uses(tmp_path):
     assert "updated 3" in p.stdout
     assert glob.glob(os.path.join(os.environ[devices.LEASE_DIR_ENV], "gpu-*.lease"))  # left for the next taker
     try:
-        assert devices.resolve("cuda", wait_s=5).startswith("cuda:")  # the CLI's lease ended with its process
+        assert devices.resolve("cuda", wait_s=5, lease_dir=os.environ[devices.LEASE_DIR_ENV]).startswith("cuda:")  # the CLI's lease ended with its process
     finally:
         devices.release_all()

@@ -21,9 +21,9 @@ def fake(n, free=None):
 
 @pytest.fixture(autouse=True)
 def lease_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv(devices.LEASE_DIR_ENV, str(tmp_path / "leases"))
+    """Leases of this test only: the default lease directory (the core reads no environment) points here."""
+    monkeypatch.setattr(devices, "default_lease_dir", lambda: str(tmp_path / "leases"))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.delenv("NPZFIX_GPUS", raising=False)
     yield tmp_path / "leases"
     devices.release_all()
 
@@ -65,7 +65,7 @@ HOLDER = textwrap.dedent(
     from npzfix_core import devices
     GIB = 2**30
     probe = lambda: [devices.Gpu(i, str(i), 80 * GIB, 80 * GIB) for i in range(6)]
-    dev = devices.resolve(sys.argv[1], gpus="1,2,4,5", probe=probe, wait_s=float(sys.argv[2]))
+    dev = devices.resolve(sys.argv[1], gpus="1,2,4,5", probe=probe, wait_s=float(sys.argv[2]), lease_dir=sys.argv[4])
     print(f"{time.monotonic():.3f} {os.getpid()} {dev}", flush=True)
     time.sleep(float(sys.argv[3]))
     """
@@ -75,7 +75,10 @@ HOLDER = textwrap.dedent(
 def _spawn(device="auto", wait=60.0, hold=600.0):
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return subprocess.Popen(
-        [sys.executable, "-c", HOLDER, device, str(wait), str(hold)], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", HOLDER, device, str(wait), str(hold), devices.default_lease_dir()],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -162,16 +165,3 @@ def test_usable_cpus_follow_affinity_and_a_container_limit(tmp_path):
     assert devices.usable_cpus(str(tmp_path / "none")) == affinity
     (v2 / "cpu.max").write_text("garbage\n")
     assert devices.usable_cpus(str(v2)) == affinity
-
-
-def test_edge_workers_default_comes_from_the_environment():
-    code = "from npzfix_dagster.config import EdgesConfig; print(EdgesConfig().worker_processes)"
-    for value, want in ((None, "1"), ("0", "0"), ("6", "6")):
-        env = {k: v for k, v in os.environ.items() if k != "NPZFIX_EDGE_WORKERS"}
-        if value is not None:
-            env["NPZFIX_EDGE_WORKERS"] = value
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        assert out.stdout.strip() == want
-    env = dict(os.environ, NPZFIX_EDGE_WORKERS="eight")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode != 0 and "NPZFIX_EDGE_WORKERS='eight' is not a valid int" in out.stderr

@@ -292,13 +292,21 @@ def _crash_on_second(path, *_):
 def test_a_dying_worker_process_fails_its_file_not_the_run(tmp_path):
     from npzfix_core.discovery import WorkItem
     from npzfix_core.report import Progress, RunReport
+    from npzfix_core.workers import KillerRegistry
 
     items = [WorkItem(str(tmp_path / f"s{i}_features.npz"), None, f"s{i}") for i in range(12)]
 
     def run():
         report = RunReport("edges")
         edge_repair.run_bounded(
-            iter(items), lambda it: (it.npz,), _crash_on_second, report, 2, None, Progress(None, "t", enabled=False)
+            iter(items),
+            lambda it: (it.npz,),
+            _crash_on_second,
+            report,
+            2,
+            None,
+            Progress(None, "t", enabled=False),
+            KillerRegistry(str(tmp_path / "state")),
         )
         return report
 

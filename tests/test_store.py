@@ -240,11 +240,9 @@ def test_a_lock_held_elsewhere_is_waited_for_within_a_bound(tmp_path):
         with pytest.raises(store.NpzError, match=f"locked by pid {os.getpid()} for over"):
             with store.locked(p, timeout=0.3):
                 pass
-        os.environ[store.LOCK_TIMEOUT_ENV] = "0.2"
         with pytest.raises(store.NpzError, match="locked"):
-            store.update(p, {"x": np.zeros(1)})
+            store.update(p, {"x": np.zeros(1)}, lock_timeout_s=0.2)
     finally:
-        os.environ.pop(store.LOCK_TIMEOUT_ENV, None)
         os.close(holder)
     assert sha(p) == before
     store.update(p, {"x": np.zeros(1)})

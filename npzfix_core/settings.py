@@ -1,0 +1,69 @@
+"""Operational settings that come from the environment, read once at the edge and carried in the request.
+
+The core never reads ``os.environ`` for these: the CLI and the Dagster request builders call
+``Settings.from_env(os.environ)`` when a run starts (not at import), the result travels inside the request
+(to worker processes too; it pickles), and core functions take the plain values. A test or a library user
+passes a ``Settings`` instead of mutating the process environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Mapping
+
+from npzfix_core.devices import DEFAULT_WAIT_S, LEASE_DIR_ENV, LEASE_WAIT_ENV, default_lease_dir
+from npzfix_core.locks import DEFAULT_LOCK_TIMEOUT_S, LOCK_TIMEOUT_ENV
+
+JPEG_DECODERS = ("opencv", "pil")
+DEFAULT_MAX_PIXELS = 100_000_000  # SA-1B images are ~3.4 MP; a 20000x20000 claim would cost GBs per file
+
+
+def default_state_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".cache", "npzfix")
+
+
+@dataclass(frozen=True)
+class Settings:
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # how long a writer waits for another's lock on one NPZ
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger image sizes claimed by a JSON are refused, not allocated
+    jpeg_decoder: str = "opencv"  # "pil" turns the OpenCV fast path off (identical pixels; a safety valve)
+    state_dir: str = field(default_factory=default_state_dir)  # files that killed a worker, across runs
+    gpu_lease_dir: str = field(default_factory=default_lease_dir)  # one flock per GPU, shared by processes
+    gpu_lease_wait_s: float = DEFAULT_WAIT_S  # how long a run waits for a GPU another process leased
+
+    def validate(self) -> None:
+        if self.lock_timeout_s < 0 or self.gpu_lease_wait_s < 0:
+            raise ValueError(f"{ENV['lock_timeout_s']} and {ENV['gpu_lease_wait_s']} must be >= 0")
+        if self.max_pixels < 1:
+            raise ValueError(f"{ENV['max_pixels']} must be >= 1")
+        if self.jpeg_decoder not in JPEG_DECODERS:
+            raise ValueError(f"{ENV['jpeg_decoder']} must be one of {JPEG_DECODERS}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """The defaults, overridden by the variables of ``ENV`` that are set (and not empty); a value that does
+        not parse names its variable."""
+        out = cls()
+        for f in fields(cls):
+            raw = environ.get(ENV[f.name])
+            if raw in (None, ""):
+                continue
+            cast = type(getattr(out, f.name))
+            try:
+                value = cast(raw.lower() if cast is str and f.name == "jpeg_decoder" else raw)
+            except ValueError as exc:
+                raise ValueError(f"environment variable {ENV[f.name]}={raw!r} is not a valid {cast.__name__}") from exc
+            out = replace(out, **{f.name: value})
+        out.validate()
+        return out
+
+
+ENV = {
+    "lock_timeout_s": LOCK_TIMEOUT_ENV,
+    "max_pixels": "NPZFIX_MAX_PIXELS",
+    "jpeg_decoder": "NPZFIX_JPEG_DECODER",
+    "state_dir": "NPZFIX_STATE_DIR",
+    "gpu_lease_dir": LEASE_DIR_ENV,
+    "gpu_lease_wait_s": LEASE_WAIT_ENV,
+}
