@@ -178,11 +178,8 @@ class _Pipeline:
             device = self.device()
             self.admitted += 1
             stage = self.stage(device)
-            self.pending.append(
-                self.decode_pool.submit(
-                    files.load, item, self.prov.resolution, device, stage, job, self.req.settings.jpeg_decoder
-                )
-            )
+            load = (item, self.prov.resolution, device, stage, job, self.req.settings.jpeg_decoder)
+            self.pending.append(self.decode_pool.submit(files.load, *load))
         return True
 
     def job(self, why: str) -> files.Job:
@@ -200,15 +197,8 @@ class _Pipeline:
         directory, items = self.held_dir, self.held
         self.held_dir, self.held = None, []
         t = time.perf_counter()
-        d = adoption.decide(
-            directory,
-            items,
-            self.lazy,
-            self.req.tolerance,
-            self.req.legacy_sample,
-            dry_run=self.req.dry_run,
-            decoder=self.req.settings.jpeg_decoder,
-        )
+        r = self.req
+        d = adoption.decide(directory, items, self.lazy, r.tolerance, r.legacy_sample, r.dry_run, r.settings.jpeg_decoder)
         self.timings.legacy_verify_s += time.perf_counter() - t
         self.report.legacy.append(d.record)
         log.info("legacy files in %s: %d %s (%s)", directory, len(items), d.record["decision"], d.record["why"])
