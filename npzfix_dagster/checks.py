@@ -58,7 +58,7 @@ def no_failed_files(report: RunReport) -> AssetCheckResult:
     )
 
 
-def _sample_valid(result: CheckResult, extra: dict | None = None) -> AssetCheckResult:
+def sample_valid(result: CheckResult, extra: dict | None = None) -> AssetCheckResult:
     """Any mismatch or unusable file is an ERROR; a sample that could only not be verified (images gone) WARNs:
     it is not a pass, and not evidence of wrong data either."""
     only_unverifiable = result.problems and len(result.problems) == result.unverifiable
@@ -86,10 +86,11 @@ def _sample_valid(result: CheckResult, extra: dict | None = None) -> AssetCheckR
     )
 
 
-def edges_sample_valid(
+def edges_sample(
     paths: list[str], kernel_size: int, json_dir: str | None, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> AssetCheckResult:
-    return _sample_valid(check_edges(sample(paths, SAMPLE), kernel_size, json_dir, max_pixels=max_pixels))
+) -> CheckResult:
+    """SAMPLE random files checked, and recomputed exactly from their JSON."""
+    return check_edges(sample(paths, SAMPLE), kernel_size, json_dir, max_pixels=max_pixels)
 
 
 # What a value check recomputes first: what this run left unverified (legacy files it skipped), what it vouched
@@ -108,7 +109,7 @@ def verify_picks(report: RunReport, n: int) -> list[str]:
     return picks
 
 
-def features_sample_valid(
+def features_sample(
     paths: list[str],
     teacher: LazyTeacher,
     report: RunReport,
@@ -117,14 +118,14 @@ def features_sample_valid(
     image_dir: str | None = None,
     seed: int = 0,
     decoder: str = "opencv",
-) -> AssetCheckResult:
+) -> CheckResult:
     """Structure, flags and provenance of SAMPLE random files; ``verify_sample`` of the run's files (see
     ``verify_picks``) recomputed with the run's teacher and compared within ``tolerance``."""
     picks = verify_picks(report, verify_sample)
     rest = [p for p in sample(paths, max(SAMPLE, verify_sample), seed) if p not in set(picks)]
     picks += rest[: verify_sample - len(picks)]  # a run that saw fewer kinds of files: random ones fill up
     checked = sorted(set(rest[:SAMPLE]) | set(picks))
-    result = check_features(
+    return check_features(
         checked,
         teacher,
         needs_flag=True,
@@ -133,4 +134,3 @@ def features_sample_valid(
         image_dir=image_dir,
         decoder=decoder,
     )
-    return _sample_valid(result, {"tolerance": tolerance.describe()})

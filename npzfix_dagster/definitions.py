@@ -15,7 +15,13 @@ from dagster import Definitions, multiprocess_executor  # noqa: E402
 
 from npzfix_dagster.assets import versioned
 from npzfix_dagster.jobs import sa1b_edges_job, sa1b_job, sample_list_job, train_test_job
-from npzfix_dagster.resources import default_edge_kernel, pipeline_from_env, roots_from_env, teacher_from_env
+from npzfix_dagster.resources import (
+    default_edge_kernel,
+    execution_from_env,
+    pipeline_from_env,
+    roots_from_env,
+    teacher_from_env,
+)
 from npzfix_dagster.schedules import sa1b_daily_recheck, train_test_daily_recheck
 from npzfix_dagster.sensors import sa1b_new_dirs_sensor, train_test_new_splits_sensor
 from npzfix_dagster.sources import sa1b_npz_files, train_test_npz_files
@@ -29,6 +35,11 @@ defs = Definitions(
     jobs=[sa1b_job, sa1b_edges_job, train_test_job, sample_list_job],
     sensors=[sa1b_new_dirs_sensor, train_test_new_splits_sensor],
     schedules=[sa1b_daily_recheck, train_test_daily_recheck],
-    resources={"roots": roots_from_env(), "teacher": teacher, "pipeline": pipeline_from_env()},
+    resources={
+        "roots": roots_from_env(),
+        "teacher": teacher,
+        "pipeline": pipeline_from_env(),
+        "execution": execution_from_env(),
+    },
     executor=multiprocess_executor.configured({"max_concurrent": MAX_CONCURRENT_STEPS}),
 )

@@ -12,9 +12,10 @@ from dagster import (
     op,
 )
 
-from npzfix_dagster import metadata
+from npzfix_dagster import steps
 from npzfix_dagster.config import SampleListConfig, sample_list_request
 from npzfix_dagster.contracts import EDGES, SA1B_FEATURES, TRAIN_TEST_FEATURES
+from npzfix_dagster.execution import Execution
 from npzfix_dagster.k8s import CPU_TAGS, GPU_TAGS
 from npzfix_dagster.resources import FeaturePipeline, Sam2Teacher
 
@@ -45,21 +46,21 @@ train_test_job = define_asset_job(
     description="Recompute P4_S16, P5_S32 and IMAGE_EMB_S16 for the images of a sample list (no flag).",
 )
 def fix_from_sample_list(
-    context: OpExecutionContext, config: SampleListConfig, teacher: Sam2Teacher, pipeline: FeaturePipeline
+    context: OpExecutionContext,
+    config: SampleListConfig,
+    teacher: Sam2Teacher,
+    pipeline: FeaturePipeline,
+    execution: Execution,
 ):
-    from npzfix_core.feature_repair import run_features
-
     try:
         req = sample_list_request(config, teacher, pipeline)
         req.validate()
     except (ValueError, FileNotFoundError) as exc:
         raise Failure(description=str(exc)) from exc
-    report = run_features(req, teacher=lambda: teacher.build(req.settings), progress=True)
-    json_path = report.write(config.report)[0] if config.report else None
-    context.log.info(report.summary())
-    md = metadata.report_metadata(report, config.samples, json_path)
-    if report.failed:
-        raise Failure(description=f"{report.failed} file(s) failed; all others were processed", metadata=md)
+    step = steps.FeatureStep(req, teacher.device, teacher.gpus)
+    md, failed = execution.run_op(context, step, config.report, config.samples)
+    if failed:
+        raise Failure(description=f"{failed} file(s) failed; all others were processed", metadata=md)
     return Output(None, metadata=md)  # the NPZ files are the result: nothing is stored by an IO manager
 
 

@@ -4,14 +4,14 @@ Every field can come from the environment (names below), so the same
 definitions run on a laptop, in CI and on a GPU cluster:
 NPZFIX_SA1B_ROOT, NPZFIX_JSON_ROOT, NPZFIX_TRAIN_TEST_ROOT, NPZFIX_SAM2_WEIGHTS,
 NPZFIX_SAM2_CONFIG, NPZFIX_DEVICE, NPZFIX_GPUS, NPZFIX_PRECISION,
-NPZFIX_BATCH_SIZE, NPZFIX_DECODE_THREADS, NPZFIX_RESOLUTION, NPZFIX_RANDOM_INIT_SEED, NPZFIX_PREVIEW_DIR.
+NPZFIX_BATCH_SIZE, NPZFIX_DECODE_THREADS, NPZFIX_RESOLUTION, NPZFIX_RANDOM_INIT_SEED, NPZFIX_PREVIEW_DIR;
+where steps run: NPZFIX_EXECUTION and NPZFIX_SLURM_* (``npzfix_dagster.execution``).
 """
 
 import os
 from typing import Optional
 
-from dagster import ConfigurableResource, InitResourceContext
-from pydantic import PrivateAttr
+from dagster import ConfigurableResource
 
 
 class DatasetRoots(ConfigurableResource):
@@ -44,7 +44,8 @@ class DatasetRoots(ConfigurableResource):
 
 class Sam2Teacher(ConfigurableResource):
     """The SAM2 image encoder. Weights from ``weights`` (config from the name, or ``config``);
-    ``random_init_seed`` builds a seeded random model for demos and tests (labelled as such everywhere)."""
+    ``random_init_seed`` builds a seeded random model for demos and tests (labelled as such everywhere).
+    The model is built where the step runs (``steps.FeatureStep``), on the device resolved and leased there."""
 
     weights: Optional[str] = None
     config: Optional[str] = None
@@ -54,10 +55,8 @@ class Sam2Teacher(ConfigurableResource):
     resolution: Optional[int] = None
     random_init_seed: Optional[int] = None
 
-    _teacher: object = PrivateAttr(default=None)
-
     def spec(self, device: str = "cpu"):
-        """The teacher as the core describes it; the device is resolved (and leased) only by ``build``."""
+        """The teacher as the core describes it; the device is resolved (and leased) where the step runs."""
         from npzfix_core.teacher import TeacherSpec
 
         return TeacherSpec.from_attrs(self, device)
@@ -67,22 +66,6 @@ class Sam2Teacher(ConfigurableResource):
         from npzfix_core.teacher import provenance
 
         return provenance(self.spec())
-
-    def build(self, settings=None):
-        """The teacher factory handed to the core: resolves and leases a device (lease directory and wait from
-        the run's ``settings``, else the environment's), builds the model once per run."""
-        if self._teacher is None:
-            from npzfix_core import devices
-            from npzfix_core.settings import Settings
-            from npzfix_core.teacher import build
-
-            s = settings or Settings.from_env(os.environ)
-            device = devices.resolve(self.device, self.gpus, wait_s=s.gpu_lease_wait_s, lease_dir=s.gpu_lease_dir)
-            self._teacher = build(self.spec(device))
-        return self._teacher
-
-    def teardown_after_execution(self, context: InitResourceContext) -> None:
-        self._teacher = None
 
 
 def _env(name: str, cast=str):
@@ -127,6 +110,18 @@ class FeaturePipeline(ConfigurableResource):
 
     batch_size: int = 0  # 0: 1 on CPU, 8 on GPU
     decode_threads: int = 0  # 0: the host's cores - 1 (2..16)
+
+
+def execution_from_env():
+    from npzfix_dagster.execution import LOCAL, Execution
+
+    return Execution(
+        mode=(_env("NPZFIX_EXECUTION") or LOCAL).lower(),
+        slurm_partition=_env("NPZFIX_SLURM_PARTITION"),
+        slurm_args=_env("NPZFIX_SLURM_ARGS") or "",
+        slurm_cpus=_env("NPZFIX_SLURM_CPUS", int) or 0,
+        slurm_dir=_env("NPZFIX_SLURM_DIR"),
+    )
 
 
 def pipeline_from_env() -> FeaturePipeline:

@@ -51,6 +51,8 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _conf(d: str, host: str, cpus: int, gpus: int) -> str:
+    """``cpus`` may be more than the machine has (``config_overrides``): the GPUs, not the cores, then bound
+    how many GPU jobs run at once, as on a real GPU node."""
     ctld, slurmd = _free_ports(2)
     return "\n".join(
         [
@@ -81,6 +83,7 @@ def _conf(d: str, host: str, cpus: int, gpus: int) -> str:
             "ReturnToService=2",
             "SlurmdTimeout=30",
             "KillWait=5",
+            "SlurmdParameters=config_overrides",
             f"NodeName={host} CPUs={cpus} RealMemory=8000 Gres=gpu:{gpus} State=UNKNOWN",
             f"PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=INFINITE State=UP",
             "",
@@ -111,8 +114,9 @@ def env(d: str) -> dict[str, str]:
     return {"SLURM_CONF": os.path.join(os.path.abspath(d), "slurm.conf")}
 
 
-def start(d: str, gpus: int = 4, timeout: float = 60.0) -> dict[str, str]:
-    """Start (or find running) the cluster in ``d``; returns ``env(d)`` once the node is idle."""
+def start(d: str, gpus: int = 4, cpus: int | None = None, timeout: float = 60.0) -> dict[str, str]:
+    """Start (or find running) the cluster in ``d`` (a node of ``gpus`` fake GPUs and ``cpus`` CPUs, default
+    this machine's); returns ``env(d)`` once the node is idle."""
     why = missing()
     if why:
         raise SlurmUnavailable(why)
@@ -128,7 +132,7 @@ def start(d: str, gpus: int = 4, timeout: float = 60.0) -> dict[str, str]:
             f.write(os.urandom(1024))
         os.chmod(key, 0o400)
     host = socket.gethostname().split(".")[0]
-    cpus = os.cpu_count() or 1
+    cpus = cpus or os.cpu_count() or 1
     for i in range(gpus):
         dev = f"{d}/dev/nvidia{i}"
         if not os.path.exists(dev):
@@ -196,10 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("action", choices=("start", "stop"))
     ap.add_argument("dir", help="where the cluster keeps everything (created on first start)")
     ap.add_argument("--gpus", type=int, default=4, help="fake GPUs of the node")
+    ap.add_argument("--cpus", type=int, help="CPUs the node declares (default: this machine's)")
     a = ap.parse_args(argv)
     try:
         if a.action == "start":
-            for k, v in start(a.dir, a.gpus).items():
+            for k, v in start(a.dir, a.gpus, a.cpus).items():
                 print(f"{k}={v}")
         else:
             stop(a.dir)

@@ -5,6 +5,7 @@ import os
 from dagster import AssetKey
 
 from npzfix_core import synth
+from npzfix_dagster.execution import Execution
 from npzfix_dagster.resources import DatasetRoots, FeaturePipeline, Sam2Teacher
 
 
@@ -33,6 +34,7 @@ def resources(tmp_path, sa1b=None, tt=None):
         "roots": DatasetRoots(sa1b_root=sa1b, train_test_root=tt, preview_dir=str(tmp_path / "previews")),
         "teacher": TEACHER,
         "pipeline": FeaturePipeline(),
+        "execution": Execution(),
     }
 
 

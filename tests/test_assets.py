@@ -11,6 +11,7 @@ from dagster_support import RES, TEACHER, check_results, md_of, partition, resou
 
 from npzfix_core import store
 from npzfix_core.edges import method_b_reference, parse_sa1b
+from npzfix_dagster.execution import Execution
 from npzfix_dagster.assets import edges_B_v1, sa1b_features_fixed, train_test_features_fixed
 from npzfix_dagster.jobs import sample_list_job
 from npzfix_dagster.resources import FeaturePipeline, Sam2Teacher
@@ -69,7 +70,8 @@ def test_sample_list_job(tmp_path, instance):
     images = [os.path.join(res.root, os.path.basename(p).replace("_features.npz", ".jpg")) for p in res.npz]
     lst = tmp_path / "list.txt"
     lst.write_text("\n".join(images))
-    defs = Definitions(jobs=[sample_list_job], resources={"teacher": TEACHER, "pipeline": FeaturePipeline()})
+    resources = {"teacher": TEACHER, "pipeline": FeaturePipeline(), "execution": Execution()}
+    defs = Definitions(jobs=[sample_list_job], resources=resources)
     result = defs.get_job_def("sample_list_job").execute_in_process(
         instance=instance,
         run_config={

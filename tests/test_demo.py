@@ -8,6 +8,7 @@ from dagster import AssetKey, instance_for_test, materialize
 from dagster_support import RES, TEACHER
 
 from npzfix_core import store
+from npzfix_dagster.execution import Execution
 from npzfix_dagster.assets import edges_B_v1, sa1b_features_fixed, train_test_features_fixed
 from npzfix_dagster.resources import DatasetRoots, FeaturePipeline
 
@@ -35,7 +36,7 @@ def test_the_demo_ends_with_red_checks_only_for_its_corrupt_file(tmp_path):
     assert len(legacy0) == 1 and all(_legacy(p) for p in legacy2)
     before = {p: {k: v for k, v in raw_members(p).items() if k.startswith(("P4", "P5"))} for p in legacy2}
     roots = DatasetRoots(sa1b_root=sa1b, train_test_root=tt, preview_dir=str(tmp_path / "p"))
-    r = {"roots": roots, "teacher": TEACHER, "pipeline": FeaturePipeline()}
+    r = {"roots": roots, "teacher": TEACHER, "pipeline": FeaturePipeline(), "execution": Execution()}
     phase1, phase2 = [], []
     with instance_for_test() as instance:
         sync(instance, sa1b, tt)

@@ -7,6 +7,7 @@ from dagster import Definitions, build_sensor_context
 from dagster_support import TEACHER, shard
 
 from npzfix_core import store
+from npzfix_dagster.execution import Execution
 from npzfix_dagster.assets import edges_B_v1, sa1b_features_fixed
 from npzfix_dagster.jobs import sa1b_job
 from npzfix_dagster.resources import DatasetRoots, FeaturePipeline
@@ -18,7 +19,12 @@ def _sensor_defs(root):
         assets=[sa1b_features_fixed, edges_B_v1],
         jobs=[sa1b_job],
         sensors=[sa1b_new_dirs_sensor],
-        resources={"roots": DatasetRoots(sa1b_root=root), "teacher": TEACHER, "pipeline": FeaturePipeline()},
+        resources={
+            "roots": DatasetRoots(sa1b_root=root),
+            "teacher": TEACHER,
+            "pipeline": FeaturePipeline(),
+            "execution": Execution(),
+        },
     )
 
 

@@ -1,0 +1,216 @@
+"""A step's work as one Slurm job, followed through Dagster Pipes on the shared file system.
+
+The step process writes the step (pickled) and a batch script into a work directory that compute nodes see,
+opens a Pipes session whose context and message channel are files there, submits with ``sbatch``, and
+follows the job with ``scontrol`` (``sacct`` once the controller has forgotten it) until it ends. The job
+(``npzfix_dagster.slurm_job``) runs the same step and reports logs, the materialization and its checks back
+through Pipes. Terminating the run cancels the job; a job that does not complete fails the step with its id,
+state and the tail of its log.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from dagster import (
+    Failure,
+    MetadataValue,
+    PipesFileContextInjector,
+    PipesFileMessageReader,
+    PreviewWarning,
+    open_pipes_session,
+)
+
+# Slurm's job states (squeue(1)): which mean "not yet", "under way", and the end (only COMPLETED is success).
+WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "STOPPED"}
+UNDER_WAY = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
+COMPLETED = "COMPLETED"
+PIPES_TYPES = {
+    "PathMetadataValue": "path",
+    "MarkdownMetadataValue": "md",
+    "JsonMetadataValue": "json",
+    "TextMetadataValue": "text",
+    "IntMetadataValue": "int",
+    "FloatMetadataValue": "float",
+    "BoolMetadataValue": "bool",
+    "UrlMetadataValue": "url",
+}
+
+
+class SlurmError(RuntimeError):
+    """sbatch/scontrol/scancel failed or are missing; the message has their output."""
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    partition: Optional[str] = None
+    args: str = ""  # extra sbatch arguments: account, time limit, constraints (shell words)
+    cpus: int = 0  # per job; 0: what the step would use (steps.job_cpus)
+    work_dir: str = ""  # on a file system the compute nodes share: step files, Pipes channel, job logs
+    poll_s: float = 1.0  # first polls; then slower, up to MAX_POLL_S (thousands of steps share one controller)
+
+
+MAX_POLL_S = 15.0
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SlurmError(f"{cmd[0]}: {exc}") from exc
+    if p.returncode != 0:
+        raise SlurmError(f"{shlex.join(cmd)} failed ({p.returncode}): {(p.stderr or p.stdout).strip()[:500]}")
+    return p.stdout
+
+
+def submit(script: str, name: str, log: str, cpus: int, gpu: bool, s: SlurmSettings, env: Mapping[str, str]) -> str:
+    cmd = ["sbatch", "--parsable", f"--job-name={name}", f"--output={log}", f"--cpus-per-task={cpus}"]
+    cmd += ["--gres=gpu:1"] if gpu else []
+    cmd += [f"--partition={s.partition}"] if s.partition else []
+    cmd += [*shlex.split(s.args), script]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=dict(env), timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SlurmError(f"sbatch: {exc}") from exc
+    if p.returncode != 0:
+        raise SlurmError(f"{shlex.join(cmd)} failed ({p.returncode}): {p.stderr.strip()[:500]}")
+    return p.stdout.strip().split(";")[0]
+
+
+def job_record(job_id: str) -> dict[str, str]:
+    """The job's fields from ``scontrol show job`` (JobState, Reason, NodeList, ExitCode, times), else from
+    ``sacct`` (accounting); {} when neither knows it."""
+    try:
+        out = _run(["scontrol", "show", "job", "-o", job_id])
+        return dict(re.findall(r"(\w+)=(\S*)", out))
+    except SlurmError as exc:
+        if "Invalid job id" not in str(exc):
+            raise
+    try:
+        out = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,NodeList,Start,End,Reason"])
+    except SlurmError:
+        return {}
+    line = out.strip().splitlines()[:1]
+    if not line:
+        return {}
+    state, code, nodes, start, end, reason = (line[0].split("|") + [""] * 6)[:6]
+    fields = ("JobState", "ExitCode", "NodeList", "StartTime", "EndTime", "Reason")
+    return dict(zip(fields, ((state.split() or ["UNKNOWN"])[0], code, nodes, start, end, reason)))
+
+
+def cancel(job_id: str) -> None:
+    _run(["scancel", job_id])
+
+
+def tail(path: str, n: int = 20) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "\n".join(f.read().splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+CONTROLLER_PATIENCE_S = 300.0  # a controller restart or failover takes seconds to minutes: the job goes on
+
+
+def follow(job_id: str, log, poll_s: float) -> dict[str, str]:
+    """Poll until the job ends; logs when it is queued, starts and ends (a few events per step, not one per
+    poll). A controller that does not answer is waited for up to CONTROLLER_PATIENCE_S."""
+    said, delay, started, silent_since = None, poll_s, time.monotonic(), None
+    while True:
+        try:
+            rec = job_record(job_id)
+            silent_since = None
+        except SlurmError as exc:
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since > CONTROLLER_PATIENCE_S:
+                raise
+            log.warning(f"slurm job {job_id}: the controller did not answer ({exc}); asking again")
+            time.sleep(min(delay, MAX_POLL_S))
+            continue
+        state = rec.get("JobState", "")
+        if state and state not in WAITING and state not in UNDER_WAY:
+            return rec
+        if not rec and time.monotonic() - started > 120:
+            return {"JobState": "UNKNOWN", "Reason": "Slurm has no record of the job"}
+        kind = "running" if state in UNDER_WAY else "queued"
+        if kind != said:
+            reason = rec.get("Reason", "None")
+            where = f" on {rec.get('NodeList')}" if kind == "running" else f" ({reason})" if reason != "None" else ""
+            log.info(f"slurm job {job_id} {kind}{where}")
+            said = kind
+        time.sleep(delay)
+        delay = min(delay * 1.5, MAX_POLL_S)
+
+
+def to_pipes(md: Mapping[str, Any]) -> dict:
+    """Dagster metadata as Pipes sends it: each value with its type, so that the UI shows what a local run shows."""
+    out = {}
+    for k, v in md.items():
+        kind = PIPES_TYPES.get(type(v).__name__)
+        out[k] = {"raw_value": v.value, "type": kind} if kind else v
+    return out
+
+
+def from_pipes(md: Mapping[str, Any]) -> dict:
+    """The inverse of ``to_pipes`` (for messages that Dagster does not decode itself: the sample-list op's)."""
+    make = {"path": MetadataValue.path, "md": MetadataValue.md, "json": MetadataValue.json,
+            "text": MetadataValue.text, "url": MetadataValue.url}
+    out = {}
+    for k, v in md.items():
+        if isinstance(v, dict) and "raw_value" in v:
+            v = make[v["type"]](v["raw_value"]) if v["type"] in make else v["raw_value"]
+        out[k] = v
+    return out
+
+
+def run(context, payload: dict, name: str, cpus: int, gpu: bool, s: SlurmSettings):
+    """Run ``payload`` (``slurm_job``'s input) as one Slurm job through a Pipes session; returns (session,
+    job id) once the job COMPLETED, raises ``Failure`` (job id, state, log tail) otherwise."""
+    attempt = f"{context.op.name}.{payload['place'].partition or 'run'}.{int(time.time() * 1000)}"
+    work = os.path.join(s.work_dir, context.run.run_id, re.sub(r"[^A-Za-z0-9_.-]+", "_", attempt))
+    os.makedirs(work, exist_ok=True)
+    with open(os.path.join(work, "step.pkl"), "wb") as f:
+        pickle.dump(payload, f)
+    script, log = os.path.join(work, "job.sh"), os.path.join(work, "slurm-%j.log")
+    with open(script, "w") as f:
+        f.write(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m npzfix_dagster.slurm_job {shlex.quote(work)}\n")
+    os.chmod(script, 0o755)
+    injector = PipesFileContextInjector(os.path.join(work, "context.json"))
+    reader = PipesFileMessageReader(os.path.join(work, "messages.jsonl"))
+    with warnings.catch_warnings(), open_pipes_session(context, injector, reader) as session:
+        warnings.simplefilter("ignore", PreviewWarning)  # Dagster 1.13 marks a Pipes internal it calls as preview
+        env = {**os.environ, **session.get_bootstrap_env_vars()}
+        try:
+            job_id = submit(script, name, log, cpus, gpu, s, env)
+        except SlurmError as exc:
+            raise Failure(description=f"could not submit the step to Slurm: {exc}; no file was touched") from exc
+        log = log.replace("%j", job_id)
+        context.log.info(f"slurm job {job_id} submitted ({name}: {cpus} CPU(s){', 1 GPU' if gpu else ''}); log {log}")
+        try:
+            rec = follow(job_id, context.log, s.poll_s)
+        except BaseException:  # the run was terminated (or this process is going down): leave no job behind
+            try:
+                cancel(job_id)
+                context.log.warning(f"slurm job {job_id} cancelled: the step was interrupted")
+            except SlurmError as exc:
+                context.log.error(f"slurm job {job_id} could not be cancelled: {exc}")
+            raise
+    state = rec.get("JobState", "UNKNOWN")
+    if state != COMPLETED:
+        why = ", ".join(f"{k} {rec[k]}" for k in ("Reason", "ExitCode", "NodeList") if rec.get(k))
+        raise Failure(
+            description=f"slurm job {job_id} ended {state} ({why}); the tail of its log:\n{tail(log)}",
+            metadata={"slurm_job_id": job_id, "slurm_state": state, "slurm_log": MetadataValue.path(log)},
+        )
+    context.log.info(f"slurm job {job_id} {state} on {rec.get('NodeList', '?')}")
+    return session, job_id

@@ -1,0 +1,163 @@
+"""One Dagster step's work as plain data, and what the UI shows of it: the same code in the step's own process
+(``NPZFIX_EXECUTION=local``) and in a Slurm job (``slurm``).
+
+An asset body builds a step (the core request plus what its check needs) and hands it to the ``execution``
+resource, which runs ``step.run()`` here or in a job; ``outputs`` turns the outcome into metadata and check
+results, here or in the job (then reported through Dagster Pipes). Steps pickle: they travel whole.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Optional, Union
+
+from npzfix_core.discovery import DirSnapshot
+from npzfix_core.report import RunReport
+from npzfix_core.requests import EdgeRequest, FeatureRequest
+from npzfix_core.validate import CheckResult
+
+FEATURES, EDGES, SAMPLE_LIST = "features", "edges", "sample_list"
+DEFAULT_JOB_CPUS = 8  # per Slurm job when nothing says: a GPU wants ~8 decode threads at SA-1B sizes
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a step's outputs are filed: the asset (or op), partition and run, and the preview directory."""
+
+    asset: str
+    partition: Optional[str]
+    run_id: str
+    previews: str
+
+    @classmethod
+    def of(cls, context, previews: str) -> Place:
+        asset = context.asset_key.to_user_string() if context.has_assets_def else context.op.name
+        return cls(asset, context.partition_key if context.has_partition_key else None, context.run.run_id, previews)
+
+    def base(self) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "__", self.partition or "run")
+        return os.path.join(self.previews, self.asset, f"{safe}.{self.run_id[:8]}")
+
+    def job_name(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"npzfix-{self.asset}-{self.partition or self.run_id[:8]}")[:120]
+
+
+@dataclass
+class Outcome:
+    """What a step did: the core report, and its sample check's core result (None for the sample-list op)."""
+
+    report: RunReport
+    sample: Optional[CheckResult] = None
+    facts: dict = field(default_factory=dict)  # where it ran (Slurm job id, node, GPUs): metadata as is
+
+
+@dataclass(frozen=True)
+class FeatureStep:
+    request: FeatureRequest
+    device: str  # the teacher resource's device and allowed GPUs, resolved (and leased) where the step runs
+    gpus: Optional[str]
+    verify_sample: int = 2
+    image_dir: Optional[str] = None
+    seed: int = 0
+    kind: str = FEATURES
+
+    @property
+    def gpu(self) -> bool:
+        return self.device != "cpu"
+
+    def sized(self, cpus: int) -> FeatureStep:
+        """Inside an allocation of ``cpus``: decode threads to fit it (one core left to the main loop)."""
+        return replace(self, request=replace(self.request, decode_threads=max(1, cpus - 1)))
+
+    def run(self) -> Outcome:
+        from npzfix_core import devices
+        from npzfix_core.feature_repair import run_features
+        from npzfix_core.teacher import LazyTeacher, build
+
+        req = self.request
+        settings = req.settings
+
+        def factory():
+            device = devices.resolve(
+                self.device, self.gpus, wait_s=settings.gpu_lease_wait_s, lease_dir=settings.gpu_lease_dir
+            )
+            return build(replace(req.teacher, device=device))
+
+        # one teacher for the run and its check: built (and the GPU leased) only if a file or the check needs it
+        lazy = LazyTeacher(req.teacher, factory=factory)
+        report = run_features(req, teacher=lazy, progress=True)
+        if req.mode == "samples":
+            return Outcome(report)
+        from npzfix_core import discovery
+        from npzfix_dagster import checks
+
+        paths = discovery.npz_in_dir(req.root or req.extracted_dirs[0])
+        sample = checks.features_sample(
+            paths, lazy, report, self.verify_sample, req.tolerance, self.image_dir, self.seed, settings.jpeg_decoder
+        )
+        return Outcome(report, sample)
+
+
+@dataclass(frozen=True)
+class EdgeStep:
+    request: EdgeRequest
+    kind: str = EDGES
+    gpu: bool = False
+
+    def sized(self, cpus: int) -> EdgeStep:
+        """Inside an allocation of ``cpus``: one worker process per allocated CPU."""
+        return replace(self, request=replace(self.request, worker_processes=cpus))
+
+    def run(self) -> Outcome:
+        from npzfix_core import discovery
+        from npzfix_core.edge_repair import run_edges
+        from npzfix_dagster import checks
+
+        req = self.request
+        report = run_edges(req, progress=True)
+        paths = discovery.npz_in_dir(req.npz_dir, req.glob)
+        return Outcome(report, checks.edges_sample(paths, req.kernel_size, req.json_dir, req.settings.max_pixels))
+
+
+Step = Union[FeatureStep, EdgeStep]
+
+
+def directory_of(step: Step) -> str:
+    req = step.request
+    return req.npz_dir if isinstance(req, EdgeRequest) else (req.root or (req.extracted_dirs or [req.samples])[0])
+
+
+def job_cpus(step: Step, configured: int) -> int:
+    """CPUs a Slurm job of this step asks for: the execution's setting, else what the step would use."""
+    if configured > 0:
+        return configured
+    if isinstance(step, EdgeStep):
+        return step.request.worker_processes or DEFAULT_JOB_CPUS
+    return DEFAULT_JOB_CPUS
+
+
+def outputs(place: Place, step: Step, seen_dir: Optional[DirSnapshot], outcome: Outcome) -> tuple[dict, list]:
+    """Metadata and check results of a partition step, from its outcome: report file, preview, the checks over
+    the directory as the run left it. The same for every asset, wherever the step ran."""
+    from npzfix_core import discovery, preview
+    from npzfix_dagster import checks, metadata
+
+    report = outcome.report
+    directory = directory_of(step)
+    json_path, _ = report.write(place.base() + ".report")
+    if seen_dir is not None:
+        after = discovery.snapshot(directory)
+        # what the daily re-check compares with: the directory as the run left it, unless names changed while it
+        # ran (then the start, so that the change is seen)
+        seen_dir = after if after.signature == seen_dir.signature else seen_dir
+    glob = step.request.glob if isinstance(step, EdgeStep) else None
+    png = preview.render(discovery.npz_in_dir(directory, glob), place.base() + ".preview.png")
+    md = {
+        **metadata.report_metadata(report, directory, json_path, seen_dir),
+        **metadata.preview_metadata(png),
+        **outcome.facts,
+    }
+    extra = {"tolerance": step.request.tolerance.describe()} if isinstance(step, FeatureStep) else None
+    return md, [checks.no_failed_files(report), checks.sample_valid(outcome.sample, extra)]

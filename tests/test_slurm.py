@@ -1,0 +1,243 @@
+"""Partition steps as Slurm jobs through Dagster Pipes, end to end: a real munge + slurmctld + slurmd (one node,
+4 fake GPUs), the real daemon and webserver, a backfill launched as the UI does. Skips with the reason where
+Slurm cannot run (not root, packages missing); ``.ci/run`` installs them."""
+
+import json
+import os
+import re
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from conftest import BIN, NPZFIX
+from daemon_support import BACKFILL, free_port, graphql, max_concurrent, overlap, stop, wait_http
+
+from npzfix_core import store, synth
+from npzfix_core.edges import method_b_reference, parse_sa1b
+from npzfix_core.provenance import State
+from npzfix_core.teacher import TeacherSpec, provenance
+from npzfix_dagster import slurm
+from npzfix_tools import local_slurm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARDS = tuple(f"sa_{i:06d}" for i in range(6))
+GPUS, RES = 4, 128
+FEATURES, EDGES = "sa1b_features_fixed", "edges_B_v1"
+TERMINATE = """
+mutation($runId: String!) {
+  terminateRun(runId: $runId) { __typename ... on TerminateRunFailure { message } ... on PythonError { message } }
+}
+"""
+
+
+def test_metadata_travels_through_pipes_as_a_local_run_writes_it():
+    from dagster import MetadataValue
+
+    md = {"n": 3, "x": 0.5, "p": MetadataValue.path("/d"), "m": MetadataValue.md("| a |"), "j": MetadataValue.json({"a": 1})}
+    sent = slurm.to_pipes(md)
+    assert sent["p"] == {"raw_value": "/d", "type": "path"} and sent["n"] == 3
+    assert json.loads(json.dumps(sent)) == sent  # what goes over the file channel
+    assert slurm.from_pipes(sent) == md
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    why = local_slurm.missing()
+    if why:
+        pytest.skip(f"no Slurm here: {why}")
+    d = str(tmp_path_factory.mktemp("slurm"))
+    try:
+        env = local_slurm.start(d, gpus=GPUS, cpus=8)  # 8 CPUs declared: the 4 GPUs bound GPU jobs, not the cores
+    except local_slurm.SlurmUnavailable as exc:
+        pytest.skip(f"Slurm did not start: {exc}")
+    yield env
+    local_slurm.stop(d)
+
+
+def _scontrol(env, job_id) -> dict:
+    out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], env=env, capture_output=True, text=True)
+    return dict(re.findall(r"(\w+)=(\S*)", out.stdout))
+
+
+def _our_jobs(env) -> list[tuple[str, str, str]]:
+    """(id, name, state) of npzfix's jobs Slurm has not finished."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%j|%T"], env=env, capture_output=True, text=True).stdout
+    return [tuple(line.split("|")) for line in out.splitlines() if "|npzfix-" in line]
+
+
+def _wait(what, fn, timeout=240, every=1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = fn()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_a_backfill_runs_each_step_as_its_own_slurm_job(tmp_path, cluster):
+    from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
+
+    from npzfix_dagster.schedules import latest_metadata
+
+    root = str(tmp_path / "sa1b")
+    data = {
+        s: synth.generate(
+            os.path.join(root, s),
+            synth.SynthSpec(n=2, seed=i, sizes=((120, 160),), masks=8, states=("fresh", "with_256"), feature_hw=RES // 16),
+        )
+        for i, s in enumerate(SHARDS)
+    }
+    home = tmp_path / "home"
+    home.mkdir()
+    conf = open(os.path.join(REPO, "deploy", "dagster.yaml")).read()
+    conf = conf.replace("max_concurrent_runs: 4", "max_concurrent_runs: 8").replace("default_limit: 1", "default_limit: 8")
+    (home / "dagster.yaml").write_text(conf)  # pool gpu above the GPUs: Slurm, not Dagster, queues GPU jobs
+    env = dict(
+        os.environ,
+        **cluster,
+        DAGSTER_HOME=str(home),
+        NPZFIX_SA1B_ROOT=root,
+        NPZFIX_RANDOM_INIT_SEED="0",
+        NPZFIX_RESOLUTION=str(RES),
+        NPZFIX_DEVICE="auto",  # a GPU job: one GPU asked of Slurm; torch sees none (fake devices), so the CPU
+        NPZFIX_EXECUTION="slurm",
+        NPZFIX_SLURM_PARTITION=local_slurm.PARTITION,
+        NPZFIX_SLURM_ARGS="--time=15",
+        NPZFIX_SLURM_CPUS="1",
+        NPZFIX_SLURM_DIR=str(tmp_path / "slurm_work"),
+        NPZFIX_GPU_LEASE_DIR=str(tmp_path / "leases"),
+        NPZFIX_PREVIEW_DIR=str(tmp_path / "previews"),
+    )
+    p = subprocess.run([NPZFIX, "partitions", "sync"], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    ws, port, procs = os.path.join(REPO, "workspace.yaml"), free_port(), []
+    try:
+        for cmd in (
+            [os.path.join(BIN, "dagster-daemon"), "run", "-w", ws],
+            [os.path.join(BIN, "dagster-webserver"), "-w", ws, "-h", "127.0.0.1", "-p", str(port)],
+        ):
+            log = open(tmp_path / f"{os.path.basename(cmd[0])}.log", "w")
+            procs.append(
+                subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            )
+        wait_http(port, procs[1])
+        os.environ["DAGSTER_HOME"] = str(home)
+        instance = DagsterInstance.from_config(str(home))
+        done = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+
+        def backfill(keys, assets):
+            params = {"assetSelection": [{"path": [a]} for a in assets], "partitionNames": list(keys)}
+            res = graphql(port, BACKFILL, {"params": params})
+            assert res["data"]["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess", res
+            return res["data"]["launchPartitionBackfill"]["backfillId"]
+
+        t0 = time.time()
+        bf = backfill(SHARDS, [FEATURES, EDGES])
+
+        def finished():
+            runs = [r for r in instance.get_runs() if r.tags.get("dagster/backfill") == bf]
+            return runs if len(runs) == len(SHARDS) and all(r.status in done for r in runs) else None
+
+        runs = _wait("the backfill", finished, timeout=480, every=2)
+        wall = time.time() - t0
+        assert all(r.status == DagsterRunStatus.SUCCESS for r in runs), [(r.run_id, r.status) for r in runs]
+
+        # every step ran as its own Slurm job, in Slurm's own records too
+        md = {a: latest_metadata(instance, a) for a in (FEATURES, EDGES)}
+        assert all(set(m) == set(SHARDS) for m in md.values())
+        jobs = {(a, k): str(m["slurm_job_id"]) for a in md for k, m in md[a].items()}
+        assert len(set(jobs.values())) == 2 * len(SHARDS)
+        records = {}
+        for (asset, key), job_id in jobs.items():
+            rec = records[job_id] = _scontrol(cluster, job_id)
+            assert rec["JobState"] == "COMPLETED" and rec["JobName"] == f"npzfix-{asset}-{key}", rec
+            assert ("gpu:1" in rec.get("TresPerNode", "")) == (asset == FEATURES), rec
+            assert md[asset][key]["updated"] == 2 and md[asset][key]["failed"] == 0
+        # Slurm gave each concurrent feature job its own GPU, and never more GPU jobs than GPUs (by its records)
+        span = lambda rec: (_epoch(rec["StartTime"]), _epoch(rec["EndTime"]))  # noqa: E731
+        feats = [(*span(records[jobs[(FEATURES, k)]]), k) for k in SHARDS]
+        for a in feats:
+            cvd = md[FEATURES][a[2]]["slurm_cuda_visible_devices"]
+            assert cvd in {str(i) for i in range(GPUS)}, cvd
+            for b in feats:
+                if a is not b and overlap(a[:2], b[:2]):
+                    assert cvd != md[FEATURES][b[2]]["slurm_cuda_visible_devices"], (a, b)
+        peak = max_concurrent([f[:2] for f in feats])
+        assert 1 <= peak <= GPUS
+        assert all(md[EDGES][k]["slurm_cuda_visible_devices"] == "" for k in SHARDS)  # CPU jobs see no GPU
+
+        # files exact: edges are Method B, features carry this teacher's provenance
+        prov = provenance(TeacherSpec(random_init_seed=0, resolution=RES))
+        for s, res in data.items():
+            for path in res.npz:
+                got = store.read_arrays(path)
+                assert prov.state(got) is State.DONE and got["P4_S16"].shape == (1, 256, RES // 16, RES // 16)
+                stem = os.path.basename(path).replace("_features.npz", "")
+                with open(os.path.join(res.root, stem + ".json")) as f:
+                    want = method_b_reference(parse_sa1b(json.load(f)), 3)
+                np.testing.assert_array_equal(got["edge_64x64"], want[64])
+                np.testing.assert_array_equal(got["edge_32x32"], want[32])
+        # checks came back through Pipes into the instance
+        evaluations = [
+            e.dagster_event.event_specific_data
+            for r in runs
+            for e in instance.all_logs(r.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+        ]
+        assert len(evaluations) == 2 * 2 * len(SHARDS) and all(ev.passed for ev in evaluations)
+        assert instance.get_materialized_partitions(AssetKey(FEATURES)) == set(SHARDS)
+
+        # a job cancelled outside Dagster fails its step with the job id and state; terminating a run cancels
+        # its job: park every GPU behind a blocker so that the next feature jobs wait in the queue
+        blocker = subprocess.run(
+            ["sbatch", "--parsable", f"--gres=gpu:{GPUS}", "-c", "1", "-o", "/dev/null", "--wrap", "sleep 600"],
+            env=cluster, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        try:
+            outcomes = {}
+            for key, how in ((SHARDS[0], "scancel"), (SHARDS[1], "terminate")):
+                bf = backfill([key], [FEATURES])
+                queued = _wait(f"a queued job for {key}", lambda: [j for j in _our_jobs(cluster) if key in j[1]])
+                job_id, _, state = queued[0]
+                assert state == "PENDING" and _scontrol(cluster, job_id)["Reason"] == "Resources"  # Slurm queues it
+                run = _wait("its run", lambda: [r for r in instance.get_runs() if r.tags.get("dagster/backfill") == bf])[0]
+                if how == "scancel":
+                    subprocess.run(["scancel", job_id], env=cluster, check=True)
+                else:
+                    res = graphql(port, TERMINATE, {"runId": run.run_id})
+                    assert res["data"]["terminateRun"]["__typename"] == "TerminateRunSuccess", res
+                run = _wait("the run to end", lambda: [r for r in [instance.get_run_by_id(run.run_id)] if r.status in done])[0]
+                outcomes[how] = (job_id, run)
+            job_id, run = outcomes["scancel"]
+            assert run.status == DagsterRunStatus.FAILURE
+            failure = [e for e in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE)][0]
+            data = failure.dagster_event.step_failure_data
+            text = f"{data.user_failure_data.description if data.user_failure_data else ''} {data.error}"
+            assert f"slurm job {job_id} ended CANCELLED" in text, text
+            job_id, run = outcomes["terminate"]
+            assert run.status == DagsterRunStatus.CANCELED
+            _wait("the cancelled job to leave the queue", lambda: not _our_jobs(cluster), timeout=60)
+            assert _scontrol(cluster, job_id)["JobState"] == "CANCELLED"
+        finally:
+            subprocess.run(["scancel", blocker], env=cluster)
+        assert not _our_jobs(cluster)  # no Slurm job of ours left behind
+
+        t_first = min(_epoch(records[j]["SubmitTime"]) for j in records)
+        print(f"\nbackfill of {len(SHARDS)} partitions x 2 assets as Slurm jobs: {wall:.0f} s wall; max concurrent "
+              f"GPU jobs {peak} of {GPUS} GPUs")
+        for (asset, key), job_id in sorted(jobs.items(), key=lambda kv: int(kv[1])):
+            r, m = records[job_id], md[asset][key]
+            print(
+                f"job {job_id:>3} {asset:<20} {key}: submit +{_epoch(r['SubmitTime']) - t_first:.0f} s, start "
+                f"+{_epoch(r['StartTime']) - t_first:.0f} s, end +{_epoch(r['EndTime']) - t_first:.0f} s; "
+                f"CUDA_VISIBLE_DEVICES={m['slurm_cuda_visible_devices'] or '-'}"
+            )
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+def _epoch(slurm_time: str) -> float:
+    return time.mktime(time.strptime(slurm_time, "%Y-%m-%dT%H:%M:%S"))
