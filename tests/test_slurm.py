@@ -199,9 +199,11 @@ def test_a_backfill_runs_each_step_as_its_own_slurm_job(tmp_path, cluster):
             outcomes = {}
             for key, how in ((SHARDS[0], "scancel"), (SHARDS[1], "terminate")):
                 bf = backfill([key], [FEATURES])
-                queued = _wait(f"a queued job for {key}", lambda: [j for j in _our_jobs(cluster) if key in j[1]])
-                job_id, _, state = queued[0]
-                assert state == "PENDING" and _scontrol(cluster, job_id)["Reason"] == "Resources"  # Slurm queues it
+                def waiting_for_gpus():  # Slurm queues what does not fit (the reason is set once it has looked)
+                    return [j for j in _our_jobs(cluster) if key in j[1] and _scontrol(cluster, j[0])["Reason"] == "Resources"]
+
+                job_id, _, state = _wait(f"{key}'s job queued for GPUs", waiting_for_gpus)[0]
+                assert state == "PENDING"
                 run = _wait("its run", lambda: [r for r in instance.get_runs() if r.tags.get("dagster/backfill") == bf])[0]
                 if how == "scancel":
                     subprocess.run(["scancel", job_id], env=cluster, check=True)
