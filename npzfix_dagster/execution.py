@@ -28,7 +28,9 @@ class Execution(ConfigurableResource):
     slurm_partition: Optional[str] = None
     slurm_args: str = Field("", description="extra sbatch arguments (account, --time, --constraint ...)")
     slurm_cpus: int = Field(0, description="CPUs per job; 0: the step's decode threads / worker processes")
-    slurm_dir: Optional[str] = Field(None, description="shared by the compute nodes; default $DAGSTER_HOME/npzfix_slurm")
+    slurm_dir: Optional[str] = Field(
+        None, description="shared by the compute nodes; default $DAGSTER_HOME/npzfix_slurm"
+    )
 
     def _slurm(self):
         from npzfix_dagster.slurm import SlurmSettings

@@ -34,11 +34,11 @@ class _ToPipes(logging.Handler):
             pass
 
 
-def facts(t0: float) -> dict:
+def facts(t0: float, cpus: int) -> dict:
     return {
         "slurm_node": socket.gethostname(),
         "slurm_cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        "slurm_cpus": int(os.environ.get("SLURM_CPUS_PER_TASK") or 0),
+        "slurm_cpus": cpus,
         "slurm_started_at": round(t0, 3),
         "slurm_ended_at": round(time.time(), 3),
     }
@@ -61,7 +61,7 @@ def main(work: str) -> int:
             f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}, {cpus or '?'} CPU(s)"
         )
         outcome = step.run()
-        outcome.facts.update(facts(t0))
+        outcome.facts.update(facts(t0, cpus))
         report = outcome.report
         pipes.log.info(report.summary())
         if payload.get("op"):  # the sample-list op: no asset to materialize, its metadata as a message

@@ -15,10 +15,9 @@ from typing import Optional, Union
 
 from npzfix_core.discovery import DirSnapshot
 from npzfix_core.report import RunReport
-from npzfix_core.requests import EdgeRequest, FeatureRequest
+from npzfix_core.requests import SAMPLES, EdgeRequest, FeatureRequest
 from npzfix_core.validate import CheckResult
 
-FEATURES, EDGES, SAMPLE_LIST = "features", "edges", "sample_list"
 DEFAULT_JOB_CPUS = 8  # per Slurm job when nothing says: a GPU wants ~8 decode threads at SA-1B sizes
 
 
@@ -45,7 +44,7 @@ class Place:
 
 
 @dataclass
-class Outcome:
+class StepOutcome:
     """What a step did: the core report, and its sample check's core result (None for the sample-list op)."""
 
     report: RunReport
@@ -61,7 +60,6 @@ class FeatureStep:
     verify_sample: int = 2
     image_dir: Optional[str] = None
     seed: int = 0
-    kind: str = FEATURES
 
     @property
     def gpu(self) -> bool:
@@ -71,7 +69,7 @@ class FeatureStep:
         """Inside an allocation of ``cpus``: decode threads to fit it (one core left to the main loop)."""
         return replace(self, request=replace(self.request, decode_threads=max(1, cpus - 1)))
 
-    def run(self) -> Outcome:
+    def run(self) -> StepOutcome:
         from npzfix_core import devices
         from npzfix_core.feature_repair import run_features
         from npzfix_core.teacher import LazyTeacher, build
@@ -88,29 +86,28 @@ class FeatureStep:
         # one teacher for the run and its check: built (and the GPU leased) only if a file or the check needs it
         lazy = LazyTeacher(req.teacher, factory=factory)
         report = run_features(req, teacher=lazy, progress=True)
-        if req.mode == "samples":
-            return Outcome(report)
+        if req.mode == SAMPLES:
+            return StepOutcome(report)
         from npzfix_core import discovery
         from npzfix_dagster import checks
 
-        paths = discovery.npz_in_dir(req.root or req.extracted_dirs[0])
+        paths = discovery.npz_in_dir(directory_of(self))
         sample = checks.features_sample(
             paths, lazy, report, self.verify_sample, req.tolerance, self.image_dir, self.seed, settings.jpeg_decoder
         )
-        return Outcome(report, sample)
+        return StepOutcome(report, sample)
 
 
 @dataclass(frozen=True)
 class EdgeStep:
     request: EdgeRequest
-    kind: str = EDGES
-    gpu: bool = False
+    gpu: bool = False  # CPUs only
 
     def sized(self, cpus: int) -> EdgeStep:
         """Inside an allocation of ``cpus``: one worker process per allocated CPU."""
         return replace(self, request=replace(self.request, worker_processes=cpus))
 
-    def run(self) -> Outcome:
+    def run(self) -> StepOutcome:
         from npzfix_core import discovery
         from npzfix_core.edge_repair import run_edges
         from npzfix_dagster import checks
@@ -118,15 +115,16 @@ class EdgeStep:
         req = self.request
         report = run_edges(req, progress=True)
         paths = discovery.npz_in_dir(req.npz_dir, req.glob)
-        return Outcome(report, checks.edges_sample(paths, req.kernel_size, req.json_dir, req.settings.max_pixels))
+        return StepOutcome(report, checks.edges_sample(paths, req.kernel_size, req.json_dir, req.settings.max_pixels))
 
 
 Step = Union[FeatureStep, EdgeStep]
 
 
 def directory_of(step: Step) -> str:
+    """A partition step's directory."""
     req = step.request
-    return req.npz_dir if isinstance(req, EdgeRequest) else (req.root or (req.extracted_dirs or [req.samples])[0])
+    return req.npz_dir if isinstance(req, EdgeRequest) else (req.root or req.extracted_dirs[0])
 
 
 def job_cpus(step: Step, configured: int) -> int:
@@ -138,7 +136,7 @@ def job_cpus(step: Step, configured: int) -> int:
     return DEFAULT_JOB_CPUS
 
 
-def outputs(place: Place, step: Step, seen_dir: Optional[DirSnapshot], outcome: Outcome) -> tuple[dict, list]:
+def outputs(place: Place, step: Step, seen_dir: Optional[DirSnapshot], outcome: StepOutcome) -> tuple[dict, list]:
     """Metadata and check results of a partition step, from its outcome: report file, preview, the checks over
     the directory as the run left it. The same for every asset, wherever the step ran."""
     from npzfix_core import discovery, preview

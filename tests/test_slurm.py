@@ -34,7 +34,8 @@ mutation($runId: String!) {
 def test_metadata_travels_through_pipes_as_a_local_run_writes_it():
     from dagster import MetadataValue
 
-    md = {"n": 3, "x": 0.5, "p": MetadataValue.path("/d"), "m": MetadataValue.md("| a |"), "j": MetadataValue.json({"a": 1})}
+    md = {"n": 3, "x": 0.5, "p": MetadataValue.path("/d"), "m": MetadataValue.md("| a |")}
+    md["j"] = MetadataValue.json({"a": 1})
     sent = slurm.to_pipes(md)
     assert sent["p"] == {"raw_value": "/d", "type": "path"} and sent["n"] == 3
     assert json.loads(json.dumps(sent)) == sent  # what goes over the file channel
@@ -86,14 +87,17 @@ def test_a_backfill_runs_each_step_as_its_own_slurm_job(tmp_path, cluster):
     data = {
         s: synth.generate(
             os.path.join(root, s),
-            synth.SynthSpec(n=2, seed=i, sizes=((120, 160),), masks=8, states=("fresh", "with_256"), feature_hw=RES // 16),
+            synth.SynthSpec(
+                n=2, seed=i, sizes=((120, 160),), masks=8, states=("fresh", "with_256"), feature_hw=RES // 16
+            ),
         )
         for i, s in enumerate(SHARDS)
     }
     home = tmp_path / "home"
     home.mkdir()
     conf = open(os.path.join(REPO, "deploy", "dagster.yaml")).read()
-    conf = conf.replace("max_concurrent_runs: 4", "max_concurrent_runs: 8").replace("default_limit: 1", "default_limit: 8")
+    conf = conf.replace("max_concurrent_runs: 4", "max_concurrent_runs: 8")
+    conf = conf.replace("default_limit: 1", "default_limit: 8")
     (home / "dagster.yaml").write_text(conf)  # pool gpu above the GPUs: Slurm, not Dagster, queues GPU jobs
     env = dict(
         os.environ,
@@ -200,17 +204,20 @@ def test_a_backfill_runs_each_step_as_its_own_slurm_job(tmp_path, cluster):
             for key, how in ((SHARDS[0], "scancel"), (SHARDS[1], "terminate")):
                 bf = backfill([key], [FEATURES])
                 def waiting_for_gpus():  # Slurm queues what does not fit (the reason is set once it has looked)
-                    return [j for j in _our_jobs(cluster) if key in j[1] and _scontrol(cluster, j[0])["Reason"] == "Resources"]
+                    ours = [j for j in _our_jobs(cluster) if key in j[1]]
+                    return [j for j in ours if _scontrol(cluster, j[0])["Reason"] == "Resources"]
 
                 job_id, _, state = _wait(f"{key}'s job queued for GPUs", waiting_for_gpus)[0]
                 assert state == "PENDING"
-                run = _wait("its run", lambda: [r for r in instance.get_runs() if r.tags.get("dagster/backfill") == bf])[0]
+                runs_of = lambda: [r for r in instance.get_runs() if r.tags.get("dagster/backfill") == bf]  # noqa: E731
+                run = _wait("its run", runs_of)[0]
                 if how == "scancel":
                     subprocess.run(["scancel", job_id], env=cluster, check=True)
                 else:
                     res = graphql(port, TERMINATE, {"runId": run.run_id})
                     assert res["data"]["terminateRun"]["__typename"] == "TerminateRunSuccess", res
-                run = _wait("the run to end", lambda: [r for r in [instance.get_run_by_id(run.run_id)] if r.status in done])[0]
+                ended = lambda: [r for r in [instance.get_run_by_id(run.run_id)] if r.status in done]  # noqa: E731
+                run = _wait("the run to end", ended)[0]
                 outcomes[how] = (job_id, run)
             job_id, run = outcomes["scancel"]
             assert run.status == DagsterRunStatus.FAILURE
