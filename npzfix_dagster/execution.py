@@ -19,6 +19,10 @@ from npzfix_core.discovery import DirSnapshot
 from npzfix_dagster import steps
 
 LOCAL, SLURM = "local", "slurm"
+NOTHING_REPORTED = (
+    "completed but reported nothing through Dagster Pipes: did it get the step's environment? "
+    "(sbatch's default --export=ALL; NPZFIX_SLURM_ARGS must not say --export=NONE)"
+)
 
 
 class Execution(ConfigurableResource):
@@ -59,11 +63,11 @@ class Execution(ConfigurableResource):
 
         s = self._slurm()
         payload = {"step": step, "place": place, "seen_dir": seen_dir}
-        session, job_id = slurm.run(context, payload, place.job_name(), steps.job_cpus(step, s.cpus), step.gpu, s)
-        results = session.get_results(implicit_materializations=False, metadata={"slurm_job_id": job_id})
+        job = slurm.run(context, payload, place.job_name(), steps.job_cpus(step, s.cpus), step.gpu, s)
+        results = job.session.get_results(implicit_materializations=False, metadata={"slurm_job_id": job.id})
         mats = [r for r in results if isinstance(r, MaterializeResult)]
         if not mats:
-            raise Failure(description=f"slurm job {job_id} completed but reported no materialization (see its log)")
+            raise job.failure(NOTHING_REPORTED)
         checks = [r for r in results if isinstance(r, AssetCheckResult)]
         return MaterializeResult(metadata=mats[0].metadata, check_results=checks)
 
@@ -82,9 +86,9 @@ class Execution(ConfigurableResource):
         s = self._slurm()
         place = steps.Place.of(context, s.work_dir)
         payload = {"step": step, "place": place, "op": True, "op_report": report_path}
-        session, job_id = slurm.run(context, payload, place.job_name(), steps.job_cpus(step, s.cpus), step.gpu, s)
-        messages = [m for m in session.get_custom_messages() if isinstance(m, dict) and "metadata" in m]
+        job = slurm.run(context, payload, place.job_name(), steps.job_cpus(step, s.cpus), step.gpu, s)
+        messages = [m for m in job.session.get_custom_messages() if isinstance(m, dict) and "metadata" in m]
         if not messages:
-            raise Failure(description=f"slurm job {job_id} completed but reported no result (see its log)")
-        md = {**slurm.from_pipes(messages[-1]["metadata"]), "slurm_job_id": MetadataValue.text(job_id)}
+            raise job.failure(NOTHING_REPORTED)
+        md = {**slurm.from_pipes(messages[-1]["metadata"]), "slurm_job_id": MetadataValue.text(job.id)}
         return md, int(messages[-1]["failed"])

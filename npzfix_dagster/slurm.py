@@ -173,10 +173,25 @@ def from_pipes(md: Mapping[str, Any]) -> dict:
     return out
 
 
-def run(context, payload: dict, name: str, cpus: int, gpu: bool, s: SlurmSettings):
-    """Run ``payload`` (``slurm_job``'s input) as one Slurm job through a Pipes session; returns (session,
-    job id) once the job COMPLETED, raises ``Failure`` (job id, state, log tail) otherwise."""
-    attempt = f"{context.op.name}.{payload['place'].partition or 'run'}.{int(time.time() * 1000)}"
+@dataclass
+class Job:
+    """A job that COMPLETED: its id and log, and the Pipes session that holds what it reported."""
+
+    id: str
+    log: str
+    session: Any
+
+    def failure(self, what: str, state: str = COMPLETED) -> Failure:
+        return Failure(
+            description=f"slurm job {self.id} {what}; the tail of its log:\n{tail(self.log)}",
+            metadata={"slurm_job_id": self.id, "slurm_state": state, "slurm_log": MetadataValue.path(self.log)},
+        )
+
+
+def run(context, payload: dict, name: str, cpus: int, gpu: bool, s: SlurmSettings) -> Job:
+    """Run ``payload`` (``slurm_job``'s input) as one Slurm job through a Pipes session, once the job
+    COMPLETED; raises ``Failure`` (job id, state, log tail) otherwise."""
+    attempt = f"{payload['place'].asset}.{payload['place'].partition or 'run'}.{int(time.time() * 1000)}"
     work = os.path.join(s.work_dir, context.run.run_id, re.sub(r"[^A-Za-z0-9_.-]+", "_", attempt))
     os.makedirs(work, exist_ok=True)
     with open(os.path.join(work, "step.pkl"), "wb") as f:
@@ -187,30 +202,32 @@ def run(context, payload: dict, name: str, cpus: int, gpu: bool, s: SlurmSetting
     os.chmod(script, 0o755)
     injector = PipesFileContextInjector(os.path.join(work, "context.json"))
     reader = PipesFileMessageReader(os.path.join(work, "messages.jsonl"))
-    with warnings.catch_warnings(), open_pipes_session(context, injector, reader) as session:
-        warnings.simplefilter("ignore", PreviewWarning)  # Dagster 1.13 marks a Pipes internal it calls as preview
-        env = {**os.environ, **session.get_bootstrap_env_vars()}
-        try:
-            job_id = submit(script, name, log, cpus, gpu, s, env)
-        except SlurmError as exc:
-            raise Failure(description=f"could not submit the step to Slurm: {exc}; no file was touched") from exc
-        log = log.replace("%j", job_id)
-        context.log.info(f"slurm job {job_id} submitted ({name}: {cpus} CPU(s){', 1 GPU' if gpu else ''}); log {log}")
-        try:
-            rec = follow(job_id, context.log, s.poll_s)
-        except BaseException:  # the run was terminated (or this process is going down): leave no job behind
+    with warnings.catch_warnings():
+        # Dagster 1.13's Pipes calls its own preview and deprecated API (expected_writer_count, context.run_id)
+        warnings.simplefilter("ignore", PreviewWarning)
+        warnings.filterwarnings("ignore", "AssetExecutionContext.run_id is deprecated", DeprecationWarning)
+        with open_pipes_session(context, injector, reader) as session:
+            env = {**os.environ, **session.get_bootstrap_env_vars()}
             try:
-                cancel(job_id)
-                context.log.warning(f"slurm job {job_id} cancelled: the step was interrupted")
+                job_id = submit(script, name, log, cpus, gpu, s, env)
             except SlurmError as exc:
-                context.log.error(f"slurm job {job_id} could not be cancelled: {exc}")
-            raise
+                raise Failure(description=f"could not submit the step to Slurm: {exc}; nothing was touched") from exc
+            log = log.replace("%j", job_id)
+            asked = f"{cpus} CPU(s){', 1 GPU' if gpu else ''}"
+            context.log.info(f"slurm job {job_id} submitted ({name}: {asked}); log {log}")
+            try:
+                rec = follow(job_id, context.log, s.poll_s)
+            except BaseException:  # the run was terminated (or this process is going down): leave no job behind
+                try:
+                    cancel(job_id)
+                    context.log.warning(f"slurm job {job_id} cancelled: the step was interrupted")
+                except SlurmError as exc:
+                    context.log.error(f"slurm job {job_id} could not be cancelled: {exc}")
+                raise
+    job = Job(job_id, log, session)
     state = rec.get("JobState", "UNKNOWN")
     if state != COMPLETED:
         why = ", ".join(f"{k} {rec[k]}" for k in ("Reason", "ExitCode", "NodeList") if rec.get(k))
-        raise Failure(
-            description=f"slurm job {job_id} ended {state} ({why}); the tail of its log:\n{tail(log)}",
-            metadata={"slurm_job_id": job_id, "slurm_state": state, "slurm_log": MetadataValue.path(log)},
-        )
+        raise job.failure(f"ended {state} ({why})", state)
     context.log.info(f"slurm job {job_id} {state} on {rec.get('NodeList', '?')}")
-    return session, job_id
+    return job

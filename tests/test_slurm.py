@@ -250,3 +250,79 @@ def test_a_backfill_runs_each_step_as_its_own_slurm_job(tmp_path, cluster):
 
 def _epoch(slurm_time: str) -> float:
     return time.mktime(time.strptime(slurm_time, "%Y-%m-%dT%H:%M:%S"))
+
+
+def test_a_rerun_submits_again_and_skips_what_is_done_and_the_sample_list_op_runs_there_too(
+    tmp_path, cluster, instance, monkeypatch
+):
+    """In-process runs with the slurm execution: a second run of a partition is a new Slurm job whose report says
+    every file was already done; the sample-list op's metadata comes back as a Pipes message; a job that dies
+    fails its step with the job id, the state and the tail of its log."""
+    from dagster import Definitions, asset, materialize
+    from dagster_support import TEACHER, md_of, partition
+
+    from npzfix_core.requests import EdgeRequest
+    from npzfix_dagster import steps
+    from npzfix_dagster.assets import edges_B_v1, sa1b_features_fixed
+    from npzfix_dagster.execution import Execution
+    from npzfix_dagster.jobs import sample_list_job
+    from npzfix_dagster.resources import FeaturePipeline
+
+    for k, v in cluster.items():  # the step (this process) calls sbatch and scontrol
+        monkeypatch.setenv(k, v)
+    execution = Execution(mode="slurm", slurm_cpus=1, slurm_dir=str(tmp_path / "work"), slurm_partition="gpu")
+    root, res, key, r = partition(tmp_path, instance, "sa_000040", n=2, states=("fresh", "fresh"))
+    r = {**r, "execution": execution}
+    first = md_of(materialize([edges_B_v1], partition_key=key, instance=instance, resources=r), "edges_B_v1")
+    again = md_of(materialize([edges_B_v1], partition_key=key, instance=instance, resources=r), "edges_B_v1")
+    assert first["updated"].value == 2 and again["updated"].value == 0 and again["skipped_done"].value == 2
+    assert first["slurm_job_id"].value != again["slurm_job_id"].value
+    assert _scontrol(cluster, again["slurm_job_id"].value)["JobState"] == "COMPLETED"
+
+    images = [os.path.join(res.root, os.path.basename(p).replace("_features.npz", ".jpg")) for p in res.npz]
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n".join(images))
+    defs = Definitions(
+        jobs=[sample_list_job], resources={"teacher": TEACHER, "pipeline": FeaturePipeline(), "execution": execution}
+    )
+    cfg = {"samples": str(lst), "npz_dirs": [res.root], "report": str(tmp_path / "samples.report")}
+    result = defs.get_job_def("sample_list_job").execute_in_process(
+        instance=instance, run_config={"ops": {"fix_from_sample_list": {"config": cfg}}}
+    )
+    assert result.success
+    md = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"][0].event_specific_data.metadata
+    assert md["updated"].value == 2 and md["slurm_job_id"].value and md["report"].value.endswith(".json")
+    assert all("feature_provenance" in store.inspect(p) for p in res.npz)
+
+    # a job without the step's environment cannot reach its Pipes channel: said as such, with its log
+    no_env = Execution(mode="slurm", slurm_cpus=1, slurm_args="--export=NONE", slurm_dir=str(tmp_path / "work"))
+    result = materialize(
+        [sa1b_features_fixed], partition_key=key, instance=instance, resources={**r, "execution": no_env},
+        raise_on_error=False,
+    )
+    text = _failure_text(result)
+    assert re.search(r"slurm job \d+ completed but reported nothing through Dagster Pipes.*--export=NONE", text), text
+
+    # sbatch refusing the job (a partition that does not exist) fails the step before anything is touched
+    bad = Execution(mode="slurm", slurm_partition="nope", slurm_dir=str(tmp_path / "work"))
+    result = materialize(
+        [edges_B_v1], partition_key=key, instance=instance, resources={**r, "execution": bad}, raise_on_error=False
+    )
+    text = _failure_text(result)
+    assert "could not submit the step to Slurm" in text and "Invalid partition name" in text, text
+
+    # a job that fails (its directory vanished before it ran) fails the step with id, state and log tail
+    @asset
+    def doomed(context, execution: Execution):
+        req = EdgeRequest(str(tmp_path / "gone"))  # the job finds it missing: a traceback, exit 1
+        return execution.materialize(context, steps.EdgeStep(req), steps.Place.of(context, str(tmp_path)), None)
+
+    result = materialize([doomed], instance=instance, resources={"execution": execution}, raise_on_error=False)
+    text = _failure_text(result)
+    assert re.search(r"slurm job \d+ ended FAILED \(.*ExitCode 1:0.*the tail of its log:.*does not exist", text, re.S), text
+
+
+def _failure_text(result) -> str:
+    assert not result.success
+    failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0].event_specific_data
+    return failure.user_failure_data.description
