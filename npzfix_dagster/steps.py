@@ -49,6 +49,7 @@ class StepOutcome:
 
     report: RunReport
     sample: Optional[CheckResult] = None
+    paths: list = field(default_factory=list)  # the directory's NPZ files as the run left them (listed once)
     facts: dict = field(default_factory=dict)  # where it ran (Slurm job id, node, GPUs): metadata as is
 
 
@@ -95,7 +96,7 @@ class FeatureStep:
         sample = checks.features_sample(
             paths, lazy, report, self.verify_sample, req.tolerance, self.image_dir, self.seed, settings.jpeg_decoder
         )
-        return StepOutcome(report, sample)
+        return StepOutcome(report, sample, paths)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ class EdgeStep:
         req = self.request
         report = run_edges(req, progress=True)
         paths = discovery.npz_in_dir(req.npz_dir, req.glob)
-        return StepOutcome(report, checks.edges_sample(paths, req.kernel_size, req.json_dir, req.settings.max_pixels))
+        sample = checks.edges_sample(paths, req.kernel_size, req.json_dir, req.settings.max_pixels)
+        return StepOutcome(report, sample, paths)
 
 
 Step = Union[FeatureStep, EdgeStep]
@@ -150,8 +152,7 @@ def outputs(place: Place, step: Step, seen_dir: Optional[DirSnapshot], outcome: 
         # what the daily re-check compares with: the directory as the run left it, unless names changed while it
         # ran (then the start, so that the change is seen)
         seen_dir = after if after.signature == seen_dir.signature else seen_dir
-    glob = step.request.glob if isinstance(step, EdgeStep) else None
-    png = preview.render(discovery.npz_in_dir(directory, glob), place.base() + ".preview.png")
+    png = preview.render(outcome.paths, place.base() + ".preview.png")
     md = {
         **metadata.report_metadata(report, directory, json_path, seen_dir),
         **metadata.preview_metadata(png),

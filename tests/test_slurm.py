@@ -319,7 +319,8 @@ def test_a_rerun_submits_again_and_skips_what_is_done_and_the_sample_list_op_run
 
     result = materialize([doomed], instance=instance, resources={"execution": execution}, raise_on_error=False)
     text = _failure_text(result)
-    assert re.search(r"slurm job \d+ ended FAILED \(.*ExitCode 1:0.*the tail of its log:.*does not exist", text, re.S), text
+    want = r"slurm job \d+ ended FAILED \(.*ExitCode 1:0.*the tail of its log:.*does not exist"
+    assert re.search(want, text, re.S), text
 
 
 def _failure_text(result) -> str:
