@@ -93,3 +93,24 @@ def max_concurrent(intervals: list[tuple[float, float]]) -> int:
         n += d
         best = max(best, n)
     return best
+
+
+def start_daemon_and_webserver(env: dict, repo: str, bin_dir: str, logs) -> tuple[list[subprocess.Popen], int]:
+    """The real ``dagster-daemon`` and ``dagster-webserver`` on the repo's workspace, each in its own process
+    group (``stop`` ends their code servers and run workers too); returns them and the webserver's port once it
+    answers. ``logs`` is a directory for their output."""
+    ws, port, procs = os.path.join(repo, "workspace.yaml"), free_port(), []
+    for cmd in (
+        [os.path.join(bin_dir, "dagster-daemon"), "run", "-w", ws],
+        [os.path.join(bin_dir, "dagster-webserver"), "-w", ws, "-h", "127.0.0.1", "-p", str(port)],
+    ):
+        log = open(os.path.join(logs, f"{os.path.basename(cmd[0])}.log"), "w")
+        out = dict(stdout=log, stderr=subprocess.STDOUT)
+        procs.append(subprocess.Popen(cmd, env=env, cwd=repo, start_new_session=True, **out))
+    try:
+        wait_http(port, procs[1])
+    except BaseException:
+        for p in procs:
+            stop(p)
+        raise
+    return procs, port

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 from conftest import BIN, NPZFIX
-from daemon_support import BACKFILL, free_port, graphql, intervals, max_concurrent, overlap, stop, wait_http
+from daemon_support import BACKFILL, graphql, intervals, max_concurrent, overlap, start_daemon_and_webserver, stop
 
 from npzfix_core import store, synth
 from npzfix_core.edges import method_b_reference, parse_sa1b
@@ -49,17 +49,7 @@ def test_backfill_on_postgres_with_the_daemon(tmp_path):
         )
         p = subprocess.run([NPZFIX, "partitions", "sync"], env=env, capture_output=True, text=True)
         assert p.returncode == 0, p.stdout + p.stderr
-        ws = os.path.join(REPO, "workspace.yaml")
-        port = free_port()
-        for cmd in (
-            [os.path.join(BIN, "dagster-daemon"), "run", "-w", ws],
-            [os.path.join(BIN, "dagster-webserver"), "-w", ws, "-h", "127.0.0.1", "-p", str(port)],
-        ):
-            log = open(tmp_path / f"{os.path.basename(cmd[0])}.log", "w")
-            procs.append(
-                subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            )
-        wait_http(port, procs[1])
+        procs, port = start_daemon_and_webserver(env, REPO, BIN, str(tmp_path))
         keys = list(SHARDS)  # short keys: sa_000000 names sa_000000/extracted
         t0 = time.monotonic()
         res = graphql(

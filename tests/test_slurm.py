@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 from conftest import BIN, NPZFIX
-from daemon_support import BACKFILL, free_port, graphql, max_concurrent, overlap, stop, wait_http
+from daemon_support import BACKFILL, graphql, max_concurrent, overlap, start_daemon_and_webserver, stop
 
 from npzfix_core import store, synth
 from npzfix_core.edges import method_b_reference, parse_sa1b
@@ -117,18 +117,8 @@ def test_a_backfill_runs_each_step_as_its_own_slurm_job(tmp_path, cluster):
     )
     p = subprocess.run([NPZFIX, "partitions", "sync"], env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
-    ws, port, procs = os.path.join(REPO, "workspace.yaml"), free_port(), []
+    procs, port = start_daemon_and_webserver(env, REPO, BIN, str(tmp_path))
     try:
-        for cmd in (
-            [os.path.join(BIN, "dagster-daemon"), "run", "-w", ws],
-            [os.path.join(BIN, "dagster-webserver"), "-w", ws, "-h", "127.0.0.1", "-p", str(port)],
-        ):
-            log = open(tmp_path / f"{os.path.basename(cmd[0])}.log", "w")
-            procs.append(
-                subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            )
-        wait_http(port, procs[1])
-        os.environ["DAGSTER_HOME"] = str(home)
         instance = DagsterInstance.from_config(str(home))
         done = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 
