@@ -62,11 +62,15 @@ class SlurmSettings:
 MAX_POLL_S = 15.0
 
 
-def _run(cmd: list[str]) -> str:
+def _call(cmd: list[str], env: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess:
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        return subprocess.run(cmd, capture_output=True, text=True, env=dict(env) if env else None, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SlurmError(f"{cmd[0]}: {exc}") from exc
+
+
+def _run(cmd: list[str], env: Optional[Mapping[str, str]] = None) -> str:
+    p = _call(cmd, env)
     if p.returncode != 0:
         raise SlurmError(f"{shlex.join(cmd)} failed ({p.returncode}): {(p.stderr or p.stdout).strip()[:500]}")
     return p.stdout
@@ -77,29 +81,19 @@ def submit(script: str, name: str, log: str, cpus: int, gpu: bool, s: SlurmSetti
     cmd += ["--gres=gpu:1"] if gpu else []
     cmd += [f"--partition={s.partition}"] if s.partition else []
     cmd += [*shlex.split(s.args), script]
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, env=dict(env), timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SlurmError(f"sbatch: {exc}") from exc
-    if p.returncode != 0:
-        raise SlurmError(f"{shlex.join(cmd)} failed ({p.returncode}): {p.stderr.strip()[:500]}")
-    return p.stdout.strip().split(";")[0]
+    return _run(cmd, env).strip().split(";")[0]
 
 
 def job_record(job_id: str) -> dict[str, str]:
     """The job's fields from ``scontrol show job`` (JobState, Reason, NodeList, ExitCode, times), else from
-    ``sacct`` (accounting); {} when neither knows it."""
-    try:
-        out = _run(["scontrol", "show", "job", "-o", job_id])
-        return dict(re.findall(r"(\w+)=(\S*)", out))
-    except SlurmError as exc:
-        if "Invalid job id" not in str(exc):
-            raise
-    try:
-        out = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,NodeList,Start,End,Reason"])
-    except SlurmError:
-        return {}
-    line = out.strip().splitlines()[:1]
+    ``sacct`` (accounting) once the controller has purged it (``MinJobAge``); {} when neither knows it."""
+    p = _call(["scontrol", "show", "job", "-o", job_id])
+    if p.returncode == 0:
+        return dict(re.findall(r"(\w+)=(\S*)", p.stdout))
+    if "Invalid job id" not in p.stderr:  # scontrol's own words for a job it no longer holds
+        raise SlurmError(f"scontrol show job {job_id} failed ({p.returncode}): {p.stderr.strip()[:500]}")
+    p = _call(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,NodeList,Start,End,Reason"])
+    line = p.stdout.strip().splitlines()[:1] if p.returncode == 0 else []
     if not line:
         return {}
     state, code, nodes, start, end, reason = (line[0].split("|") + [""] * 6)[:6]

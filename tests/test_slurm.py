@@ -268,6 +268,8 @@ def test_a_rerun_submits_again_and_skips_what_is_done_and_the_sample_list_op_run
     assert first["updated"].value == 2 and again["updated"].value == 0 and again["skipped_done"].value == 2
     assert first["slurm_job_id"].value != again["slurm_job_id"].value
     assert _scontrol(cluster, again["slurm_job_id"].value)["JobState"] == "COMPLETED"
+    assert slurm.job_record(again["slurm_job_id"].value)["JobState"] == "COMPLETED"
+    assert slurm.job_record("987654") == {}  # neither the controller nor accounting knows it: no record, no error
 
     images = [os.path.join(res.root, os.path.basename(p).replace("_features.npz", ".jpg")) for p in res.npz]
     lst = tmp_path / "list.txt"
