@@ -54,8 +54,7 @@ def main(work: str) -> int:
         log.setLevel(logging.INFO)
         log.addHandler(_ToPipes(pipes.log))
         cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or 0)
-        if cpus:
-            step = step.sized(cpus)
+        step = step.in_allocation(cpus)
         pipes.log.info(
             f"slurm job {os.environ.get('SLURM_JOB_ID')} on {socket.gethostname()}: "
             f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}, {cpus or '?'} CPU(s)"

@@ -66,9 +66,13 @@ class FeatureStep:
     def gpu(self) -> bool:
         return self.device != "cpu"
 
-    def sized(self, cpus: int) -> FeatureStep:
-        """Inside an allocation of ``cpus``: decode threads to fit it (one core left to the main loop)."""
-        return replace(self, request=replace(self.request, decode_threads=max(1, cpus - 1)))
+    def in_allocation(self, cpus: int) -> FeatureStep:
+        """Inside a Slurm allocation: decode threads to fit its ``cpus`` (one core left to the main loop, all
+        when 0: unknown), and no GPU allowlist — the allocation is the allowlist. A shared server's
+        ``NPZFIX_GPUS=1,2,4`` names host GPUs; inside a job the GPU Slurm gave is ``cuda:0``, and holding it to
+        the host's list would refuse it (or, under ``auto``, silently use the CPU)."""
+        req = replace(self.request, decode_threads=max(1, cpus - 1)) if cpus else self.request
+        return replace(self, gpus=None, request=req)
 
     def run(self) -> StepOutcome:
         from npzfix_core import devices
@@ -104,9 +108,9 @@ class EdgeStep:
     request: EdgeRequest
     gpu: bool = False  # CPUs only
 
-    def sized(self, cpus: int) -> EdgeStep:
-        """Inside an allocation of ``cpus``: one worker process per allocated CPU."""
-        return replace(self, request=replace(self.request, worker_processes=cpus))
+    def in_allocation(self, cpus: int) -> EdgeStep:
+        """Inside a Slurm allocation: one worker process per allocated CPU (as asked, when 0: unknown)."""
+        return replace(self, request=replace(self.request, worker_processes=cpus)) if cpus else self
 
     def run(self) -> StepOutcome:
         from npzfix_core import discovery

@@ -42,6 +42,18 @@ def test_metadata_travels_through_pipes_as_a_local_run_writes_it():
     assert slurm.from_pipes(sent) == md
 
 
+def test_inside_an_allocation_the_allocation_is_the_gpu_allowlist_and_sizes_the_step(tmp_path):
+    from npzfix_core.requests import EdgeRequest, FeatureRequest
+    from npzfix_dagster.steps import EdgeStep, FeatureStep
+
+    step = FeatureStep(FeatureRequest("bulk", root=str(tmp_path), decode_threads=15), "auto", gpus="1,2,4")
+    inside = step.in_allocation(8)
+    assert inside.gpus is None and inside.request.decode_threads == 7 and inside.device == "auto"
+    assert step.in_allocation(0).request.decode_threads == 15 and step.in_allocation(1).request.decode_threads == 1
+    edges = EdgeStep(EdgeRequest(str(tmp_path), worker_processes=1))
+    assert edges.in_allocation(6).request.worker_processes == 6 and edges.in_allocation(0) == edges
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     why = local_slurm.missing()
