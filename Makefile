@@ -40,6 +40,7 @@ bench: setup
 	$(PY) benchmarks/bench_cost_curves.py
 	$(PY) benchmarks/bench_sensor.py
 	$(PY) benchmarks/bench_control_plane.py
+	$(PY) benchmarks/bench_slurm.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) demo_home .pytest_cache

@@ -63,3 +63,12 @@ def test_verify_benchmark_separates_right_from_wrong_features(tmp_path):
         assert re.search(rf"{case}.*caught 3/3", out), out
     assert re.search(r"sample_valid cost per partition \(2 files, this CPU\): [\d.]+ s", out), out
     assert re.search(r"on an H100 \(estimate\): [\d.]+ GFLOP per image", out), out
+
+
+def test_slurm_benchmark_measures_both_executions_or_says_why_not(tmp_path):
+    out = _run(tmp_path, "bench_slurm.py", "--partitions", "1", "--files", "2")
+    if "skipped, no Slurm here" in out:
+        return
+    for asset in ("edges_B_v1", "sa1b_features_fixed"):
+        assert re.search(rf"{asset} +[\d.]+ +[\d.]+ +-?[\d.]+ +[\d.]+", out), out
+    assert re.search(r"the overhead is -?[\d.]+ % of a partition", out) and "submit -> start" in out, out
