@@ -135,14 +135,16 @@ def start(d: str, gpus: int = 4, cpus: int | None = None, timeout: float = 60.0)
     cpus = cpus or os.cpu_count() or 1
     for i in range(gpus):
         dev = f"{d}/dev/nvidia{i}"
-        if not os.path.exists(dev):
-            subprocess.run(["mknod", "-m", "666", dev, "c", "1", "3"], check=True)  # /dev/null's numbers
+        if not os.path.exists(dev):  # /dev/null's numbers; a container without CAP_MKNOD refuses
+            p = subprocess.run(["mknod", "-m", "666", dev, "c", "1", "3"], capture_output=True, text=True)
+            if p.returncode != 0:
+                raise SlurmUnavailable(f"cannot make the fake GPU devices: {p.stderr.strip()}")
     with open(f"{d}/slurm.conf", "w") as f:
         f.write(_conf(d, host, cpus, gpus))
     with open(f"{d}/gres.conf", "w") as f:
         f.write(f"NodeName={host} Name=gpu File={d}/dev/nvidia[0-{gpus - 1}]\n")
     e = {**os.environ, **env(d)}
-    subprocess.run(
+    p = subprocess.run(
         [
             "munged",
             f"--socket={d}/munge/sock",
@@ -152,9 +154,12 @@ def start(d: str, gpus: int = 4, cpus: int | None = None, timeout: float = 60.0)
             f"--seed-file={d}/munge/seed",
             "--force",
         ],
-        check=True,
         env=e,
+        capture_output=True,
+        text=True,
     )
+    if p.returncode != 0:
+        raise SlurmUnavailable(f"munged did not start: {p.stderr.strip() or _tail(f'{d}/log/munged.log')}")
     for daemon in ("slurmctld", "slurmd"):
         p = subprocess.run([daemon], env=e, capture_output=True, text=True)
         if p.returncode != 0:
