@@ -37,10 +37,10 @@ class Execution(ConfigurableResource):
     )
 
     def _slurm(self):
+        from npzfix_dagster.resources import dagster_home
         from npzfix_dagster.slurm import SlurmSettings
 
-        home = os.environ.get("DAGSTER_HOME") or os.path.expanduser("~/.dagster")
-        work = self.slurm_dir or os.path.join(home, "npzfix_slurm")
+        work = self.slurm_dir or os.path.join(dagster_home(), "npzfix_slurm")
         return SlurmSettings(self.slurm_partition, self.slurm_args, self.slurm_cpus, work)
 
     def check(self) -> None:

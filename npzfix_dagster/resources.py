@@ -14,6 +14,11 @@ from typing import Optional
 from dagster import ConfigurableResource
 
 
+def dagster_home() -> str:
+    """Where the instance keeps its files, and npzfix its reports, previews and Slurm step files by default."""
+    return os.environ.get("DAGSTER_HOME") or os.path.expanduser("~/.dagster")
+
+
 class DatasetRoots(ConfigurableResource):
     """Where the caches live. Partition keys are paths relative to these roots."""
 
@@ -39,7 +44,7 @@ class DatasetRoots(ConfigurableResource):
     def previews(self) -> str:
         if self.preview_dir:
             return self.preview_dir
-        return os.path.join(os.environ.get("DAGSTER_HOME", os.path.expanduser("~/.dagster")), "npzfix_previews")
+        return os.path.join(dagster_home(), "npzfix_previews")
 
 
 class Sam2Teacher(ConfigurableResource):
