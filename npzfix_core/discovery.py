@@ -172,13 +172,45 @@ class Items:
             yield self.make(os.path.join(self.directory, name))
 
 
-def edge_items(npz_dir: str, json_dir: str | None = None, order: str = "name", glob: str | None = None) -> Items:
-    """Edges: ``<npz_dir>/<stem>_features.npz`` -> ``<json_dir>/<stem>.json``."""
-    names = npz_names(npz_dir, glob)
-    if order == "mtime":
-        names.sort(key=lambda n: (os.stat(os.path.join(npz_dir, n)).st_mtime_ns, n))
-    elif order != "name":
+def edge_items(
+    npz_dir: str,
+    json_dir: str | None = None,
+    order: str = "name",
+    glob: str | None = None,
+    *,
+    recursive: bool = False,
+    reverse: bool = False,
+    only_mtime_after: float | None = None,
+) -> Items:
+    """Edges: ``<npz_dir>/<stem>_features.npz`` -> ``<json_dir>/<stem>.json``; with ``recursive`` every directory
+    under ``npz_dir`` (the original's ``rglob``), names then relative to it. ``order`` name or mtime (oldest
+    first), ``reverse``d; ``only_mtime_after`` keeps files modified strictly later (the original's filter)."""
+    if order not in ("name", "mtime"):
         raise ValueError(f"unknown order {order!r}")
+    if recursive:
+        names = [
+            os.path.relpath(os.path.join(d, n), npz_dir) if d != npz_dir else n
+            for d in walk_dirs(npz_dir)
+            for n in npz_names(d, glob)
+        ]
+    else:
+        names = npz_names(npz_dir, glob)
+    if order == "mtime" or only_mtime_after is not None:
+        mtimes = {}
+        for n in names:
+            try:
+                mtimes[n] = os.stat(os.path.join(npz_dir, n)).st_mtime_ns
+            except OSError:
+                mtimes[n] = 0  # vanished since the listing: its item reports it
+        if only_mtime_after is not None:
+            names = [n for n in names if mtimes[n] / 1e9 > only_mtime_after]
+        if order == "mtime":
+            names.sort(key=lambda n: (mtimes[n], n))
+        del mtimes
+    elif recursive:
+        names.sort()
+    if reverse:
+        names.reverse()
     listings = Listings((".json",))
     return Items(npz_dir, names, lambda p: _item(p, find_json(p, json_dir, listings), "JSON"))
 

@@ -140,9 +140,18 @@ def run_edges(req: EdgeRequest, progress: bool = True) -> RunReport:
     report = RunReport(
         "edges", provenance=EdgeProvenance(req.kernel_size).as_dict(), request=asdict(req), dry_run=req.dry_run
     )
+    items = discovery.edge_items(
+        req.npz_dir,
+        req.json_dir,
+        req.order,
+        req.glob,
+        recursive=req.recursive,
+        reverse=req.reverse,
+        only_mtime_after=req.only_mtime_after,
+    )
     if not req.dry_run:
-        store.sweep_and_log(req.npz_dir)
-    items = discovery.edge_items(req.npz_dir, req.json_dir, req.order, req.glob)
+        for directory in sorted({req.npz_dir, *(os.path.dirname(os.path.join(req.npz_dir, n)) for n in items.names)}):
+            store.sweep_and_log(directory)
     bar = Progress(len(items), "edges", enabled=progress)
     try:
         run_bounded(

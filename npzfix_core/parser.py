@@ -25,6 +25,9 @@ def _non_negative(v: str) -> int:
     return n
 
 
+MAX_FILES_HELP = "update at most this many files (skipped ones don't count; 0: no limit, the default)"
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", help="append progress and errors to this file (a report is written beside it)")
     p.add_argument("--report", help="write the run report here as JSON, and failures as CSV beside it")
@@ -88,20 +91,54 @@ def build_parser(
     e.add_argument("--npz-dir", required=True)
     e.add_argument("--json-dir", help="where <stem>.json live (default: the NPZ dir, then its parent)")
     e.add_argument("--kernel-size", type=_positive, default=3)
-    e.add_argument("--max-files", type=_positive, help="update at most this many files (skipped ones don't count)")
+    e.add_argument("--max-files", type=_non_negative, help=MAX_FILES_HELP)
     e.add_argument(
         "--skip-if-processed",
+        dest="skip_if_processed",
         action="store_true",
-        help="skip files flagged by this rule with this kernel size (stale versions are redone)",
+        default=True,
+        help="skip files flagged by this rule with this kernel size (the default; stale versions are redone)",
     )
-    e.add_argument("--set-edge-flag", action="store_true", help="accepted for compatibility: flags are always set")
-    e.add_argument("--no-edge-flag", action="store_true", help="write edge maps without flag and provenance")
+    e.add_argument(
+        "--no-skip-if-processed", dest="skip_if_processed", action="store_false", help="redo flagged files too"
+    )
+    e.add_argument(
+        "--set-edge-flag",
+        dest="set_flag",
+        action="store_true",
+        default=True,
+        help="write edge_flag=1, edge_version=B_v1 and provenance (the default)",
+    )
+    e.add_argument(
+        "--no-set-edge-flag",
+        "--no-edge-flag",
+        dest="set_flag",
+        action="store_false",
+        help="write edge maps only; an earlier flag and provenance are removed (they would vouch for other edges)",
+    )
     e.add_argument(
         "--retry-killed",
         action="store_true",
         help="also try files that killed a worker process in an earlier run (skipped by default)",
     )
-    e.add_argument("--order", choices=("name", "mtime"), default="name")
+    e.add_argument(
+        "--sort-by",
+        "--order",
+        dest="order",
+        choices=("name", "mtime"),
+        default="mtime",
+        help="processing order (default mtime, oldest first, as the original; --order is npzfix's old name)",
+    )
+    e.add_argument("--reverse", action="store_true", help="reverse the order (with mtime: newest first)")
+    e.add_argument(
+        "--only-mtime-after", type=float, metavar="EPOCH", help="only NPZs modified after this time (epoch seconds)"
+    )
+    e.add_argument(
+        "--no-recursive",
+        dest="recursive",
+        action="store_false",
+        help="only the NPZs directly in --npz-dir (default: its whole tree, as the original's rglob)",
+    )
     e.add_argument("--glob", help="only NPZ file names matching this pattern")
     e.add_argument(
         "--worker-processes",
@@ -131,8 +168,8 @@ def build_parser(
         help="image decode threads (default: the host's cores - 1, 2..16); --workers is the old name",
     )
     f.add_argument("--writers", type=_positive, default=4, help="NPZ writer threads")
-    f.add_argument("--max-files", type=_positive, help="update at most this many files (skipped ones don't count)")
-    f.add_argument("--max-images", type=_positive, help="the sample-list name for --max-files")
+    f.add_argument("--max-files", type=_non_negative, help=MAX_FILES_HELP)
+    f.add_argument("--max-images", type=_non_negative, help="the sample-list name for --max-files")
     f.add_argument(
         "--store-dtype",
         choices=("keep", "float32", "float16"),
@@ -183,7 +220,9 @@ def build_parser(
     s.add_argument("--states", help="comma list of NPZ states, cycled (default: all)")
     s.add_argument("--feature-hw", type=_positive, default=64, help="P4 side of the stored features")
     s.add_argument("--extracted", default="extracted")
-    s.add_argument("--compressed", action="store_true", help="np.savez_compressed NPZs")
+    s.add_argument(
+        "--compressed", action="store_true", help="every file deflated with box prompts (default: 1 in 4, as in real caches)"
+    )
     s.set_defaults(fn=commands["synth"])
 
     if add_commands is not None:

@@ -84,7 +84,7 @@ class Budget:
     progress (skipped files do not count) and parallel stages never overshoot."""
 
     def __init__(self, max_updates: int | None):
-        self.max_updates = max_updates
+        self.max_updates = max_updates or None  # 0 means no limit, as in the original tools
 
     def allows(self, report: "RunReport", in_flight: int) -> bool:
         return self.max_updates is None or report.updated + in_flight < self.max_updates

@@ -9,6 +9,7 @@ argparse line and its ``Config`` line. Requests travel whole, to worker processe
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
@@ -36,10 +37,13 @@ class EdgeRequest:
     npz_dir: str
     json_dir: str | None = None
     kernel_size: int = 3
-    max_files: int | None = None
-    skip_if_processed: bool = False  # the original tool's default; Dagster's is True (see DAGSTER_DEFAULTS)
-    set_flag: bool = True
-    order: str = "name"
+    max_files: int | None = None  # None or 0: no limit
+    skip_if_processed: bool = True  # the original tool's default (--no-skip-if-processed)
+    set_flag: bool = True  # the original tool's default (--no-set-edge-flag)
+    order: str = "mtime"  # the original's --sort-by default; Dagster's is name (see DAGSTER_DEFAULTS)
+    reverse: bool = False
+    only_mtime_after: float | None = None  # epoch seconds: only files modified later
+    recursive: bool = True  # the original scans --npz-dir recursively; a Dagster partition is one directory
     glob: str | None = None
     worker_processes: int = 1  # 0: one per usable CPU (affinity and container limit)
     dry_run: bool = False
@@ -55,7 +59,9 @@ class EdgeRequest:
         if self.max_files is not None and self.max_files < 0:
             raise ValueError("--max-files must be >= 0")
         if self.order not in EDGE_ORDERS:
-            raise ValueError(f"--order must be one of {EDGE_ORDERS}")
+            raise ValueError(f"--sort-by must be one of {EDGE_ORDERS}")
+        if self.only_mtime_after is not None and not math.isfinite(self.only_mtime_after):
+            raise ValueError("--only-mtime-after must be a finite number of seconds since the epoch")
         self.settings.validate()
         if not os.path.isdir(self.npz_dir):
             raise FileNotFoundError(f"NPZ directory {self.npz_dir} does not exist")
@@ -69,7 +75,7 @@ class EdgeRequest:
 
     @classmethod
     def from_args(cls, args: Any, settings: Settings) -> EdgeRequest:
-        return cls(**_from_args(cls, args, {"set_flag": not args.no_edge_flag, "settings": settings}))
+        return cls(**_from_args(cls, args, {"settings": settings}))
 
 
 @dataclass(frozen=True)

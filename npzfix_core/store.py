@@ -37,6 +37,12 @@ class MemberInfo:
     shape: tuple[int, ...]
     dtype: np.dtype
 
+    @property
+    def carried(self) -> bool:
+        """A pickled (object-dtype) member: copied byte for byte by every write, never unpickled by npzfix.
+        Real caches hold them (``masks``, ``box_prompts_meta``)."""
+        return self.dtype.hasobject
+
 
 @dataclass(frozen=True)
 class UpdateResult:
@@ -71,7 +77,9 @@ def _open_zip(path: str | os.PathLike) -> zipfile.ZipFile:
 
 
 def _pickle_error(name: str) -> NpzError:
-    return NpzError(f"member {name!r} holds Python objects (pickle); refusing to load it")
+    return NpzError(
+        f"member {name!r} holds Python objects (pickle) where npzfix must read an array; it is never unpickled"
+    )
 
 
 def _header_len(head: bytes) -> int:
@@ -91,13 +99,12 @@ def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> MemberInfo:
         shape, _, dtype = _parse_header(head)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise NpzError(f"member {info.filename!r} is not a valid .npy: {exc}") from exc
-    if dtype.hasobject:
-        raise _pickle_error(info.filename)
     return MemberInfo(_key(info.filename), tuple(shape), dtype)
 
 
 def inspect(path: str | os.PathLike) -> dict[str, MemberInfo]:
-    """Keys with shape and dtype, from the npy headers only (no array data read)."""
+    """Keys with shape and dtype, from the npy headers only (no array data read); pickled members are listed
+    (``MemberInfo.carried``), never loaded."""
     with _open_zip(path) as zf:
         return {_key(i.filename): _member_header(zf, i) for i in zf.infolist()}
 
@@ -155,11 +162,15 @@ def read_flags(path: str | os.PathLike, keys: list[str] | tuple[str, ...]) -> di
 
 
 def read_arrays(path: str | os.PathLike, keys: list[str] | tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-    """Decode only ``keys`` (all when None); absent keys are simply missing from the result."""
+    """Decode only ``keys``; absent keys are simply missing from the result. A pickled member asked for by name
+    fails the read (naming it); with ``keys=None`` every member is read except pickled ones, which are carried
+    (see ``inspect``), not npzfix's to open."""
     out: dict[str, np.ndarray] = {}
     with _open_zip(path) as zf:
         names = {_key(i.filename): i for i in zf.infolist()}
-        for key in names if keys is None else keys:
+        if keys is None:
+            keys = [k for k, i in names.items() if not _member_header(zf, i).carried]
+        for key in keys:
             info = names.get(key)
             if info is None:
                 continue
@@ -167,7 +178,8 @@ def read_arrays(path: str | os.PathLike, keys: list[str] | tuple[str, ...] | Non
                 if info.file_size <= _SMALL:
                     out[key] = _decode_small(zf.read(info))
                     continue
-                _member_header(zf, info)  # refuses a pickled member before its data is read
+                if _member_header(zf, info).carried:  # refused before its data is read
+                    raise _ObjectArray()
                 with zf.open(info) as fp:
                     out[key] = np.lib.format.read_array(fp, allow_pickle=False)
             except _ObjectArray as exc:

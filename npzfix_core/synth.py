@@ -3,7 +3,9 @@
 SA-1B cannot be downloaded here, so tests, benchmarks and the demo use this.
 Masks cover the awkward cases Method B must get right (border-touching,
 1-pixel, lines, rings with holes, empty, full-image, heavy overlap); NPZ files
-come in every state the repair tools meet in the wild.
+come in every state the repair tools meet in the wild, in the format vfmkd's
+writers give them (every key of a real cache, pickled ``masks`` in most files,
+deflated files with box prompts in some, unpadded ids: ``sa_61713``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class SynthSpec:
     feature_hw: int = 64  # P4 side; P5 is half. 64 matches a 1024 input.
     extracted: str = "extracted"
     suffix: str = "_features"
-    compressed: bool = False
+    compressed: bool = False  # every file through the box-prompt tool (deflated); else 1 in 4
     prefix: str = "sa_"
 
 
@@ -166,15 +168,60 @@ def make_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+MODEL_TYPE = "sam2.1_hiera_b+"
+
+
+def _real_keys(
+    rng: np.random.Generator, i: int, stem: str, h: int, w: int, spec: SynthSpec
+) -> tuple[dict[str, np.ndarray], bool]:
+    """The members vfmkd's writers put beside features and edges (``extract_features_v1.process_single_image``,
+    then the box-prompt tool in a share of files), and whether the file is deflate-compressed.
+
+    Which file gets what is a fixed pattern of ``i`` (not of the state): ``masks`` (a pickled object array
+    ``np.array([mask], dtype=object)``, what ``has_bbox`` files hold) in 4 of 5 files, ``edge_original`` in 1 of
+    11 (~9 %, older extractor runs), box prompts (and ``np.savez_compressed``) in 1 of 4, or in all when
+    ``spec.compressed``."""
+    a: dict[str, np.ndarray] = {}
+    for side in (128, 64, 32):  # fg/bg weight maps: normalised binary maps
+        fg = (cv2.resize(rng.random((8, 8)).astype(np.float32), (side, side)) > 0.6).astype(np.float32)
+        a[f"fg_map_{side}x{side}"] = fg / max(float(fg.sum()), 1.0)
+        bg = 1.0 - fg
+        a[f"bg_map_{side}x{side}"] = (bg / max(float(bg.sum()), 1.0)).astype(np.float32)
+    has_bbox = i % 5 != 4
+    a["has_bbox"] = np.array(has_bbox, dtype=bool)
+    a["num_bboxes"] = np.array(1 if has_bbox else 0, dtype=np.int32)
+    if has_bbox:
+        mask = _blob(rng, h, w, rng.uniform(0, w), rng.uniform(0, h), _log_radius(rng, h, w))
+        ys, xs = np.nonzero(mask)
+        box = [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1] if len(xs) else [0, 0, 0, 0]
+        a["bboxes"] = np.array([box], dtype=np.float32)
+        a["masks"] = np.array([mask], dtype=object)  # pickled on save, as the extractor writes it
+    else:
+        a["bboxes"] = np.empty((0, 4), dtype=np.float32)
+    a["geometry_color_flag"] = np.array(1, dtype=np.uint8)
+    a["image_id"] = np.array(stem)
+    a["image_shape"] = np.array((h, w, 3))  # int64, as np.array(image.shape) gives
+    a["model_type"] = np.array(MODEL_TYPE)
+    if i % 11 == 3:
+        a["edge_original"] = (rng.random((h, w)) > 0.95).astype(np.uint8)
+    prompts = spec.compressed or i % 4 == 1
+    if prompts:  # update_bbox_prompts_from_json.py: rewrites the whole file with np.savez_compressed
+        k = int(rng.integers(1, 4))
+        xy = np.sort(rng.uniform(0, [w, h, w, h], (k, 4)).astype(np.float32).reshape(k, 2, 2), axis=1)
+        a["box_prompts_xyxy"] = xy.reshape(k, 4)
+        a["box_prompts_count"] = np.array(k, dtype=np.int32)
+        a["box_prompts_masks_256"] = (rng.random((k, 256, 256)) > 0.7).astype(np.uint8)
+        a["box_prompts_meta"] = np.array(["strategy_A"], dtype=object)
+        a["box_flag"] = np.array(1, dtype=np.uint8)
+    return a, prompts
+
+
 def _npz_arrays(rng: np.random.Generator, state: str, fhw: int, doc: dict | None) -> dict[str, np.ndarray]:
     p4 = rng.standard_normal((1, 256, fhw, fhw), dtype=np.float32)
     a: dict[str, np.ndarray] = {
+        "IMAGE_EMB_S16": p4.copy(),  # the pair never disagrees in a real cache
         "P4_S16": p4,
         "P5_S32": rng.standard_normal((1, 256, fhw // 2, fhw // 2), dtype=np.float32),
-        "IMAGE_EMB_S16": p4.copy(),  # the pair never disagrees in a real cache
-        "P3_S8_f16": rng.standard_normal((1, 32, 8, 8)).astype(np.float16),
-        "num_masks": np.array(int(rng.integers(0, 200)), dtype=np.int64),
-        "source_name": np.array("extract_features_v1"),
     }
     if state != "no_edges":
         a["edge_64x64"] = (rng.random((64, 64)) > 0.9).astype(np.uint8)
@@ -190,7 +237,7 @@ def _npz_arrays(rng: np.random.Generator, state: str, fhw: int, doc: dict | None
         a["edge_flag"] = np.array(1, dtype=np.uint8)
         a["edge_version"] = np.array("A_v0" if state == "stale" else "B_v1")
     if state == "feature_flagged":
-        a["feature_flag"] = np.array(1, dtype=np.uint8)
+        a["feature_flag"] = np.array(1)  # the originals write a Python 1: int64
     return a
 
 
@@ -204,7 +251,7 @@ def generate(out: str | os.PathLike, spec: SynthSpec = SynthSpec()) -> SynthResu
     for i in range(spec.n):
         h, w = spec.sizes[i % len(spec.sizes)]
         state = spec.states[i % len(spec.states)]
-        stem = f"{spec.prefix}{spec.seed:03d}{i:05d}"
+        stem = f"{spec.prefix}{spec.seed * 100_000 + i + 1}"  # SA-1B's own ids are unpadded: sa_61713
         img = make_image(rng, h, w)
         cv2.imwrite(os.path.join(root, f"{stem}.jpg"), img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
         doc = None
@@ -216,8 +263,9 @@ def generate(out: str | os.PathLike, spec: SynthSpec = SynthSpec()) -> SynthResu
             with open(os.path.join(root, f"{stem}.json"), "w") as f:
                 json.dump(doc, f)
         path = os.path.join(ext_dir, f"{stem}{spec.suffix}.npz")
-        saver = np.savez_compressed if spec.compressed else np.savez
-        saver(path, **_npz_arrays(rng, state, spec.feature_hw, doc))
+        arrays = _npz_arrays(rng, state, spec.feature_hw, doc)
+        extra, compressed = _real_keys(rng, i, stem, h, w, spec)
+        (np.savez_compressed if compressed else np.savez)(path, **arrays, **extra)
         if state == "corrupt":
             size = os.path.getsize(path)
             with open(path, "r+b") as f:

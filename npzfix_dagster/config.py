@@ -19,19 +19,20 @@ from npzfix_core.settings import Settings
 from npzfix_core.verify import Tolerance
 from npzfix_dagster.resources import FeaturePipeline, Sam2Teacher, default_edge_kernel, default_edge_workers
 
-# Defaults chosen for scheduled runs: a re-run of a partition skips what is done (the CLI keeps the original
-# tool's default, False), and the edge kernel / worker processes come from the code location's environment
-# (read when the run builds its request: None in run config means "the environment's, else the CLI's").
+# Defaults chosen for scheduled runs: a partition is processed in name order (stable across re-runs, and no stat
+# per file as the original's mtime order needs), and the edge kernel / worker processes come from the code
+# location's environment (read when the run builds its request: None in run config means "the environment's,
+# else the CLI's").
 DAGSTER_DEFAULTS = {
     EdgeRequest: {
-        "skip_if_processed": True,
+        "order": "name: stable across re-runs of a partition, no stat per file",
         "kernel_size": "NPZFIX_EDGE_KERNEL",
         "worker_processes": "NPZFIX_EDGE_WORKERS",
     }
 }
 # Request fields set by the partition or a resource, not by run config (and Config names that differ).
 FROM_RESOURCES = {
-    EdgeRequest: {"npz_dir", "json_dir", "settings"},  # settings: the environment, read per run
+    EdgeRequest: {"npz_dir", "json_dir", "recursive", "settings"},  # the partition; settings: the environment
     FeatureRequest: {
         *("mode", "teacher", "root", "recursive", "samples", "npz_dirs", "extracted_dirs"),  # the partition
         *("batch_size", "decode_threads"),  # the pipeline resource
@@ -76,7 +77,9 @@ class EdgesConfig(Config):
     )
     workers: Optional[int] = Field(None, description="the old name of worker_processes (wins when given)")
     glob: Optional[str] = None
-    order: str = "name"
+    order: str = Field("name", description="name | mtime (the CLI's --sort-by; its default there is mtime)")
+    reverse: bool = False
+    only_mtime_after: Optional[float] = Field(None, description="only NPZs modified after this epoch time")
     dry_run: bool = False
     durable: bool = True
     retry_killed: bool = False
@@ -113,6 +116,7 @@ def edge_request(config: EdgesConfig, npz_dir: str, json_dir: Optional[str]) -> 
     given = {
         "npz_dir": npz_dir,
         "json_dir": json_dir,
+        "recursive": False,  # a partition is exactly the NPZ files directly in its directory
         "kernel_size": edge_kernel(config),
         "worker_processes": workers if workers is not None else default_edge_workers(),
         "settings": Settings.from_env(os.environ),

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -77,6 +78,38 @@ def raw_members(path) -> dict[str, bytes]:
             f.seek(info.header_offset + 30 + int(n) + int(e))
             out[info.filename] = f.read(info.compress_size)
     return out
+
+
+EDGE_OWNED = frozenset({"edge_64x64", "edge_32x32", "edge_256x256", "edge_flag", "edge_version", "edge_provenance"})
+FEATURE_OWNED = frozenset({"P4_S16", "P5_S32", "IMAGE_EMB_S16", "feature_flag", "feature_provenance"})
+
+
+def assert_carried(path, before: dict[str, bytes], owned: frozenset[str]) -> int:
+    """Every member npzfix does not own is unchanged: the same stored bytes (so the same compression), and, for
+    pickled members, equal after ``np.load(allow_pickle=True)`` here in the test (never in npzfix); the file's
+    compression is kept. Returns how many members were compared."""
+    import io
+
+    after = raw_members(path)
+    with zipfile.ZipFile(path) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        methods = {i.compress_type for i in infos.values()}
+    n = 0
+    for name, raw in before.items():
+        if name[:-4] in owned:
+            continue
+        assert after.get(name) == raw, f"{path}: member {name} changed"
+        if infos[name].compress_type == zipfile.ZIP_DEFLATED:
+            raw = zlib.decompress(raw, -15)
+        if b"'descr': '|O'" in raw[:128]:
+            old = np.load(io.BytesIO(raw), allow_pickle=True)
+            with np.load(path, allow_pickle=True) as z:
+                new = z[name[:-4]]
+            assert old.shape == new.shape
+            assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(old.flat, new.flat))
+        n += 1
+    assert len(methods) == 1, f"{path}: mixed compression {methods}"
+    return n
 
 
 def run_cli(*args, check_rc=None, **kw) -> subprocess.CompletedProcess:

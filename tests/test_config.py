@@ -45,14 +45,21 @@ def test_a_cli_run_and_a_dagster_run_build_the_same_request(tmp_path):
     ap = build_parser()
     d = str(tmp_path)
     env = Settings.from_env(os.environ)  # what both front doors read when a run starts
-    args = ap.parse_args(["edges", "--npz-dir", d, "--kernel-size", "5", "--workers", "3", "--skip-if-processed"])
+    one_dir = ["--no-recursive", "--sort-by", "name"]  # what a partition is, and its order
+    args = ap.parse_args(["edges", "--npz-dir", d, "--kernel-size", "5", "--workers", "3", *one_dir])
     cli = EdgeRequest.from_args(args, env)
     dagster = edge_request(EdgesConfig(kernel_size=5, workers=3), d, None)
     assert cli == dagster and cli.worker_processes == 3  # the old flag and config name keep working
-    args = ap.parse_args(["edges", "--npz-dir", d, "--worker-processes", "0", "--no-edge-flag"])
-    assert EdgeRequest.from_args(args, env) == edge_request(
-        EdgesConfig(worker_processes=0, set_edge_flag=False, skip_if_processed=False), d, None
+    assert cli.skip_if_processed and cli.set_flag  # the original tool's defaults, on both sides
+    flags = ["--worker-processes", "0", "--no-edge-flag", "--no-skip-if-processed", "--order", "mtime", "--reverse"]
+    args = ap.parse_args(["edges", "--npz-dir", d, "--no-recursive", *flags, "--only-mtime-after", "17.5"])
+    config = EdgesConfig(
+        worker_processes=0, set_edge_flag=False, skip_if_processed=False, order="mtime", reverse=True, only_mtime_after=17.5
     )
+    assert EdgeRequest.from_args(args, env) == edge_request(config, d, None)
+    original = ap.parse_args(["edges", "--npz-dir", d, "--json-dir", d, "--max-files", "0", "--no-set-edge-flag"])
+    req = EdgeRequest.from_args(original, env)  # the original tool's own command line and defaults
+    assert (req.recursive, req.order, req.skip_if_processed, req.set_flag, req.max_files) == (True, "mtime", True, False, 0)
 
     teacher = Sam2Teacher(random_init_seed=0, resolution=128, device="cpu")
     pipeline = FeaturePipeline(batch_size=2, decode_threads=3)
@@ -84,7 +91,7 @@ def test_edge_defaults_are_read_from_the_environment_when_a_run_starts_not_at_im
 def test_requests_validate_themselves(tmp_path):
     with pytest.raises(ValueError, match="--kernel-size"):
         EdgeRequest(str(tmp_path), kernel_size=0).validate()
-    with pytest.raises(ValueError, match="--order"):
+    with pytest.raises(ValueError, match="--sort-by"):
         EdgeRequest(str(tmp_path), order="size").validate()
     with pytest.raises(FileNotFoundError):
         EdgeRequest(str(tmp_path / "gone")).validate()

@@ -79,9 +79,10 @@ def _bad_files(tmp_path):
     trunc.write_bytes(data[: len(data) // 2])
     notzip = tmp_path / "notzip_features.npz"
     notzip.write_bytes(b"this is not a zip file at all" * 10)
-    pickled = tmp_path / "pickle_features.npz"
-    np.savez(pickled, obj=np.array([{"a": 1}, None], dtype=object), ok=np.zeros(3))
-    return {"truncated": trunc, "not a zip": notzip, "pickle": pickled}
+    badnpy = tmp_path / "badnpy_features.npz"
+    with zipfile.ZipFile(badnpy, "w") as zf:
+        zf.writestr("P4_S16.npy", b"not an npy header")
+    return {"truncated": trunc, "not a zip": notzip, "damaged member": badnpy}
 
 
 def test_bad_files_are_refused_and_left_unchanged(tmp_path):
@@ -91,7 +92,50 @@ def test_bad_files_are_refused_and_left_unchanged(tmp_path):
             store.update(p, {"edge_flag": np.array(1, np.uint8)})
         assert str(ei.value), what
         assert sha(p) == digest, what
-    assert "pickle" in str(pytest.raises(store.NpzError, store.read_arrays, tmp_path / "pickle_features.npz").value)
+    assert temp_files(tmp_path) == []
+
+
+class _Boom:
+    """Unpickling this would run code: the test fails if any npzfix read ever unpickles a member."""
+
+    def __reduce__(self):
+        return (os.abort, ())
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_pickled_members_are_carried_byte_for_byte_and_never_unpickled(tmp_path, compressed):
+    p = tmp_path / "sa_1_features.npz"
+    masks = np.array([(np.arange(12).reshape(3, 4) % 2).astype(np.uint8)], dtype=object)  # vfmkd's `masks`
+    _make(p, compressed, masks=masks, box_prompts_meta=np.array(["strategy_A"], dtype=object))
+    with zipfile.ZipFile(p, "a") as zf:  # a member whose unpickling would abort the process
+        buf = __import__("io").BytesIO()
+        np.save(buf, np.array([_Boom()], dtype=object), allow_pickle=True)
+        zf.writestr("trap.npy", buf.getvalue())
+    before = raw_members(p)
+    info = store.inspect(p)
+    assert info["masks"].carried and info["box_prompts_meta"].carried and info["trap"].carried
+    assert not info["P4_S16"].carried and info["masks"].shape == (1, 3, 4)
+    store.update(p, {"edge_64x64": np.ones((64, 64), np.uint8)})
+    after = raw_members(p)
+    for name in ("masks.npy", "box_prompts_meta.npy", "trap.npy", "P4_S16.npy"):
+        assert after[name] == before[name]
+    every = store.read_arrays(p)  # all that npzfix may read: pickled members are left out
+    assert "masks" not in every and "trap" not in every and every["edge_64x64"].sum() == 64 * 64
+    assert int(store.read_flags(p, ["count", "masks_absent"])["count"]) == 7
+    for read in (store.read_arrays, store.read_flags):  # asked for by name: that read fails, naming the member
+        with pytest.raises(store.NpzError, match="masks.npy.*pickle"):
+            read(p, ["masks"])
+    with zipfile.ZipFile(p) as zf:
+        assert zf.testzip() is None
+        want = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+        assert zf.getinfo("edge_64x64.npy").compress_type == want
+    with zipfile.ZipFile(p) as zf, zipfile.ZipFile(tmp_path / "no_trap.npz", "w") as out:
+        for i in zf.infolist():
+            if i.filename != "trap.npy":
+                out.writestr(i, zf.read(i))
+    with np.load(tmp_path / "no_trap.npz", allow_pickle=True) as z:  # the test (not npzfix) may unpickle
+        assert np.array_equal(np.asarray(z["masks"][0], np.uint8), np.asarray(masks[0], np.uint8))
+        assert list(z["box_prompts_meta"]) == ["strategy_A"]
     assert temp_files(tmp_path) == []
 
 
