@@ -48,7 +48,6 @@ def decide(
     tolerance: verify.Tolerance,
     sample_size: int,
     dry_run: bool = False,
-    decoder: str = "opencv",
 ) -> Decision:
     """Recompute a sample of a directory's legacy files (those with an image) and decide for all of them."""
     record = {"directory": directory, "legacy_files": len(items), "sampled": 0, "matched": 0}
@@ -60,7 +59,7 @@ def decide(
     rng = random.Random(zlib.crc32(os.fsencode(directory)))
     sample = candidates if len(candidates) <= sample_size else rng.sample(candidates, sample_size)
     t = time.perf_counter()
-    verdicts = verify.verify([(it.npz, it.source) for it in sample], teacher, tolerance, decoder=decoder)
+    verdicts = verify.verify([(it.npz, it.source) for it in sample], teacher, tolerance)
     summary = verify.Summary().add(verdicts)
     bad = [v for v in verdicts if v.status != verify.MATCH]
     record.update(

@@ -170,7 +170,6 @@ def _check_features(args, paths):
             needs_flag=not args.no_flag,
             tolerance=tol,
             image_dir=args.image_dir,
-            decoder=settings.jpeg_decoder,
         )
     except (TeacherError, devices.DeviceError, ValueError) as exc:
         raise UsageError(str(exc)) from exc

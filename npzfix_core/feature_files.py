@@ -105,7 +105,7 @@ class Loaded:
     job: "Job | None" = None
 
 
-def load(item: discovery.WorkItem, resolution: int, device, stage: str, job: "Job", decoder: str) -> Loaded:
+def load(item: discovery.WorkItem, resolution: int, device, stage: str, job: "Job") -> Loaded:
     """Check the NPZ, decode the image, then (stage) stop, preprocess here (CPU), or pin for the device.
 
     An adoption candidate is examined instead (structure, still legacy) and decoded only if it must be redone.
@@ -123,7 +123,7 @@ def load(item: discovery.WorkItem, resolution: int, device, stage: str, job: "Jo
                     return Loaded(item, error=gone, t0=t0)
         old = old_features(item.npz) if job.drift else None
         store.inspect(item.npz)  # fail before spending the encoder on an unwritable file
-        img = load_rgb(item.source, decoder)
+        img = load_rgb(item.source)
         if stage == "decode":
             loaded = Loaded(item, None, t0=t0)
         elif stage == "preprocess":

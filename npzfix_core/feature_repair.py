@@ -178,7 +178,7 @@ class _Pipeline:
             device = self.device()
             self.admitted += 1
             stage = self.stage(device)
-            load = (item, self.prov.resolution, device, stage, job, self.req.settings.jpeg_decoder)
+            load = (item, self.prov.resolution, device, stage, job)
             self.pending.append(self.decode_pool.submit(files.load, *load))
         return True
 
@@ -198,7 +198,7 @@ class _Pipeline:
         self.held_dir, self.held = None, []
         t = time.perf_counter()
         r = self.req
-        d = adoption.decide(directory, items, self.lazy, r.tolerance, r.legacy_sample, r.dry_run, r.settings.jpeg_decoder)
+        d = adoption.decide(directory, items, self.lazy, r.tolerance, r.legacy_sample, r.dry_run)
         self.timings.legacy_verify_s += time.perf_counter() - t
         self.report.legacy.append(d.record)
         log.info("legacy files in %s: %d %s (%s)", directory, len(items), d.record["decision"], d.record["why"])

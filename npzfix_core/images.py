@@ -1,12 +1,9 @@
 """Image decoding and SAM2 preprocessing.
 
-Decoding rule (one for every mode):
-* pixels are taken as stored: EXIF orientation is NOT applied, so features stay
-  aligned with SA-1B masks, which are in stored pixel order (and with what
-  ``PIL.Image.open(p).convert("RGB")`` gives, as SAM2's examples do);
-* grayscale, palette, CMYK and RGBA become RGB (alpha is dropped, not composited);
-* 16-bit images are scaled to 8 bits (round(v / 257));
-* truncated or undecodable files are failures with the decoder's reason.
+Decoding rule (one for every mode): what the original tools and the student's loader do, ``cv2.imread(path)``
+(``IMREAD_COLOR``) then BGR -> RGB. So EXIF orientation is applied; grayscale, palette, alpha, 16-bit and CMYK
+images become 8-bit colour as OpenCV converts them. One deliberate difference: a truncated or undecodable file
+is a failure with a reason, where OpenCV would hand the originals a half-grey image to encode.
 
 Preprocessing reproduces ``SAM2Transforms`` (ToTensor -> Resize(R, R) bilinear
 with antialias -> ImageNet Normalize) with plain torch ops, which also run on a
@@ -15,30 +12,35 @@ GPU, in batches, and need no torchvision.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
 from npzfix_core.errors import InputError
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+_JPEG, _PNG = b"\xff\xd8", b"\x89PNG\r\n\x1a\n"
 
 
 class ImageError(InputError):
     pass
 
 
-def load_rgb(path: str, decoder: str = "opencv") -> np.ndarray:
-    """HxWx3 uint8 RGB, by the rule above (``decoder="pil"`` turns the OpenCV fast path off).
+def truncated(data: bytes) -> bool:
+    """A JPEG whose last scan has no end-of-image marker after it, or a PNG without its IEND chunk: data was cut
+    short (OpenCV would fill the missing rows with grey). Exact for JPEG: inside entropy-coded data a 0xFF
+    byte is always followed by 0x00 or a restart marker, so the last SOS marker found is the last scan's, and
+    an EOI after it is the real end (an EXIF thumbnail's markers come before the main image's)."""
+    if data.startswith(_JPEG):
+        sos = data.rfind(b"\xff\xda")
+        return sos < 0 or data.find(b"\xff\xd9", sos) < 0
+    if data.startswith(_PNG):
+        return data.rfind(b"IEND") < 0
+    return False
 
-    Plain colour JPEGs (the SA-1B case) are decoded by OpenCV, ~30 % faster than Pillow: both run
-    libjpeg-turbo with the same settings (islow IDCT, fancy upsampling), and ``tests/test_images.py`` holds
-    them to identical pixels over subsamplings, progressive, restart markers, odd sizes, EXIF and Adobe
-    files. Only a complete file goes that way (it ends with the EOI marker; OpenCV would fill a truncated one
-    with grey where Pillow fails it); anything else, and any OpenCV refusal, is Pillow's.
-    """
-    from PIL import Image
+
+def load_rgb(path: str) -> np.ndarray:
+    """HxWx3 uint8 RGB, by the rule above; ``ImageError`` with the reason when the file cannot be used."""
+    import cv2
 
     try:
         with open(path, "rb") as f:
@@ -47,40 +49,17 @@ def load_rgb(path: str, decoder: str = "opencv") -> np.ndarray:
         raise
     except OSError as exc:
         raise ImageError(f"cannot read image {path}: {exc}") from exc
+    if truncated(data):
+        raise ImageError(f"truncated image {path}: the data ends before the image does")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format == "JPEG" and im.mode == "RGB" and decoder != "pil" and data.endswith(b"\xff\xd9"):
-                a = _opencv_rgb(data, im.size)
-                if a is not None:
-                    return a
-            im.load()  # raises on truncated data instead of returning grey rows
-            mode = im.mode
-            if mode.startswith("I;16") or mode in ("I", "F"):
-                a = np.asarray(im)
-                if a.dtype.kind == "f" or a.max(initial=0) > 65535 or a.min(initial=0) < 0:
-                    raise ImageError(f"unsupported {mode} image with values outside 0..65535")
-                a = np.rint(a.astype(np.float64) / 257.0).astype(np.uint8)
-                return np.repeat(a[:, :, None], 3, axis=2)
-            if mode != "RGB":
-                im = im.convert("RGB")
-            a = np.array(im)  # a writable copy: torch refuses read-only buffers
-    except ImageError:
-        raise
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
         raise ImageError(f"cannot decode image {path}: {exc}") from exc
-    if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
-        raise ImageError(f"unexpected decoded shape {a.shape} for {path}")
-    return np.ascontiguousarray(a)
-
-
-def _opencv_rgb(data: bytes, size: tuple[int, int]) -> np.ndarray | None:
-    """Stored pixel order (EXIF orientation ignored, as Pillow does), RGB; None where OpenCV disagrees."""
-    import cv2
-
-    a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
-    if a is None or a.dtype != np.uint8 or a.shape != (size[1], size[0], 3):
-        return None
-    return a
+    if a is None:
+        raise ImageError(f"cannot decode image {path}: not an image OpenCV can read")
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+        raise ImageError(f"unexpected decoded image {a.dtype}{a.shape} for {path}")
+    return cv2.cvtColor(a, cv2.COLOR_BGR2RGB)
 
 
 def preprocess(images, resolution: int, device):

@@ -15,7 +15,11 @@ from typing import Mapping
 from npzfix_core.devices import DEFAULT_WAIT_S, LEASE_DIR_ENV, LEASE_WAIT_ENV, default_lease_dir
 from npzfix_core.locks import DEFAULT_LOCK_TIMEOUT_S, LOCK_TIMEOUT_ENV
 
-JPEG_DECODERS = ("opencv", "pil")
+# Variables of earlier releases that no longer mean anything: set, they are refused by name rather than ignored.
+REMOVED = {
+    "NPZFIX_JPEG_DECODER": "images are always decoded as the original tools and the student's loader decode them "
+    "(OpenCV IMREAD_COLOR, EXIF orientation applied); unset it",
+}
 DEFAULT_MAX_PIXELS = 100_000_000  # SA-1B images are ~3.4 MP; a 20000x20000 claim would cost GBs per file
 
 
@@ -27,7 +31,6 @@ def default_state_dir() -> str:
 class Settings:
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # how long a writer waits for another's lock on one NPZ
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger image sizes claimed by a JSON are refused, not allocated
-    jpeg_decoder: str = "opencv"  # "pil" turns the OpenCV fast path off (identical pixels; a safety valve)
     state_dir: str = field(default_factory=default_state_dir)  # files that killed a worker, across runs
     gpu_lease_dir: str = field(default_factory=default_lease_dir)  # one flock per GPU, shared by processes
     gpu_lease_wait_s: float = DEFAULT_WAIT_S  # how long a run waits for a GPU another process leased
@@ -37,13 +40,14 @@ class Settings:
             raise ValueError(f"{ENV['lock_timeout_s']} and {ENV['gpu_lease_wait_s']} must be >= 0")
         if self.max_pixels < 1:
             raise ValueError(f"{ENV['max_pixels']} must be >= 1")
-        if self.jpeg_decoder not in JPEG_DECODERS:
-            raise ValueError(f"{ENV['jpeg_decoder']} must be one of {JPEG_DECODERS}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """The defaults, overridden by the variables of ``ENV`` that are set (and not empty); a value that does
         not parse names its variable."""
+        for name, why in REMOVED.items():
+            if environ.get(name):
+                raise ValueError(f"environment variable {name} is no longer read: {why}")
         out = cls()
         for f in fields(cls):
             raw = environ.get(ENV[f.name])
@@ -51,7 +55,7 @@ class Settings:
                 continue
             cast = type(getattr(out, f.name))
             try:
-                value = cast(raw.lower() if cast is str and f.name == "jpeg_decoder" else raw)
+                value = cast(raw)
             except ValueError as exc:
                 raise ValueError(f"environment variable {ENV[f.name]}={raw!r} is not a valid {cast.__name__}") from exc
             out = replace(out, **{f.name: value})
@@ -62,7 +66,6 @@ class Settings:
 ENV = {
     "lock_timeout_s": LOCK_TIMEOUT_ENV,
     "max_pixels": "NPZFIX_MAX_PIXELS",
-    "jpeg_decoder": "NPZFIX_JPEG_DECODER",
     "state_dir": "NPZFIX_STATE_DIR",
     "gpu_lease_dir": LEASE_DIR_ENV,
     "gpu_lease_wait_s": LEASE_WAIT_ENV,

@@ -131,7 +131,6 @@ def check_features(
     verify: Collection[str] | None = None,
     tolerance: Tolerance = Tolerance(),
     image_dir: str | None = None,
-    decoder: str = "opencv",
 ) -> CheckResult:
     """Structure, flag and provenance of every file; then the values: files in ``verify`` (all, when None) are
     recomputed with ``teacher`` (a ``LazyTeacher``, built only if a file needs it) and compared.
@@ -172,7 +171,7 @@ def check_features(
             held[p] = {k: a[k] for k in by_value.FEATURE_ARRAYS if k in a}
             remedy[p] = fix
     if queued:
-        verdicts, res.verification = by_value.timed_verify(queued, teacher, tolerance, held, decoder)
+        verdicts, res.verification = by_value.timed_verify(queued, teacher, tolerance, held)
         for v in verdicts:
             if v.status == by_value.UNVERIFIABLE:
                 res.unverifiable += 1

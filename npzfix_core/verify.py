@@ -148,7 +148,6 @@ def verify(
     teacher,
     tolerance: Tolerance = Tolerance(),
     arrays: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-    decoder: str = "opencv",
 ) -> list[Verdict]:
     """Verdicts for ``(npz, image or None)`` pairs against ``teacher`` (a ``LazyTeacher``: built only once a
     file is structurally sound and has a decodable image). ``arrays``: features already read, by path.
@@ -176,7 +175,7 @@ def verify(
             verdicts[npz] = Verdict(npz, UNVERIFIABLE, "no image found (looked beside the NPZ and in its parent)")
         else:
             try:
-                todo.append((npz, a, load_rgb(image, decoder)))
+                todo.append((npz, a, load_rgb(image)))
             except Exception as exc:
                 verdicts[npz] = Verdict(npz, UNVERIFIABLE, f"image {image} cannot be read: {exc}")
     if todo:
@@ -227,10 +226,10 @@ class Summary:
 
 
 def timed_verify(
-    files, teacher, tolerance: Tolerance = Tolerance(), arrays=None, decoder: str = "opencv"
+    files, teacher, tolerance: Tolerance = Tolerance(), arrays=None
 ) -> tuple[list[Verdict], Summary]:
     t = time.perf_counter()
-    verdicts = verify(files, teacher, tolerance, arrays, decoder)
+    verdicts = verify(files, teacher, tolerance, arrays)
     summary = Summary().add(verdicts)
     summary.seconds = round(time.perf_counter() - t, 3)
     return verdicts, summary

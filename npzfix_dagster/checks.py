@@ -117,7 +117,6 @@ def features_sample(
     tolerance: Tolerance,
     image_dir: str | None = None,
     seed: int = 0,
-    decoder: str = "opencv",
 ) -> CheckResult:
     """Structure, flags and provenance of SAMPLE random files; ``verify_sample`` of the run's files (see
     ``verify_picks``) recomputed with the run's teacher and compared within ``tolerance``."""
@@ -132,5 +131,4 @@ def features_sample(
         verify=set(picks),
         tolerance=tolerance,
         image_dir=image_dir,
-        decoder=decoder,
     )

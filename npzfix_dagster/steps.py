@@ -98,7 +98,7 @@ class FeatureStep:
 
         paths = discovery.npz_in_dir(directory_of(self))
         sample = checks.features_sample(
-            paths, lazy, report, self.verify_sample, req.tolerance, self.image_dir, self.seed, settings.jpeg_decoder
+            paths, lazy, report, self.verify_sample, req.tolerance, self.image_dir, self.seed
         )
         return StepOutcome(report, sample, paths)
 

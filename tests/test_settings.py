@@ -18,20 +18,19 @@ def test_from_env_reads_each_variable_and_names_a_bad_one(tmp_path):
     env = {
         "NPZFIX_LOCK_TIMEOUT_S": "2.5",
         "NPZFIX_MAX_PIXELS": "1000",
-        "NPZFIX_JPEG_DECODER": "PIL",
         "NPZFIX_STATE_DIR": str(tmp_path),
         "NPZFIX_GPU_LEASE_DIR": str(tmp_path / "leases"),
         "NPZFIX_GPU_LEASE_WAIT_S": "7",
         "NPZFIX_MAX_PIXELS_TYPO": "1",
     }
     s = Settings.from_env(env)
-    assert (s.lock_timeout_s, s.max_pixels, s.jpeg_decoder, s.gpu_lease_wait_s) == (2.5, 1000, "pil", 7.0)
+    assert (s.lock_timeout_s, s.max_pixels, s.gpu_lease_wait_s) == (2.5, 1000, 7.0)
     assert (s.state_dir, s.gpu_lease_dir) == (str(tmp_path), str(tmp_path / "leases"))
     assert Settings.from_env({"NPZFIX_MAX_PIXELS": ""}) == Settings()  # empty: unset
     with pytest.raises(ValueError, match="NPZFIX_MAX_PIXELS='lots' is not a valid int"):
         Settings.from_env({"NPZFIX_MAX_PIXELS": "lots"})
-    with pytest.raises(ValueError, match="NPZFIX_JPEG_DECODER must be one of"):
-        Settings.from_env({"NPZFIX_JPEG_DECODER": "libjpeg"})
+    with pytest.raises(ValueError, match="NPZFIX_JPEG_DECODER is no longer read"):  # not silently ignored
+        Settings.from_env({"NPZFIX_JPEG_DECODER": "pil"})
     assert set(ENV) == {f.name for f in __import__("dataclasses").fields(Settings)}
 
 
