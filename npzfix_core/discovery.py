@@ -131,11 +131,15 @@ def _exists(directory: str, name: str, listings: Listings | None) -> bool:
     return listings.has(directory, name) if listings else os.path.isfile(os.path.join(directory, name))
 
 
-def find_image(npz_path: str, image_dir: str | None = None, listings: Listings | None = None) -> str | None:
-    """``<dir>/<stem>.<ext>``, else ``<dir>/../<stem>.<ext>`` (or only ``image_dir`` when given)."""
+def find_image(
+    npz_path: str, image_dir: str | None = None, listings: Listings | None = None, also: str | None = None
+) -> str | None:
+    """``<dir>/<stem>.<ext>``, else ``<dir>/../<stem>.<ext>``, else ``<also>/<stem>.<ext>`` (or only ``image_dir``
+    when given)."""
     d = os.path.dirname(npz_path)
     stem = stem_of(os.path.basename(npz_path)) or ""
-    for place in [image_dir] if image_dir else [d, os.path.dirname(d)]:
+    places = [image_dir] if image_dir else [d, os.path.dirname(d)] + ([also] if also else [])
+    for place in places:
         for ext in IMAGE_EXTS:
             if _exists(place, stem + ext, listings):
                 return os.path.join(place, stem + ext)
@@ -217,10 +221,10 @@ def edge_items(
 
 def bulk_items(root: str, recursive: bool = True) -> Iterator[WorkItem]:
     """Bulk: recursive scan of ``root`` (or its own files only: one Dagster partition is one directory);
-    image beside the NPZ or in its parent."""
+    image beside the NPZ, in its parent, or at ``<root>/<stem>.<ext>`` (where the original bulk tool looked)."""
     listings = Listings(IMAGE_EXTS)
     for p in scan_npz(root) if recursive else iter_npz(root):
-        yield _item(p, find_image(p, listings=listings), "image")
+        yield _item(p, find_image(p, listings=listings, also=root), "image")
 
 
 def train_test_items(extracted_dirs: Iterable[str]) -> Iterator[WorkItem]:

@@ -314,7 +314,7 @@ def run_features(req: FeatureRequest, teacher: TeacherSource = None, progress: b
     )
     if prov.random_init:
         report.warnings.append("randomly initialised teacher: not real SAM2 features (demo/test only)")
-    bar = Progress(None, f"features {req.mode}", enabled=progress)
+    bar = Progress(_known_total(req), f"features {req.mode}", enabled=progress)
     items = items_for(req) if req.dry_run else _sweeping(items_for(req))
     pipeline = _Pipeline(req, lazy, report, bar)
     try:
@@ -325,6 +325,19 @@ def run_features(req: FeatureRequest, teacher: TeacherSource = None, progress: b
     if pipeline.drift_candidates:
         report.drift = drift_summary(pipeline.drift, pipeline.drift_candidates)
     return report.finish()
+
+
+def _known_total(req: FeatureRequest) -> int | None:
+    """Files a run will see, where one listing tells (one directory, or train/test splits) and so an ETA can be
+    given; None for a recursive scan or a sample list (not counted ahead: a million-file tree would wait)."""
+    try:
+        if req.mode == BULK and not req.recursive:
+            return len(discovery.npz_names(req.root))
+        if req.mode == TRAIN_TEST:
+            return sum(len(discovery.npz_names(d)) for d in req.extracted_dirs)
+    except OSError:
+        pass
+    return None
 
 
 def as_lazy(teacher: TeacherSource, spec: TeacherSpec) -> LazyTeacher:

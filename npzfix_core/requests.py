@@ -155,11 +155,25 @@ class FeatureRequest:
         return cls(**_from_args(cls, args, given))
 
 
+# The original feature tools' --weights default, relative to the working directory they were run from.
+ORIGINAL_WEIGHTS = os.path.join("weights", "sam2.1_hiera_base_plus.pt")
+
+
 def teacher_spec_from_args(args: Any, device: str) -> TeacherSpec:
-    """The teacher named by the shared teacher flags (``features`` and ``check features``), validated."""
+    """The teacher named by the shared teacher flags (``features`` and ``check features``), validated; with
+    neither ``--weights`` nor ``--random-init``, the originals' default checkpoint."""
+    if args.weights is None and args.random_init_seed is None:
+        args = replace_namespace(args, weights=ORIGINAL_WEIGHTS)
     spec = TeacherSpec.from_attrs(args, device)
     spec.validate()
     return spec
+
+
+def replace_namespace(args: Any, **changes: Any) -> Any:
+    """A copy of parsed arguments with ``changes`` (the caller's namespace stays as parsed)."""
+    import argparse
+
+    return argparse.Namespace(**{**vars(args), **changes})
 
 
 def tolerance_from_args(args: Any) -> Tolerance:

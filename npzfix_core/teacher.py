@@ -89,7 +89,10 @@ class TeacherSpec:
         if self.weights is not None and self.random_init_seed is not None:
             raise TeacherError("--weights and --random-init are exclusive")
         if self.weights is not None and not os.path.isfile(self.weights):
-            raise TeacherError(f"weights file {self.weights} does not exist")
+            raise TeacherError(
+                f"weights file {self.weights} does not exist (pass --weights PATH, or --random-init SEED for a "
+                "demo/test model)"
+            )
         if self.precision not in PRECISIONS:
             raise TeacherError(f"--precision must be one of {PRECISIONS}")
         if self.resolution is not None and (self.resolution < 64 or self.resolution % 32):

@@ -112,6 +112,39 @@ def assert_carried(path, before: dict[str, bytes], owned: frozenset[str]) -> int
     return n
 
 
+def reference_model_of(seed, ckpt=None):
+    """SAM2 built straight from sam2 (seeded random init, or a checkpoint), P5 kept: the independent reference."""
+    import sam2  # noqa: F401
+    import torch
+    from sam2.build_sam import build_sam2
+
+    torch.manual_seed(seed)
+    return build_sam2(
+        "configs/sam2.1/sam2.1_hiera_t.yaml",
+        ckpt,
+        device="cpu",
+        hydra_overrides_extra=["++model.image_encoder.scalp=0"],
+    )
+
+
+def reference_features(model, image_path, res=256):
+    """Straightforward per-image path, the originals': cv2.imread + BGR->RGB -> ToTensor -> Resize(antialias) ->
+    Normalize -> image_encoder."""
+    import cv2
+    import torch
+    import torch.nn.functional as F
+
+    img = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
+    x = torch.from_numpy(img.transpose(2, 0, 1).copy()).float().div(255)
+    x = F.interpolate(x[None], size=(res, res), mode="bilinear", align_corners=False, antialias=True)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1
+    )
+    with torch.no_grad():
+        fpn = model.image_encoder(x)["backbone_fpn"]
+    return fpn[2].numpy(), fpn[3].numpy()
+
+
 def run_cli(*args, check_rc=None, **kw) -> subprocess.CompletedProcess:
     p = subprocess.run([NPZFIX, *map(str, args)], capture_output=True, text=True, **kw)
     if check_rc is not None:

@@ -8,6 +8,8 @@ import subprocess
 import numpy as np
 import pytest
 from conftest import NPZFIX, run_cli, sha, temp_files
+from conftest import reference_features as reference
+from conftest import reference_model_of as _reference_model
 from PIL import Image
 
 from npzfix_core import store, synth
@@ -27,38 +29,6 @@ def teacher():
 @pytest.fixture(scope="module")
 def reference_model():
     return _reference_model(0)
-
-
-def _reference_model(seed, ckpt=None):
-    import sam2  # noqa: F401
-    import torch
-    from sam2.build_sam import build_sam2
-
-    torch.manual_seed(seed)
-    return build_sam2(
-        "configs/sam2.1/sam2.1_hiera_t.yaml",
-        ckpt,
-        device="cpu",
-        hydra_overrides_extra=["++model.image_encoder.scalp=0"],
-    )
-
-
-def reference(model, image_path, res=RES):
-    """Straightforward per-image path, the originals': cv2.imread + BGR->RGB -> ToTensor -> Resize(antialias) ->
-    Normalize -> image_encoder."""
-    import cv2
-    import torch
-    import torch.nn.functional as F
-
-    img = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
-    x = torch.from_numpy(img.transpose(2, 0, 1).copy()).float().div(255)
-    x = F.interpolate(x[None], size=(res, res), mode="bilinear", align_corners=False, antialias=True)
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
-        1, 3, 1, 1
-    )
-    with torch.no_grad():
-        fpn = model.image_encoder(x)["backbone_fpn"]
-    return fpn[2].numpy(), fpn[3].numpy()
 
 
 def _shard(tmp_path, n=5, states=("fresh",), seed=0, sizes=((120, 180), (64, 64), (200, 90)), name="shard"):

@@ -160,3 +160,24 @@ def test_report_and_log_paths_are_checked_before_any_work(tmp_path):
     # a report that fails only when written: said as such, after the run's own summary
     p = run_cli("edges", "--npz-dir", tmp_path, "--report", "/proc/npzfix/rep", check_rc=1)
     assert "npzfix edges: seen 0" in p.stdout and "report was not written" in p.stderr
+
+
+def test_progress_lines_give_done_rate_eta_and_thin_out(caplog, monkeypatch):
+    """A long partition is never silent for more than 5 minutes, yet logs tens of lines, not one per 10 s."""
+    import logging
+
+    from npzfix_core import report as report_mod
+
+    now = [1000.0]
+    monkeypatch.setattr(report_mod.time, "time", lambda: now[0])
+    bar = report_mod.Progress(3600, "edges", enabled=True)  # not a terminal under pytest: log lines
+    rep = report_mod.RunReport("edges")
+    with caplog.at_level(logging.INFO, logger="npzfix"):
+        for _ in range(3600):  # one file a second for an hour
+            now[0] += 1.0
+            rep.add(report_mod.Outcome("x", report_mod.UPDATED))
+            bar.step(rep)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("edges:")]
+    assert lines[0] == "edges: 10/3600 files (0.3 %), 1.0 files/s, ETA 60 min; updated 10"
+    assert lines[-1] == "edges: 3310/3600 files (91.9 %), 1.0 files/s, ETA 290 s; updated 3310"
+    assert len(lines) == 15  # at 10, 30, 70, 150, 310, 610 s, then every 300 s
