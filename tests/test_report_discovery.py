@@ -179,5 +179,5 @@ def test_progress_lines_give_done_rate_eta_and_thin_out(caplog, monkeypatch):
             bar.step(rep)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("edges:")]
     assert lines[0] == "edges: 10/3600 files (0.3 %), 1.0 files/s, ETA 60 min; updated 10"
-    assert lines[-1] == "edges: 3310/3600 files (91.9 %), 1.0 files/s, ETA 290 s; updated 3310"
+    assert lines[-1] == "edges: 3310/3600 files (91.9 %), 1.0 files/s, ETA 5 min; updated 3310"
     assert len(lines) == 15  # at 10, 30, 70, 150, 310, 610 s, then every 300 s
