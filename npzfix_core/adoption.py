@@ -113,14 +113,19 @@ def adopt(
     lock_timeout_s: float = store.DEFAULT_LOCK_TIMEOUT_S,
 ) -> store.UpdateResult:
     """Stamp provenance (with the evidence) onto a legacy file examined as ``seen``; nothing else changes."""
-    record = prov.record(mode, adopted=evidence)
-
     def prepare(existing):
         st = os.stat(npz)
         if (st.st_ino, st.st_size, st.st_mtime_ns) != seen:
             raise NotAdoptable("changed since it was examined: left as it is")
         if prov.state(store.read_flags(npz, FEATURE_KEYS)) is not FeatureState.LEGACY:
             raise NotAdoptable("no longer a legacy file")
-        return {"feature_provenance": record}
+        return {}
 
-    return store.update(npz, prepare=prepare, durable=durable, lock_timeout_s=lock_timeout_s)
+    return store.update(
+        npz,
+        prepare=prepare,
+        remove={"feature_provenance"},
+        seal=lambda crcs: {"feature_provenance": prov.record(mode, crcs, adopted=evidence)},
+        durable=durable,
+        lock_timeout_s=lock_timeout_s,
+    )

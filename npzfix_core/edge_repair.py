@@ -51,14 +51,13 @@ def process_one(npz: str, json_path: str | None, req: EdgeRequest) -> Outcome:
             store.inspect(npz)  # a dry run still reports files that could not be written
             return out(WOULD_UPDATE)
         arrays = {"edge_64x64": maps[64], "edge_32x32": maps[32], "edge_256x256": maps[256]}
-        if req.set_flag:
-            arrays.update(prov.arrays())
         # without a flag, the flag and provenance of an earlier run would vouch for edges they did not see
         store.update(
             npz,
             arrays,
             only_if_present={"edge_256x256"},
             remove=set(EDGE_KEYS),
+            seal=prov.arrays if req.set_flag else None,
             durable=req.durable,
             lock_timeout_s=req.settings.lock_timeout_s,
         )

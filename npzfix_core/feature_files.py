@@ -76,8 +76,6 @@ def write_features(
     npz: str, p4: np.ndarray, p5: np.ndarray, req: FeatureRequest, prov: FeatureProvenance
 ) -> store.UpdateResult:
     """Merge P4/P5 (and IMAGE_EMB_S16, flag, provenance) into the NPZ under its lock."""
-    record = prov.record(req.mode)
-
     def prepare(existing: dict[str, store.MemberInfo]) -> dict[str, np.ndarray]:
         arrays = {
             "P4_S16": fit(p4, existing.get("P4_S16"), req.store_dtype, "P4_S16"),
@@ -87,10 +85,16 @@ def write_features(
             arrays["IMAGE_EMB_S16"] = fit(p4, existing.get("IMAGE_EMB_S16"), req.store_dtype, "IMAGE_EMB_S16")
         if req.sets_flag:
             arrays["feature_flag"] = np.array(1, dtype=np.uint8)
-        arrays["feature_provenance"] = record
         return arrays
 
-    return store.update(npz, prepare=prepare, durable=req.durable, lock_timeout_s=req.settings.lock_timeout_s)
+    return store.update(
+        npz,
+        prepare=prepare,
+        remove={"feature_provenance"},  # replaced by the sealed record
+        seal=lambda crcs: {"feature_provenance": prov.record(req.mode, crcs)},
+        durable=req.durable,
+        lock_timeout_s=req.settings.lock_timeout_s,
+    )
 
 
 @dataclass

@@ -24,6 +24,26 @@ EDGE_RULE = "method_b"
 LEGACY_KERNEL = 3  # the original edge tool's default
 EDGE_KEYS = ("edge_flag", "edge_version", "edge_provenance")
 FEATURE_KEYS = ("feature_flag", "feature_provenance")
+# What each record vouches for: their CRC-32s are sealed into it, so a file whose features or edges another tool
+# rewrote (vfmkd's in-place tool keeps our record while writing its teacher's P4) is not "done" any more.
+EDGE_SEALED = ("edge_64x64", "edge_32x32", "edge_256x256")
+FEATURE_SEALED = ("P4_S16", "P5_S32", "IMAGE_EMB_S16")
+
+
+def seal(crcs: Mapping[str, int], keys: tuple[str, ...]) -> dict[str, int]:
+    """The ``crc32`` entry of a record: the CRC-32 of each vouched-for member the file holds."""
+    return {k: int(crcs[k]) for k in keys if k in crcs}
+
+
+def unchanged(record: Mapping[str, Any] | None, flags: Mapping[str, np.ndarray]) -> bool:
+    """False when the record seals members whose CRC-32 (from the zip directory, carried by ``store.Flags``) is
+    not what it sealed, or that are gone; True for records without a seal (earlier releases) or flags read
+    without CRCs."""
+    sealed = record.get("crc32") if isinstance(record, Mapping) else None
+    crcs = getattr(flags, "crcs", None)
+    if not isinstance(sealed, Mapping) or crcs is None:
+        return True
+    return all(crcs.get(k) == v for k, v in sealed.items())
 
 
 def flag_set(flags: Mapping[str, np.ndarray], key: str) -> bool:
@@ -73,9 +93,11 @@ class EdgeProvenance:
     rule: str = EDGE_RULE
     version: str = EDGE_VERSION
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Flag, version and provenance members, as written beside the edge maps."""
+    def arrays(self, crcs: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+        """Flag, version and provenance members, as written beside the edge maps (whose CRCs ``crcs`` gives)."""
         record = {"rule": self.rule, "version": self.version, "kernel_size": self.kernel_size, "tool": TOOL}
+        if crcs is not None:
+            record["crc32"] = seal(crcs, EDGE_SEALED)
         return {
             "edge_flag": np.array(1, dtype=np.uint8),
             "edge_version": np.array(self.version),
@@ -106,10 +128,13 @@ class EdgeProvenance:
         return cls(d["kernel_size"], EDGE_RULE, str(d.get("version", EDGE_VERSION)))
 
     def state(self, flags: Mapping[str, np.ndarray]) -> State:
-        """A legacy ``B_v1`` flag reads as kernel 3 (design §6): DONE for kernel 3, STALE for another."""
+        """A legacy ``B_v1`` flag reads as kernel 3 (design §6): DONE for kernel 3, STALE for another, or when
+        the edge maps are not those the record sealed."""
         if not flag_set(flags, "edge_flag"):
             return State.TODO
-        return State.DONE if EdgeProvenance.stored(flags) == self else State.STALE
+        if EdgeProvenance.stored(flags) != self or not unchanged(_stored_json(flags, "edge_provenance"), flags):
+            return State.STALE
+        return State.DONE
 
     def is_done(self, flags: Mapping[str, np.ndarray]) -> bool:
         return self.state(flags) is State.DONE
@@ -139,10 +164,12 @@ class FeatureProvenance:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def record(self, mode: str, **extra: Any) -> np.ndarray:
-        """The ``feature_provenance`` member: this teacher, the tool and the mode that wrote the file (plus, for an
-        adopted legacy file, the evidence it was adopted on)."""
-        return np.array(json.dumps({**self.as_dict(), "tool": TOOL, "mode": mode, **extra}, sort_keys=True))
+    def record(self, mode: str, crcs: Mapping[str, int] | None = None, **extra: Any) -> np.ndarray:
+        """The ``feature_provenance`` member: this teacher, the tool and the mode that wrote the file, the CRCs
+        of the features it vouches for (plus, for an adopted legacy file, the evidence it was adopted on)."""
+        sealed = {"crc32": seal(crcs, FEATURE_SEALED)} if crcs is not None else {}
+        record = {**self.as_dict(), "tool": TOOL, "mode": mode, **sealed, **extra}
+        return np.array(json.dumps(record, sort_keys=True))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> FeatureProvenance | None:
@@ -164,7 +191,9 @@ class FeatureProvenance:
         record = _stored_json(flags, "feature_provenance")
         if record is None:
             return State.LEGACY
-        return State.DONE if self.same_teacher(FeatureProvenance.from_dict(record)) else State.STALE
+        if not self.same_teacher(FeatureProvenance.from_dict(record)) or not unchanged(record, flags):
+            return State.STALE
+        return State.DONE
 
     def describe(self) -> str:
         return f"{self.config} {self.weights} {self.precision} @{self.resolution}"

@@ -44,6 +44,13 @@ class MemberInfo:
         return self.dtype.hasobject
 
 
+class Flags(dict):
+    """Small members read by ``read_flags`` (key -> array), plus ``crcs``: every member's CRC-32 from the zip
+    directory (key -> int), free with the read, so provenance can tell whether what it vouches for changed."""
+
+    crcs: dict[str, int]
+
+
 @dataclass(frozen=True)
 class UpdateResult:
     written: tuple[str, ...]
@@ -133,8 +140,16 @@ def _decode_small(raw: bytes) -> np.ndarray:
     return data.reshape(shape[::-1]).T if fortran else data.reshape(shape)
 
 
-def read_flags(path: str | os.PathLike, keys: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
-    """``read_arrays`` for a few small keys, fast: one read of the zip's tail, one per member.
+def _flags_slowly(path: str | os.PathLike, keys: list[str] | tuple[str, ...]) -> Flags:
+    out = Flags(read_arrays(path, keys))
+    with _open_zip(path) as zf:
+        out.crcs = {_key(i.filename): i.CRC for i in zf.infolist()}
+    return out
+
+
+def read_flags(path: str | os.PathLike, keys: list[str] | tuple[str, ...]) -> Flags:
+    """``read_arrays`` for a few small keys, fast: one read of the zip's tail, one per member; with every
+    member's CRC-32 (``Flags.crcs``).
 
     This is the "already done?" check run on every file of a million-file pass.
     """
@@ -142,14 +157,15 @@ def read_flags(path: str | os.PathLike, keys: list[str] | tuple[str, ...]) -> di
     try:
         directory = zipraw.read_directory(fd, os.fstat(fd).st_size)
         if directory is None:
-            return read_arrays(path, keys)
-        out = {}
+            return _flags_slowly(path, keys)
+        out = Flags()
+        out.crcs = {_key(name): e.crc for name, e in directory.items()}
         for key in keys:
             e = directory.get(key + ".npy")
             if e is None:
                 continue
             if e.size > _SMALL:
-                return read_arrays(path, keys)
+                return _flags_slowly(path, keys)
             try:
                 out[key] = _decode_small(zipraw.read_member(fd, e))
             except _ObjectArray as exc:
@@ -223,6 +239,12 @@ def _npy_parts(array: np.ndarray) -> tuple[bytes, np.ndarray]:
     return header.getvalue(), a.reshape(-1).view(np.uint8)
 
 
+def _refuse_objects(arrays: Mapping[str, np.ndarray]) -> None:
+    for key, value in arrays.items():
+        if np.asanyarray(value).dtype.hasobject:
+            raise NpzError(f"refusing to write object array for {key!r}")
+
+
 def _fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -238,6 +260,7 @@ def update(
     only_if_present: frozenset[str] | set[str] = frozenset(),
     prepare: Callable[[dict[str, MemberInfo]], Mapping[str, np.ndarray]] | None = None,
     remove: frozenset[str] | set[str] = frozenset(),
+    seal: Callable[[dict[str, int]], Mapping[str, np.ndarray]] | None = None,
     durable: bool = True,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> UpdateResult:
@@ -246,7 +269,9 @@ def update(
     The file is re-read under its lock (waited for at most ``lock_timeout_s``): keys in ``only_if_present`` are written
     only where it has them, and ``prepare`` (instead of ``arrays``) sees its
     current members (shape, dtype) to shape what it writes. Keys in ``remove``
-    (and not written) are dropped: a flag must not outlive what it vouched for. Raises NpzError
+    (and not written) are dropped: a flag must not outlive what it vouched for. ``seal`` gets the CRC-32 of every
+    member of the new file (key -> int) and returns small arrays written last (a provenance record naming the
+    content it vouches for). Raises NpzError
     with a reason, or OSError from the file system; the file is then unchanged
     and no temp file remains.
     """
@@ -264,19 +289,26 @@ def update(
                 chosen = dict(prepare(existing))
             else:
                 chosen = {k: v for k, v in (arrays or {}).items() if k not in only_if_present or k in existing}
-            for key, value in chosen.items():
-                if np.asanyarray(value).dtype.hasobject:
-                    raise NpzError(f"refusing to write object array for {key!r}")
+            _refuse_objects(chosen)
             deflate = any(i.compress_type == zipfile.ZIP_DEFLATED for i in infos)
             fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), dir=directory or ".")
             try:
                 with os.fdopen(fd, "wb") as out:
                     writer = zipraw.RawZipWriter(out)
+                    crcs: dict[str, int] = {}
                     for info in infos:
                         if _key(info.filename) not in chosen and _key(info.filename) not in remove:
                             writer.copy_raw(src, info)
+                            crcs[_key(info.filename)] = info.CRC
                     for key, array in chosen.items():
+                        crcs[key] = writer.add(f"{key}.npy", _npy_parts(array), deflate)
+                    sealed = dict(seal(crcs)) if seal is not None else {}
+                    _refuse_objects(sealed)
+                    for key, array in sealed.items():
+                        if key in crcs:
+                            raise NpzError(f"seal would write {key!r} twice")
                         writer.add(f"{key}.npy", _npy_parts(array), deflate)
+                    chosen.update(sealed)
                     writer.close()
                     out.flush()
                     _keep_attributes(src.fileno(), out.fileno(), st)

@@ -218,8 +218,9 @@ class RawZipWriter:
         self.fp.seek(pos + size)
         return True
 
-    def add(self, name: str, parts: Sequence[bytes | memoryview], deflate: bool) -> None:
-        """A new member from buffers written one after another (an .npy header, then the array's memory)."""
+    def add(self, name: str, parts: Sequence[bytes | memoryview], deflate: bool) -> int:
+        """A new member from buffers written one after another (an .npy header, then the array's memory);
+        returns its CRC-32."""
         crc = usize = 0
         for part in parts:
             crc = zlib.crc32(part, crc)
@@ -232,6 +233,7 @@ class RawZipWriter:
         self._header(name.encode(), method, crc, csize, usize, (1980, 1, 1, 0, 0, 0))
         for part in parts:
             self.fp.write(part)
+        return crc
 
     def close(self) -> None:
         start = self.fp.tell()

@@ -54,12 +54,14 @@ def test_a_cli_run_and_a_dagster_run_build_the_same_request(tmp_path):
     flags = ["--worker-processes", "0", "--no-edge-flag", "--no-skip-if-processed", "--order", "mtime", "--reverse"]
     args = ap.parse_args(["edges", "--npz-dir", d, "--no-recursive", *flags, "--only-mtime-after", "17.5"])
     config = EdgesConfig(
-        worker_processes=0, set_edge_flag=False, skip_if_processed=False, order="mtime", reverse=True, only_mtime_after=17.5
-    )
+        worker_processes=0, set_edge_flag=False, skip_if_processed=False, order="mtime", reverse=True,
+        only_mtime_after=17.5,
+    )  # fmt: skip
     assert EdgeRequest.from_args(args, env) == edge_request(config, d, None)
     original = ap.parse_args(["edges", "--npz-dir", d, "--json-dir", d, "--max-files", "0", "--no-set-edge-flag"])
     req = EdgeRequest.from_args(original, env)  # the original tool's own command line and defaults
-    assert (req.recursive, req.order, req.skip_if_processed, req.set_flag, req.max_files) == (True, "mtime", True, False, 0)
+    got = (req.recursive, req.order, req.skip_if_processed, req.set_flag, req.max_files)
+    assert got == (True, "mtime", True, False, 0)
 
     teacher = Sam2Teacher(random_init_seed=0, resolution=128, device="cpu")
     pipeline = FeaturePipeline(batch_size=2, decode_threads=3)

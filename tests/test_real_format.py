@@ -192,3 +192,50 @@ def _flat_layout_case(tmp_path, instance):
     with build_schedule_context(instance=instance, resources={"roots": roots, "teacher": TEACHER}) as sc:
         recheck = sa1b_daily_recheck(sc)
     assert not isinstance(recheck, list) and "every one done" in recheck.skip_message
+
+
+def _vfmkd_rewrite(path, compressed=True, **changes):
+    """What vfmkd's other tools do to a file: load every member (pickles too), change some, write it whole."""
+    with np.load(path, allow_pickle=True) as z:
+        data = {k: z[k] for k in z.files}
+    data.update(changes)
+    (np.savez_compressed if compressed else np.savez)(path, **data)
+
+
+def test_other_writers_aftermath_is_noticed(tmp_path, ref_model):
+    """vfmkd's box-prompt tool rewriting a repaired file keeps it done (same content, now deflated); its in-place
+    feature tool writing another teacher's P4 under our record, or an edge map changed under our flag, makes the
+    file not done, and a default run redoes it; a file reverted whole (a lost update) is simply not done again."""
+    from npzfix_core.provenance import EDGE_KEYS, FEATURE_KEYS, EdgeProvenance, FeatureProvenance, State
+
+    res, _ = _real(tmp_path / "sa1b", 4, 8, ("fresh", "with_256"))
+    ext = os.path.join(res.root, "extracted")
+    run_cli("features", "--root", res.root, *SMALL_TEACHER_FLAGS, check_rc=0)
+    run_cli("edges", "--npz-dir", ext, check_rc=0)
+    prov = FeatureProvenance.from_dict(
+        __import__("json").loads(str(store.read_flags(res.npz[0], FEATURE_KEYS)["feature_provenance"]))
+    )
+    edge = EdgeProvenance(3)
+
+    def states(p):
+        return prov.state(store.read_flags(p, FEATURE_KEYS)), edge.state(store.read_flags(p, EDGE_KEYS))
+
+    assert all(states(p) == (State.DONE, State.DONE) for p in res.npz)
+    reverted = res.npz[3]
+    old = open(reverted, "rb").read()
+    _vfmkd_rewrite(res.npz[0], box_prompts_meta=np.array(["strategy_B"], dtype=object))  # box prompts again
+    other = np.ones((1, 256, SMALL_RES // 16, SMALL_RES // 16), np.float32)
+    _vfmkd_rewrite(res.npz[1], compressed=False, P4_S16=other, IMAGE_EMB_S16=other)  # another teacher's P4
+    edges = store.read_arrays(res.npz[2], ["edge_64x64"])["edge_64x64"]
+    _vfmkd_rewrite(res.npz[2], edge_64x64=1 - edges)  # an edge map changed under our flag
+    assert states(res.npz[0]) == (State.DONE, State.DONE)
+    assert states(res.npz[1]) == (State.STALE, State.DONE)
+    assert states(res.npz[2]) == (State.DONE, State.STALE)
+    store.update(reverted, remove=set(FEATURE_KEYS) | set(EDGE_KEYS))  # as it was before npzfix: not done
+    assert states(reverted) == (State.TODO, State.TODO) and old != open(reverted, "rb").read()
+    p = run_cli("features", "--root", res.root, *SMALL_TEACHER_FLAGS, check_rc=0)
+    assert "updated 2" in p.stdout and "skipped (already done) 2" in p.stdout
+    p = run_cli("edges", "--npz-dir", ext, check_rc=0)
+    assert "updated 2" in p.stdout
+    assert all(states(q) == (State.DONE, State.DONE) for q in res.npz)
+    _features_match(res.npz[1], ref_model, image_of(res.npz[1]), with_emb=True)
