@@ -27,7 +27,7 @@ def main() -> None:
     a = ap.parse_args()
 
     import torch
-    from PIL import Image
+    import cv2
 
     from npzfix_core import synth
     from npzfix_core.feature_repair import FeatureRequest, run_features
@@ -46,10 +46,10 @@ def main() -> None:
 
         t = time.perf_counter()
         for img, npz in zip(imgs, res.npz):
-            rgb = np.array(Image.open(img).convert("RGB"))
+            rgb = cv2.cvtColor(cv2.imread(img), cv2.COLOR_BGR2RGB)  # the original's decode
             x = preprocess([rgb], a.resolution, teacher.device)
             p4, p5 = teacher.encode(x)
-            with np.load(npz) as z:
+            with np.load(npz, allow_pickle=True) as z:  # as the original loads
                 arrays = {k: z[k] for k in z.files}
             arrays.update(P4_S16=p4.numpy(), P5_S32=p5.numpy(), feature_flag=np.array(1, np.uint8))
             tmp = npz + ".tmp.npz"

@@ -49,7 +49,7 @@ def main() -> None:
     a = ap.parse_args()
 
     import torch
-    from PIL import Image
+    import cv2
 
     from npzfix_core import synth
     from npzfix_core.feature_repair import FeatureRequest, run_features
@@ -101,10 +101,10 @@ def main() -> None:
                 )
             t = time.perf_counter()
             for img, npz in zip(imgs[:loop_n], res.npz[:loop_n]):
-                rgb = np.array(Image.open(img).convert("RGB"))
+                rgb = cv2.cvtColor(cv2.imread(img), cv2.COLOR_BGR2RGB)  # the original's decode
                 p4, p5 = teacher.encode(preprocess([rgb], res_px, teacher.device))
                 p4, p5 = p4.cpu().numpy(), p5.cpu().numpy()
-                with np.load(npz) as z:
+                with np.load(npz, allow_pickle=True) as z:  # as the original loads
                     arrays = {k: z[k] for k in z.files}
                 arrays.update(P4_S16=p4, P5_S32=p5, feature_flag=np.array(1, np.uint8))
                 np.savez(npz + ".tmp.npz", **arrays)

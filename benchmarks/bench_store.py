@@ -47,7 +47,7 @@ def main() -> None:
         mb = os.path.getsize(path) / 2**20
 
         def full_load():
-            with np.load(path) as z:
+            with np.load(path, allow_pickle=True) as z:
                 return {k: z[k] for k in z.files}["edge_flag"]
 
         def lazy():
@@ -68,7 +68,7 @@ def main() -> None:
         for durable in (True, False):
 
             def naive():
-                with np.load(path) as z:
+                with np.load(path, allow_pickle=True) as z:
                     arrays = {k: z[k] for k in z.files}
                 arrays.update(new)
                 tmp = path + ".tmp.npz"

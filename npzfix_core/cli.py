@@ -145,6 +145,9 @@ def cmd_check(args) -> int:
             f"verified by value: {v.verified} recomputed, {v.matched} matched; min cosine {cos or '-'}; "
             f"{v.seconds:.1f} s"
         )
+    if res.carried:
+        carried = ", ".join(f"{k} in {n}" for k, n in sorted(res.carried.items()))
+        print(f"pickled members carried, not inspected: {carried}")
     print(f"npzfix check {args.kind}: {res.checked} file(s) checked, {len(res.problems)} problem(s)")
     return 0 if res.passed else 1
 

@@ -45,10 +45,12 @@ class MemberInfo:
 
 
 class Flags(dict):
-    """Small members read by ``read_flags`` (key -> array), plus ``crcs``: every member's CRC-32 from the zip
-    directory (key -> int), free with the read, so provenance can tell whether what it vouches for changed."""
+    """Members read (key -> array), plus ``crcs``: every member's CRC-32 from the zip directory (key -> int),
+    free with the read, so provenance can tell whether what it vouches for changed; and ``carried``: the
+    pickled members left unread (``read_readable``)."""
 
     crcs: dict[str, int]
+    carried: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,18 @@ def _decode_small(raw: bytes) -> np.ndarray:
     count = int(np.prod(shape, dtype=np.int64))
     data = np.frombuffer(raw, dtype=dtype, count=count, offset=hlen).copy()
     return data.reshape(shape[::-1]).T if fortran else data.reshape(shape)
+
+
+def read_readable(path: str | os.PathLike) -> Flags:
+    """Every member npzfix may read, with the CRCs of all and the names of the pickled ones, left out (carried):
+    what a content check looks at."""
+    with _open_zip(path) as zf:
+        infos = zf.infolist()
+        carried = tuple(_key(i.filename) for i in infos if _member_header(zf, i).carried)
+        crcs = {_key(i.filename): i.CRC for i in infos}
+    out = Flags(read_arrays(path, [k for k in crcs if k not in carried]))
+    out.crcs, out.carried = crcs, carried
+    return out
 
 
 def _flags_slowly(path: str | os.PathLike, keys: list[str] | tuple[str, ...]) -> Flags:

@@ -47,6 +47,7 @@ class CheckResult:
     checked: int = 0
     problems: list[dict[str, str]] = field(default_factory=list)  # path, problem, remedy
     legacy_flagged: int = 0  # flagged by the original tools (no provenance), content checked like any other
+    carried: dict[str, int] = field(default_factory=dict)  # pickled member -> files holding it: carried, not read
     unverifiable: int = 0  # sampled for a recompute, but its image is missing or unreadable
     verification: Summary | None = None  # what the recompute measured (None: no file was recomputed)
 
@@ -61,10 +62,13 @@ class CheckResult:
 def _read(p: str, res: CheckResult) -> dict | None:
     res.checked += 1
     try:
-        return store.read_arrays(p)
+        a = store.read_readable(p)
     except (store.NpzError, OSError) as exc:
         res.fail(p, f"unreadable: {exc}", RESTORE)
         return None
+    for key in a.carried:
+        res.carried[key] = res.carried.get(key, 0) + 1
+    return a
 
 
 def sample(paths: list[str], n: int, seed: int = 0) -> list[str]:

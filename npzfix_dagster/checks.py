@@ -66,6 +66,7 @@ def sample_valid(result: CheckResult, extra: dict | None = None) -> AssetCheckRe
         "checked": result.checked,
         "problems": len(result.problems),
         "legacy_flagged": result.legacy_flagged,
+        "carried_members": ", ".join(f"{k} ({n})" for k, n in sorted(result.carried.items())) or "none",
         "details": MetadataValue.md(files_table(result.problems, ["problem", "remedy"])),
         **(extra or {}),
     }

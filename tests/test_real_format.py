@@ -91,6 +91,9 @@ def test_edges_with_the_original_command_line(tmp_path):
             assert np.array_equal(got["edge_256x256"], want[256])
         compared += assert_carried(q, before[q], EDGE_OWNED)
     assert compared >= 9 * 16
+    p = run_cli("check", "edges", "--npz-dir", ext, "--json-dir", res.root, "--sample", "12", check_rc=0)
+    n_masks = sum("masks.npy" in members for members in before.values())
+    assert f"pickled members carried, not inspected: box_prompts_meta in 3, masks in {n_masks}" in p.stdout
 
 
 def test_bulk_with_the_original_command_line(tmp_path, ref_model):
