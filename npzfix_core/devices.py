@@ -54,13 +54,21 @@ _HELD: dict[str, int] = {}
 
 
 def allowed_gpus(spec: str | None = None) -> list[int] | None:
-    """``"1,2,4"`` -> [1, 2, 4]; None (or "all") means every visible GPU."""
+    """``"1,2,4"`` -> [1, 2, 4]; None (or "all") means every visible GPU. Anything else (a negative id, an
+    empty entry, ``","``) is refused: read silently, it would mean "no GPU" or "all of them"."""
     if spec is None or spec.strip() in ("", "all"):
         return None
-    try:
-        return [int(x) for x in spec.split(",") if x.strip()]
-    except ValueError as exc:
-        raise DeviceError(f"bad GPU list {spec!r}: expected e.g. 1,2,4,5,6,7") from exc
+    parts = [x.strip() for x in spec.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise DeviceError(f"bad GPU list {spec!r}: expected GPU numbers >= 0, e.g. 1,2,4,5,6,7 (or all)")
+    return [int(p) for p in parts]
+
+
+def check_device(device: str) -> None:
+    """``cpu | cuda | cuda:N | auto``, checked without touching a GPU."""
+    if device in ("cpu", "cuda", "auto") or (device.startswith("cuda:") and device[5:].isdigit()):
+        return
+    raise DeviceError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
 
 
 def physical_ids(n: int) -> list[str]:
@@ -181,10 +189,9 @@ def resolve(
 ) -> str:
     """``cpu | cuda | cuda:N | auto`` -> a concrete device string, honouring the allowlist, with the GPU leased."""
     allow = allowed_gpus(gpus)
+    check_device(device)
     if device == "cpu":
         return "cpu"
-    if not (device in ("auto", "cuda") or device.startswith("cuda:")):
-        raise DeviceError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
     visible = probe()
     n = len(visible)
     usable = [g.ordinal for g in visible if allow is None or g.ordinal in allow]

@@ -82,7 +82,8 @@ def run_bounded(
     progress: Progress,
     killers: KillerRegistry,
 ) -> None:
-    """Run ``fn(*args_of(item))`` over items (in ``workers`` processes when > 1) until ``max_updates`` are done.
+    """Run ``fn(*args_of(item))`` over items in ``workers`` processes (one at least: a JSON that crashes OpenCV or
+    pycocotools must cost its own file, not the run) until ``max_updates`` are done.
 
     Skipped files do not count toward the bound, so repeated bounded runs make progress. A worker process
     that dies (a segfault, the OOM killer) fails only the file it held, is replaced, and the run goes on;
@@ -93,14 +94,6 @@ def run_bounded(
     def record(outcome: Outcome) -> None:
         report.add(outcome)
         progress.step(report)
-
-    if workers <= 1:
-        for item in items:
-            if not budget.allows(report, 0):
-                budget.stop(report)
-                return
-            record(fn(*args_of(item)))
-        return
 
     sources: dict[str, str | None] = {}
 
@@ -114,7 +107,7 @@ def run_bounded(
             sources.pop(path, None)
             record(outcome)
 
-    with WorkerPool(workers, fn, initializer=_init_worker) as pool:
+    with WorkerPool(max(workers, 1), fn, initializer=_init_worker) as pool:
         for item in items:
             while pool.busy and (not pool.idle or not budget.allows(report, pool.busy)):
                 harvest(pool)
@@ -161,7 +154,7 @@ def run_edges(req: EdgeRequest, progress: bool = True) -> RunReport:
             req.worker_processes,
             req.max_files,
             bar,
-            KillerRegistry(req.settings.state_dir, retry=req.retry_killed),
+            KillerRegistry(req.settings.state_dir, retry=req.retry_killed, read_only=req.dry_run),
         )
     finally:
         bar.close()

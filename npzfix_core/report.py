@@ -67,6 +67,8 @@ def outcome_for(path: str, exc: BaseException, source: str | None = None, second
         return Outcome(path, FAILED, f"malformed JSON{where}: {exc}", seconds)
     if isinstance(exc, InputError):
         return Outcome(path, FAILED, f"bad input{where}: {exc}", seconds)
+    if isinstance(exc, RecursionError):  # json.loads of a document nested thousands deep
+        return Outcome(path, FAILED, f"malformed JSON{where}: nested too deeply to read", seconds)
     if isinstance(exc, FileNotFoundError):
         return Outcome(path, MISSING, f"file vanished: {exc.filename or path}", seconds)
     if isinstance(exc, OSError):

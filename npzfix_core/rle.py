@@ -39,15 +39,35 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def outline_limit(height: int, width: int) -> int:
+    """The longest outline (pixels, all polygons of one annotation) rasterised: an outline that zigzags over every
+    row of the image is ~h*w long, twice that and a margin allow any real one. pycocotools allocates ~80 bytes
+    per outline pixel (5x upsampled points, four int arrays), so this bounds it at ~160 bytes per image pixel
+    (0.5 GB for an SA-1B image) where a polygon bomb would take tens of GB and crash the process."""
+    return 2 * height * width + 4 * (height + width) + 1024
+
+
 def _polygons(segmentation: list, height: int, width: int) -> list[list[float]]:
-    """Polygons checked before pycocotools sees them: it crashes the process on absurd coordinates."""
+    """Polygons checked before pycocotools sees them: it crashes the process on absurd coordinates, and on
+    outlines whose length times the upsampling does not fit in memory (a "polygon bomb")."""
     bound = 2 * max(height, width) + 1024
+    outline, vertices = 0.0, 0
     for j, poly in enumerate(segmentation):
         if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
             raise RleError(f"polygon {j} is not a list of at least 3 x,y pairs")
         for v in poly:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not (-bound <= v <= bound):
                 raise RleError(f"polygon {j} has a coordinate {v!r} that is not a number within ±{bound}")
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        step = np.abs(np.diff(xy, axis=0, append=xy[:1]))
+        outline += float(step.max(axis=1).sum()) + len(xy)
+        vertices += len(xy)
+    limit = outline_limit(height, width)
+    if outline > limit:
+        raise RleError(
+            f"polygons with {vertices} vertices outline {outline:.3g} px, over the {limit} px a {height}x{width} image "
+            f"allows (rasterising them would take ~{80 * outline / 2**30:.1f} GB)"
+        )
     return segmentation
 
 

@@ -8,6 +8,7 @@ passes a ``Settings`` instead of mutating the process environment.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Mapping
@@ -36,8 +37,10 @@ class Settings:
     gpu_lease_wait_s: float = DEFAULT_WAIT_S  # how long a run waits for a GPU another process leased
 
     def validate(self) -> None:
-        if self.lock_timeout_s < 0 or self.gpu_lease_wait_s < 0:
-            raise ValueError(f"{ENV['lock_timeout_s']} and {ENV['gpu_lease_wait_s']} must be >= 0")
+        for name in ("lock_timeout_s", "gpu_lease_wait_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):  # nan or inf would wait forever
+                raise ValueError(f"{ENV[name]}={value!r}: must be a finite number of seconds >= 0")
         if self.max_pixels < 1:
             raise ValueError(f"{ENV['max_pixels']} must be >= 1")
 

@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import stat
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterator
 
@@ -139,9 +140,10 @@ class KillerRegistry:
     again. One small JSON-lines file outside the data directories (``Settings.state_dir``).
     """
 
-    def __init__(self, state_dir: str, retry: bool = False):
+    def __init__(self, state_dir: str, retry: bool = False, read_only: bool = False):
         self.path = os.path.join(state_dir, "worker_killers.jsonl")
         self.retry = retry
+        self.read_only = read_only  # a dry run reads what earlier runs learnt and writes nothing
         self._known: dict[str, str] | None = None
 
     @staticmethod
@@ -156,17 +158,25 @@ class KillerRegistry:
         if self._known is None:
             import json
 
+            from npzfix_core.errors import NpzError
+            from npzfix_core.locks import open_regular
+
             self._known = {}
             try:
-                with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
-                    for line in f:
-                        try:
-                            rec = json.loads(line)
-                            self._known[rec["key"]] = rec["reason"]
-                        except (ValueError, KeyError, TypeError):
-                            continue
-            except OSError:
-                pass
+                fd = open_regular(self.path)  # never blocks: a FIFO or device there is refused, not read
+            except FileNotFoundError:
+                return self._known
+            except (OSError, NpzError) as exc:
+                log.warning("%s: files that killed a worker are not remembered (%s)", self.path, exc)
+                self.read_only = True
+                return self._known
+            with os.fdopen(fd, encoding="utf-8", errors="surrogateescape") as f:
+                for line in f:  # a torn last line (a crash mid-write) is skipped; the next entry starts anew
+                    try:
+                        rec = json.loads(line)
+                        self._known[rec["key"]] = rec["reason"]
+                    except (ValueError, KeyError, TypeError):
+                        continue
         return self._known
 
     def killed_before(self, npz: str, source: str | None) -> str | None:
@@ -180,9 +190,20 @@ class KillerRegistry:
 
         key = self._key(npz, source)
         self._load()[key] = reason
+        if self.read_only:
+            return
+        line = (json.dumps({"key": key, "reason": reason}) + "\n").encode("utf-8", "surrogateescape")
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            with open(self.path, "a", encoding="utf-8", errors="surrogateescape") as f:
-                f.write(json.dumps({"key": key, "reason": reason}) + "\n")
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(f"{self.path} is not a regular file")
+                if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+                    line = b"\n" + line  # a line torn by a crash must not swallow this one
+                os.write(fd, line)
+            finally:
+                os.close(fd)
         except OSError as exc:
             log.warning("cannot remember %s in %s: %s", npz, self.path, exc)

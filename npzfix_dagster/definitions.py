@@ -5,7 +5,6 @@ Loads without torch, sam2 or weights: the teacher is built inside the run that n
 
 from __future__ import annotations
 
-import os
 
 from npzfix_dagster import antlr_compat
 
@@ -17,7 +16,9 @@ from npzfix_dagster.assets import versioned
 from npzfix_dagster.jobs import sa1b_edges_job, sa1b_job, sample_list_job, train_test_job
 from npzfix_dagster.resources import (
     default_edge_kernel,
+    check_environment,
     execution_from_env,
+    max_concurrent_steps,
     pipeline_from_env,
     roots_from_env,
     teacher_from_env,
@@ -27,7 +28,8 @@ from npzfix_dagster.sensors import sa1b_new_dirs_sensor, train_test_new_splits_s
 from npzfix_dagster.sources import sa1b_npz_files, train_test_npz_files
 
 # Steps of one run in parallel; GPU steps are further limited across runs by the "gpu" pool.
-MAX_CONCURRENT_STEPS = int(os.environ.get("NPZFIX_MAX_CONCURRENT_STEPS", "2"))
+check_environment()  # a bad NPZFIX_* value stops the load here, named, before any run
+MAX_CONCURRENT_STEPS = max_concurrent_steps()
 
 teacher = teacher_from_env()
 defs = Definitions(

@@ -73,14 +73,38 @@ class Sam2Teacher(ConfigurableResource):
         return provenance(self.spec())
 
 
-def _env(name: str, cast=str):
+class SettingError(ValueError):
+    """An ``NPZFIX_*`` variable with a value no run could use; the message names it and what it accepts."""
+
+
+def _env(name: str, cast=str, accepts: str | None = None, ok=None):
+    """The variable as ``cast`` (None when unset or empty); refused, by name, when it does not parse or ``ok``
+    says no: read when the code location loads, a bad value must stop it there, not spin or mean something
+    else in a run."""
     v = os.environ.get(name)
     if v in (None, ""):
         return None
     try:
-        return cast(v)
-    except ValueError as exc:  # read when the code location loads: say which variable, not just "int()"
-        raise ValueError(f"environment variable {name}={v!r} is not a valid {cast.__name__}") from exc
+        value = cast(v)
+    except ValueError as exc:
+        raise SettingError(f"environment variable {name}={v!r} is not a valid {cast.__name__}{_want(accepts)}") from exc
+    if ok is not None and not ok(value):
+        raise SettingError(f"environment variable {name}={v!r} is out of range{_want(accepts)}")
+    return value
+
+
+def _want(accepts: str | None) -> str:
+    return f": {accepts}" if accepts else ""
+
+
+def env_int(name: str, minimum: int, accepts: str) -> int | None:
+    return _env(name, int, accepts, lambda v: v >= minimum)
+
+
+def env_seconds(name: str) -> float | None:
+    import math
+
+    return _env(name, float, "a finite number of seconds > 0", lambda v: math.isfinite(v) and v > 0)
 
 
 def roots_from_env() -> DatasetRoots:
@@ -93,19 +117,39 @@ def roots_from_env() -> DatasetRoots:
 
 
 def teacher_from_env() -> Sam2Teacher:
+    """The teacher of the environment, each variable checked by name: a run must not find out hours later."""
+    from npzfix_core import devices
+    from npzfix_core.teacher import PRECISIONS
+
+    def allowed(v: str) -> bool:
+        try:
+            devices.allowed_gpus(v)
+        except devices.DeviceError:
+            return False
+        return True
+
+    def device_ok(v: str) -> bool:
+        try:
+            devices.check_device(v)
+        except devices.DeviceError:
+            return False
+        return True
+
     kw = dict(
-        weights=_env("NPZFIX_SAM2_WEIGHTS"),
+        weights=_env("NPZFIX_SAM2_WEIGHTS", str, "an existing checkpoint file", os.path.isfile),
         config=_env("NPZFIX_SAM2_CONFIG"),
-        gpus=_env("NPZFIX_GPUS"),
-        resolution=_env("NPZFIX_RESOLUTION", int),
-        random_init_seed=_env("NPZFIX_RANDOM_INIT_SEED", int),
+        gpus=_env("NPZFIX_GPUS", str, "GPU numbers >= 0, e.g. 1,2,4,5,6,7, or all", allowed),
+        resolution=_env("NPZFIX_RESOLUTION", int, "a multiple of 32, at least 64", lambda v: v >= 64 and v % 32 == 0),
+        random_init_seed=_env("NPZFIX_RANDOM_INIT_SEED", int, "an integer seed"),
     )
-    for name, key, cast in (
-        ("NPZFIX_DEVICE", "device", str),
-        ("NPZFIX_PRECISION", "precision", str),
-    ):
-        if _env(name) is not None:
-            kw[key] = _env(name, cast)
+    device = _env("NPZFIX_DEVICE", str, "cpu, cuda, cuda:N or auto", device_ok)
+    precision = _env("NPZFIX_PRECISION", str, f"one of {', '.join(PRECISIONS)}", lambda v: v in PRECISIONS)
+    if kw["weights"] is not None and kw["random_init_seed"] is not None:
+        raise SettingError("NPZFIX_SAM2_WEIGHTS and NPZFIX_RANDOM_INIT_SEED are exclusive: set one")
+    if device is not None:
+        kw["device"] = device
+    if precision is not None:
+        kw["precision"] = precision
     return Sam2Teacher(**kw)
 
 
@@ -118,22 +162,27 @@ class FeaturePipeline(ConfigurableResource):
 
 
 def execution_from_env():
-    from npzfix_dagster.execution import LOCAL, Execution
+    from npzfix_dagster.execution import LOCAL, SLURM, Execution
 
+    mode = _env("NPZFIX_EXECUTION", str.lower, "local or slurm", lambda v: v in (LOCAL, SLURM))
     return Execution(
-        mode=(_env("NPZFIX_EXECUTION") or LOCAL).lower(),
+        mode=mode or LOCAL,
         slurm_partition=_env("NPZFIX_SLURM_PARTITION"),
         slurm_args=_env("NPZFIX_SLURM_ARGS") or "",
-        slurm_cpus=_env("NPZFIX_SLURM_CPUS", int) or 0,
+        slurm_cpus=env_int("NPZFIX_SLURM_CPUS", 0, "CPUs per job, >= 0 (0: what the step would use)") or 0,
         slurm_dir=_env("NPZFIX_SLURM_DIR"),
     )
 
 
 def pipeline_from_env() -> FeaturePipeline:
     kw = {}
-    for name, key in (("NPZFIX_BATCH_SIZE", "batch_size"), ("NPZFIX_DECODE_THREADS", "decode_threads")):
-        if _env(name) is not None:
-            kw[key] = _env(name, int)
+    for name, key, what in (
+        ("NPZFIX_BATCH_SIZE", "batch_size", "images per encoder call, >= 0 (0: 1 on CPU, 8 on GPU)"),
+        ("NPZFIX_DECODE_THREADS", "decode_threads", "threads, >= 0 (0: the host's cores - 1)"),
+    ):
+        value = env_int(name, 0, what)
+        if value is not None:
+            kw[key] = value
     return FeaturePipeline(**kw)
 
 
@@ -167,7 +216,8 @@ def edges_code_version(kernel_size: int) -> str:
 
 
 def default_edge_kernel() -> int:
-    return _env("NPZFIX_EDGE_KERNEL", int) or 3
+    value = env_int("NPZFIX_EDGE_KERNEL", 1, "the Method-B kernel size, >= 1")
+    return 3 if value is None else value
 
 
 EDGE_WORKERS_ENV = "NPZFIX_EDGE_WORKERS"
@@ -176,5 +226,31 @@ EDGE_WORKERS_ENV = "NPZFIX_EDGE_WORKERS"
 def default_edge_workers() -> int:
     """Edge worker processes per run: 1 (the original tool's), or what the environment says; 0 means one
     per usable CPU. A Kubernetes edges pod sets it to its CPU request (``k8s.CPU_POD``)."""
-    value = _env(EDGE_WORKERS_ENV, int)
+    value = env_int(EDGE_WORKERS_ENV, 0, "worker processes, >= 0 (0: one per usable CPU)")
     return 1 if value is None else value
+
+
+def max_concurrent_steps() -> int:
+    value = env_int("NPZFIX_MAX_CONCURRENT_STEPS", 1, "steps of one run at once, >= 1")
+    return 2 if value is None else value
+
+
+def check_environment() -> None:
+    """Every ``NPZFIX_*`` value a run would read, checked now (the code location's load): a bad one stops the
+    load with its name and what it accepts, before any run could spin, wait forever or silently mean
+    something else."""
+    from npzfix_core.settings import Settings
+    from npzfix_dagster.sensors import list_budget_s
+
+    roots_from_env()
+    teacher_from_env()
+    pipeline_from_env()
+    execution_from_env()
+    default_edge_kernel()
+    default_edge_workers()
+    max_concurrent_steps()
+    list_budget_s()
+    try:
+        Settings.from_env(os.environ)
+    except ValueError as exc:
+        raise SettingError(str(exc)) from exc

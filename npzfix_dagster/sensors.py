@@ -26,7 +26,10 @@ LIST_BUDGET_ENV = "NPZFIX_SENSOR_LIST_BUDGET_S"
 
 def list_budget_s() -> float:
     """Read at each tick, not at import: the daemon keeps a code location loaded for days."""
-    return float(os.environ.get(LIST_BUDGET_ENV) or 30)
+    from npzfix_dagster.resources import env_seconds
+
+    value = env_seconds(LIST_BUDGET_ENV)
+    return 30.0 if value is None else value
 
 
 def _scan(root: str, state: dict[str, DirEntry], budget_s: float | None = None) -> tuple[dict[str, DirEntry], int]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import EDGE_OWNED, NPZFIX, assert_carried, raw_members, run_cli, sha, temp_files
 
-from npzfix_core import devices, edge_repair, store, synth
+from npzfix_core import devices, discovery, edge_repair, store, synth
 from npzfix_core.edges import method_b_reference, parse_sa1b
 
 
@@ -196,10 +196,13 @@ def test_unwritable_directory(tmp_path, monkeypatch):
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied", a[0] if a else None)
 
-    # root ignores directory modes, so the refusal is injected where the temp file is created
+    # root ignores directory modes, so the refusal is injected where the temp file is created (in this process:
+    # one file's work, as a worker process runs it)
     monkeypatch.setattr(store.tempfile, "mkstemp", lambda *a, **k: denied(k.get("dir")))
-    rep = edge_repair.run_edges(edge_repair.EdgeRequest(os.path.dirname(res.npz[0])), progress=False)
-    assert rep.counts["failed"] == 2 and "Permission denied" in rep.failures[0]["reason"]
+    req = edge_repair.EdgeRequest(os.path.dirname(res.npz[0]))
+    for p in res.npz:
+        outcome = edge_repair.process_one(p, discovery.find_json(p), req)
+        assert outcome.status == "failed" and "Permission denied" in outcome.reason
     assert [sha(p) for p in res.npz] == digests
 
 

@@ -125,3 +125,37 @@ def test_fuzzed_inputs_fail_their_file_only(tmp_path):
             assert npz not in rows, (kinds[npz], rows.get(npz))
             assert store.read_flags(npz, ["edge_flag"])["edge_flag"] == 1
     assert report["counts"]["failed"] == sum(expect_fail.values())
+
+
+def _bomb(h: int, w: int, vertices: int = 100_000) -> list[float]:
+    """A polygon alternating between two in-bounds corners: pycocotools would allocate vertices x perimeter."""
+    b = 2 * max(h, w) + 1024
+    return [float(v) for _ in range(vertices // 2) for v in (-b, -b, b, b)]
+
+
+def test_a_polygon_bomb_fails_its_own_file_in_every_path(tmp_path):
+    """100,000 vertices on a 60x80 image: before, `npzfix edges` (1 worker process) and `npzfix check edges` died of
+    a segfault at 9 GB. Now that file fails with its reason, the others are repaired, the report is written."""
+    res = synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=4, seed=11, sizes=((60, 80),), masks=4, states=("fresh",), feature_hw=4)
+    )
+    ext = os.path.dirname(res.npz[0])
+    bomb_json = os.path.join(res.root, os.path.basename(res.npz[1]).replace("_features.npz", ".json"))
+    doc = json.load(open(bomb_json))
+    doc["annotations"][0]["segmentation"] = [_bomb(60, 80)]
+    json.dump(doc, open(bomb_json, "w"))
+    deep_json = os.path.join(res.root, os.path.basename(res.npz[2]).replace("_features.npz", ".json"))
+    open(deep_json, "w").write("[" * 100_000 + "]" * 100_000)
+    digests = {p: sha(p) for p in res.npz[1:3]}
+    for flags in ([], ["--worker-processes", "2"]):
+        rep = tmp_path / f"rep{len(flags)}"
+        p = run_cli("edges", "--npz-dir", ext, "--no-skip-if-processed", "--report", rep, *flags, check_rc=1)
+        assert "updated 2" in p.stdout and "failed 2" in p.stdout, p.stdout + p.stderr
+        assert "Traceback" not in p.stderr
+        failures = {os.path.basename(f["path"]): f["reason"] for f in json.load(open(f"{rep}.json"))["failures"]}
+        assert "polygons with 100000 vertices outline" in failures[os.path.basename(res.npz[1])]
+        assert "nested too deeply" in failures[os.path.basename(res.npz[2])]
+        assert all(sha(q) == d for q, d in digests.items())
+    store.update(res.npz[1], {"edge_flag": np.array(1, np.uint8), "edge_version": np.array("B_v1")})  # "done"
+    p = run_cli("check", "edges", "--npz-dir", ext, "--sample", "4", check_rc=1)  # so its JSON is recomputed
+    assert "polygons with 100000 vertices" in p.stdout and "Traceback" not in p.stderr

@@ -164,3 +164,43 @@ def test_killing_the_main_process_takes_its_workers_along(tmp_path):
     while time.monotonic() < deadline and any(_alive(k) for k in kids):
         time.sleep(0.1)
     assert not [k for k in kids if _alive(k)]
+
+
+def test_the_killer_registry_survives_torn_lines_fifos_and_dry_runs(tmp_path):
+    """Before: a line cut without its newline swallowed the next entry; a FIFO in its place hung every edges run;
+    a dry run wrote it."""
+    from npzfix_core.workers import KillerRegistry
+
+    state = tmp_path / "state"
+    state.mkdir()
+    reg_path = state / "worker_killers.jsonl"
+    reg_path.write_text('{"key": "a|b|1|2", "reason": "killed by SIG')  # torn by a crash mid-write
+    KillerRegistry(str(state)).remember(str(tmp_path / "x_features.npz"), None, "killed by SIGSEGV")
+    again = KillerRegistry(str(state))
+    assert again.killed_before(str(tmp_path / "x_features.npz"), None) == "killed by SIGSEGV"
+    dry = KillerRegistry(str(state), read_only=True)
+    before = reg_path.read_bytes()
+    dry.remember(str(tmp_path / "y_features.npz"), None, "killed by SIGKILL")
+    assert reg_path.read_bytes() == before
+    reg_path.unlink()
+    os.mkfifo(reg_path)
+    fifo = KillerRegistry(str(state))
+    assert fifo.killed_before(str(tmp_path / "x_features.npz"), None) is None  # does not block
+    fifo.remember(str(tmp_path / "x_features.npz"), None, "killed by SIGSEGV")  # nor here
+
+
+def test_edges_runs_do_not_hang_on_a_fifo_registry_and_dry_runs_write_no_state(tmp_path):
+    res = synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=3, seed=8, sizes=((40, 60),), masks=3, states=("fresh",), feature_hw=4)
+    )
+    state = tmp_path / "npzfix_state"
+    env = dict(os.environ, NPZFIX_STATE_DIR=str(state))
+    ext = os.path.dirname(res.npz[0])
+    p = subprocess.run([NPZFIX, "edges", "--npz-dir", ext, "--dry-run", "--worker-processes", "2"], env=env,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0 and not state.exists()
+    state.mkdir()
+    os.mkfifo(state / "worker_killers.jsonl")
+    p = subprocess.run([NPZFIX, "edges", "--npz-dir", ext, "--worker-processes", "2"], env=env,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0 and "updated 3" in p.stdout
