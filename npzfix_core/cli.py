@@ -55,6 +55,8 @@ def _finish(report, args) -> int:
     """Summary first, then the report file: a report that cannot be written is said as such (exit 1 after a
     clean run), never hiding what the run did."""
     print(report.summary())
+    if report.interrupted:
+        print(f"npzfix: interrupted ({report.interrupted}); every file is either untouched or fully updated", file=sys.stderr)
     base = args.report or (os.path.splitext(args.log)[0] + ".report" if args.log else None)
     if base:
         try:
@@ -211,9 +213,23 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
     return parser.build_parser(COMMANDS, add_commands)
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP stop a run as Ctrl-C does (summary, report, every file untouched or fully updated)."""
+    import signal
+
+    from npzfix_core.errors import Interrupted
+
+    def stop(signum, frame):
+        raise Interrupted(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+
+
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     ap = parser or build_parser()
     args = ap.parse_args(argv)
+    _stop_on_signals()
     try:
         _writable_file("--log", getattr(args, "log", None))
         _writable_file("--report", getattr(args, "report", None))
@@ -222,9 +238,12 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     except UsageError as exc:
         print(f"npzfix: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("npzfix: interrupted; every file is either untouched or fully updated", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        from npzfix_core.errors import interruption
+
+        name = interruption(exc)
+        print(f"npzfix: interrupted ({name}); every file is either untouched or fully updated", file=sys.stderr)
+        return 128 + int(getattr(exc, "signum", 2))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from typing import Callable, Iterator
 
 from npzfix_core import discovery, store
+from npzfix_core.errors import interruption
 from npzfix_core.provenance import EDGE_KEYS, EdgeProvenance
 from npzfix_core.report import (
     FAILED,
@@ -156,6 +157,9 @@ def run_edges(req: EdgeRequest, progress: bool = True) -> RunReport:
             bar,
             KillerRegistry(req.settings.state_dir, retry=req.retry_killed, read_only=req.dry_run),
         )
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP where the caller made them Interrupted
+        report.interrupted = interruption(exc)
     finally:
         bar.close()
+    report.check_directories([req.npz_dir])
     return report.finish()

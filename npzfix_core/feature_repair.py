@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Iterator, Union
 
 from npzfix_core import adoption, discovery, store
 from npzfix_core import feature_files as files
+from npzfix_core.errors import interruption
 from npzfix_core.report import FAILED, WOULD_UPDATE, Budget, Outcome, Progress, RunReport
 from npzfix_core.requests import BULK, TRAIN_TEST, FeatureRequest
 from npzfix_core.teacher import LazyTeacher, Teacher, TeacherSpec
@@ -319,8 +320,11 @@ def run_features(req: FeatureRequest, teacher: TeacherSource = None, progress: b
     pipeline = _Pipeline(req, lazy, report, bar)
     try:
         pipeline.run(items)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP where the caller made them Interrupted
+        report.interrupted = interruption(exc)
     finally:
         bar.close()
+    report.check_directories([req.root] if req.mode == BULK else list(req.extracted_dirs))
     report.timings = pipeline.timings.summary()
     if pipeline.drift_candidates:
         report.drift = drift_summary(pipeline.drift, pipeline.drift_candidates)

@@ -11,7 +11,7 @@ import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from npzfix_core.errors import InputError
 
@@ -119,6 +119,8 @@ class RunReport:
     started: float = field(default_factory=time.time)
     elapsed: float = 0.0
     stopped_early: str = ""
+    vanished: str = ""  # a directory the run worked in was moved or deleted under it: the run did not do its work
+    interrupted: str = ""  # the signal that stopped the run early (SIGINT, SIGTERM, SIGHUP)
 
     def add(self, outcome: Outcome) -> None:
         self.seen += 1
@@ -162,7 +164,21 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.counts[FAILED] else 0
+        if self.interrupted:
+            import signal
+
+            return 128 + signal.Signals[self.interrupted].value
+        return 1 if self.counts[FAILED] or self.vanished else 0
+
+    def check_directories(self, directories: Iterable[str]) -> None:
+        """Say so when a directory of the run is gone at its end: its files were not done, whatever the counts."""
+        gone = [d for d in directories if not os.path.isdir(d)]
+        if gone:
+            self.vanished = (
+                f"{', '.join(gone[:3])}{' ...' if len(gone) > 3 else ''} vanished during the run (moved or deleted): "
+                f"{self.counts[MISSING]} files could not be processed"
+            )
+            log.error("%s", self.vanished)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -203,6 +219,10 @@ class RunReport:
         ]
         if self.stopped_early:
             lines.append(f"stopped early: {self.stopped_early}")
+        if self.vanished:
+            lines.append(f"FAILED: {self.vanished}")
+        if self.interrupted:
+            lines.append(f"interrupted by {self.interrupted}: every file is either untouched or fully updated")
         for d in self.legacy[:20]:
             lines.append(f"legacy files in {d['directory']}: {d['legacy_files']} {d['decision']} ({d['why']})")
         if len(self.legacy) > 20:

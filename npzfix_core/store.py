@@ -15,7 +15,7 @@ import functools
 import io
 import logging
 import os
-import tempfile
+import secrets
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -259,14 +259,6 @@ def _refuse_objects(arrays: Mapping[str, np.ndarray]) -> None:
             raise NpzError(f"refusing to write object array for {key!r}")
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def update(
     path: str | os.PathLike,
     arrays: Mapping[str, np.ndarray] | None = None,
@@ -305,7 +297,14 @@ def update(
                 chosen = {k: v for k, v in (arrays or {}).items() if k not in only_if_present or k in existing}
             _refuse_objects(chosen)
             deflate = any(i.compress_type == zipfile.ZIP_DEFLATED for i in infos)
-            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), dir=directory or ".")
+            # the temp, the replace and the cleanup go through one descriptor of the directory: moved or
+            # renamed meanwhile, the update still lands beside its file, and a failed one leaves no temp there
+            dfd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fd, tmp = create_temp(dfd, temp_prefix(name))
+            except BaseException:
+                os.close(dfd)
+                raise
             try:
                 with os.fdopen(fd, "wb") as out:
                     writer = zipraw.RawZipWriter(out)
@@ -329,13 +328,26 @@ def update(
                     if durable:
                         os.fsync(out.fileno())
                     size_after = out.tell()
-                os.replace(tmp, path)
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                if durable:
+                    os.fsync(dfd)
             except BaseException as exc:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+                    os.unlink(tmp, dir_fd=dfd)
                 if isinstance(exc, zipraw.ZipRawError):
                     raise NpzError(str(exc)) from exc
                 raise
-        if durable:
-            _fsync_dir(directory or ".")
+            finally:
+                os.close(dfd)
     return UpdateResult(tuple(chosen), st.st_size, size_after)
+
+
+def create_temp(dir_fd: int, prefix: str) -> tuple[int, str]:
+    """A new file ``<prefix><8 random characters>`` (mode 0600, as ``mkstemp``) in the directory ``dir_fd``."""
+    for _ in range(100):
+        name = prefix + secrets.token_hex(4)
+        try:
+            return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp name for {prefix}*")

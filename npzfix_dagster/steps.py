@@ -90,7 +90,7 @@ class FeatureStep:
 
         # one teacher for the run and its check: built (and the GPU leased) only if a file or the check needs it
         lazy = LazyTeacher(req.teacher, factory=factory)
-        report = run_features(req, teacher=lazy, progress=True)
+        report = vanished_fails(run_features(req, teacher=lazy, progress=True))
         if req.mode == SAMPLES:
             return StepOutcome(report)
         from npzfix_core import discovery
@@ -118,13 +118,26 @@ class EdgeStep:
         from npzfix_dagster import checks
 
         req = self.request
-        report = run_edges(req, progress=True)
+        report = vanished_fails(run_edges(req, progress=True))
         paths = discovery.npz_in_dir(req.npz_dir, req.glob)
         sample = checks.edges_sample(paths, req.kernel_size, req.json_dir, req.settings.max_pixels)
         return StepOutcome(report, sample, paths)
 
 
 Step = Union[FeatureStep, EdgeStep]
+
+
+def vanished_fails(report):
+    """A partition whose directory went away mid-run did not do its work: the step fails, saying so (here or in
+    the Slurm job), rather than record a materialization."""
+    if report.vanished:
+        from dagster import Failure, MetadataValue
+
+        raise Failure(
+            description=report.vanished,
+            metadata={"summary": MetadataValue.text(report.summary()), "missing_source": report.counts["missing_source"]},
+        )
+    return report
 
 
 def directory_of(step: Step) -> str:

@@ -198,7 +198,7 @@ def test_unwritable_directory(tmp_path, monkeypatch):
 
     # root ignores directory modes, so the refusal is injected where the temp file is created (in this process:
     # one file's work, as a worker process runs it)
-    monkeypatch.setattr(store.tempfile, "mkstemp", lambda *a, **k: denied(k.get("dir")))
+    monkeypatch.setattr(store, "create_temp", lambda dfd, prefix: denied(prefix))
     req = edge_repair.EdgeRequest(os.path.dirname(res.npz[0]))
     for p in res.npz:
         outcome = edge_repair.process_one(p, discovery.find_json(p), req)
@@ -306,3 +306,61 @@ def test_no_edge_flag_drops_the_flag_and_provenance_it_no_longer_vouches_for(tmp
     rep = edge_repair.run_edges(edge_repair.EdgeRequest(ext, kernel_size=5, skip_if_processed=True), progress=False)
     assert rep.counts["updated"] == 1
     np.testing.assert_array_equal(store.read_arrays(npz)["edge_64x64"], _expected(npz, 5)[64])
+
+
+def _started(paths, proc, timeout=60):
+    """Wait until the run has updated a file (then it is busy with the rest)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        for q in paths:
+            try:
+                if "edge_provenance" in store.inspect(q):
+                    return True
+            except Exception:  # a file being replaced right now
+                continue
+        time.sleep(0.02)
+    return False
+
+
+def _slow_shard(tmp_path, n=40):
+    return synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=n, seed=12, sizes=((700, 900),), masks=40, states=("fresh",), feature_hw=4)
+    )
+
+
+def test_a_directory_that_vanishes_mid_run_fails_the_run_and_leaves_no_temp(tmp_path):
+    """Before: exit 0 with most files "missing source (file vanished)", and the in-flight temp left behind."""
+    res = _slow_shard(tmp_path)
+    ext = os.path.dirname(res.npz[0])
+    proc = subprocess.Popen([NPZFIX, "edges", "--npz-dir", ext], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert _started(res.npz, proc)
+    moved = ext + "_moved"
+    os.rename(ext, moved)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    assert "vanished during the run (moved or deleted)" in out
+    assert temp_files(moved) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_signals_stop_a_run_with_its_summary_and_report(tmp_path, sig):
+    """Before: SIGTERM ended a run silently (rc 143, no summary, no report)."""
+    res = _slow_shard(tmp_path)
+    ext = os.path.dirname(res.npz[0])
+    rep = tmp_path / "rep"
+    proc = subprocess.Popen(
+        [NPZFIX, "edges", "--npz-dir", ext, "--report", rep, "--worker-processes", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert _started(res.npz, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    name = signal.Signals(sig).name
+    assert proc.returncode == 128 + sig, out + err
+    assert f"interrupted by {name}" in out and "seen" in out
+    assert f"interrupted ({name}); every file is either untouched or fully updated" in err
+    report = json.load(open(f"{rep}.json"))
+    assert report["interrupted"] == name and 0 < report["counts"]["updated"] < 40
+    run_cli("edges", "--npz-dir", ext, check_rc=0)
+    assert temp_files(ext) == []
+    assert all("edge_provenance" in store.inspect(q) for q in res.npz)
