@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 SUFFIXES = ("_features.npz", "_sam2_features.npz")  # preference order when both exist
+log = logging.getLogger("npzfix")
 IMAGE_EXTS = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG")
 
 
@@ -250,11 +252,17 @@ def build_index(search_dirs: Iterable[str]) -> dict[str, str]:
 def sample_items(samples_file: str, search_dirs: list[str]) -> Iterator[WorkItem]:
     """Sample list: one image path per line -> same-dir ``_features``, same-dir ``_sam2_features``, then the index."""
     index: dict[str, str] | None = None
-    with open(samples_file) as f:
-        lines = [ln.strip() for ln in f]
+    with open(samples_file, "rb") as f:  # paths are bytes: a name that is not UTF-8 is still a path
+        lines = [os.fsdecode(ln.strip()) for ln in f]
+    seen: set[str] = set()
+    duplicates = 0
     for image in lines:
         if not image or image.startswith("#"):
             continue
+        if image in seen:  # listed twice: encoded and written once
+            duplicates += 1
+            continue
+        seen.add(image)
         d, name = os.path.split(image)
         stem = os.path.splitext(name)[0]
         npz = next((os.path.join(d, stem + s) for s in SUFFIXES if os.path.isfile(os.path.join(d, stem + s))), None)
@@ -268,6 +276,8 @@ def sample_items(samples_file: str, search_dirs: list[str]) -> Iterator[WorkItem
             yield WorkItem(npz, None, stem, f"image {image} does not exist")
         else:
             yield WorkItem(npz, image, stem)
+    if duplicates:
+        log.warning("%s: %d repeated lines ignored (each image is done once)", samples_file, duplicates)
 
 
 def holds_npz(directory: str) -> bool:

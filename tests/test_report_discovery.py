@@ -181,3 +181,21 @@ def test_progress_lines_give_done_rate_eta_and_thin_out(caplog, monkeypatch):
     assert lines[0] == "edges: 10/3600 files (0.3 %), 1.0 files/s, ETA 60 min; updated 10"
     assert lines[-1] == "edges: 3310/3600 files (91.9 %), 1.0 files/s, ETA 5 min; updated 3310"
     assert len(lines) == 15  # at 10, 30, 70, 150, 310, 610 s, then every 300 s
+
+
+def test_sample_lists_take_any_path_bytes_and_repeat_nothing(tmp_path):
+    """Before: one non-UTF-8 line stopped the run with a UnicodeDecodeError before any file; repeated lines were
+    encoded and rewritten again."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    latin = os.fsencode(str(d)) + b"/caf\xe9.jpg"  # a Latin-1 file name: not UTF-8, a valid path
+    open(latin, "wb").write(b"jpeg")
+    open(os.fsencode(str(d)) + b"/caf\xe9_features.npz", "wb").write(b"npz")
+    (d / "b.jpg").write_bytes(b"jpeg")
+    (d / "b_features.npz").write_bytes(b"npz")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(latin + b"\n" + str(d / "b.jpg").encode() + b"\n" + latin + b"\n" + b"/no/such\xff.jpg\n")
+    items = list(discovery.sample_items(str(listing), []))
+    assert [os.fsencode(it.source or "") for it in items[:2]] == [latin, str(d / "b.jpg").encode()]
+    assert items[0].npz and os.path.exists(items[0].npz) and items[0].problem is None
+    assert len(items) == 3 and items[2].npz is None and "no NPZ found" in items[2].problem
