@@ -23,6 +23,7 @@ from npzfix_core.provenance import (
     State,
     flag_set,
     stored_teacher,
+    unchanged,
 )
 from npzfix_core.report import outcome_for
 from npzfix_core.settings import DEFAULT_MAX_PIXELS
@@ -40,6 +41,15 @@ REDO_LEGACY = (
 )
 RESTORE_IMAGE = "restore the image (beside the NPZ or in its parent) to verify this file by value"
 FIX_JSON = "fix or restore the JSON named here, then materialize this partition"
+CHANGED = "their CRC-32 is not the one its provenance sealed: another tool rewrote them"
+
+
+def _record(a, key: str) -> dict | None:
+    try:
+        value = json.loads(str(a[key])) if key in a else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 @dataclass
@@ -105,7 +115,10 @@ def check_edges(
                 want = f"uint8 0/1 ({side},{side})"
                 res.fail(p, f"{key} is {v.dtype}{v.shape} with max {v.max(initial=0)}, want {want}", fix)
                 bad = True
-        if not done:
+        if not done and EdgeProvenance.stored(a) == EdgeProvenance(kernel_size):
+            res.fail(p, f"edge maps changed since npzfix wrote them ({CHANGED})", RERUN)
+            bad = True
+        elif not done:
             res.fail(p, f"edge flag/version/provenance do not say Method B with kernel {kernel_size}", RERUN)
             bad = True
         if bad or i >= recompute:
@@ -170,6 +183,9 @@ def check_features(
         if provenance is not None and has_record and not provenance.same_teacher(stored):
             res.fail(p, f"written by another teacher: {stored.describe() if stored else 'unreadable provenance'}")
             problems.append("another teacher")
+        elif has_record and not problems and not unchanged(_record(a, "feature_provenance"), a):
+            res.fail(p, f"features changed since npzfix wrote them ({CHANGED})", RERUN)
+            problems.append("changed")
         if teacher is not None and not problems and (verify is None or p in verify):
             queued.append((p, discovery.find_image(p, image_dir)))
             held[p] = {k: a[k] for k in by_value.FEATURE_ARRAYS if k in a}

@@ -165,9 +165,30 @@ def image_of(npz: str) -> str:
     return os.path.join(os.path.dirname(os.path.dirname(npz)), stem + ".jpg")
 
 
+def set_features_as_written(npz: str, arrays: dict) -> None:
+    """Put ``arrays`` in the file under its provenance record, re-sealed over them: as if npzfix had written
+    them (or, for wrong values, a record that lies: only recomputing can tell)."""
+    import json
+
+    from npzfix_core import provenance, store
+
+    old = store.read_flags(npz, ["feature_provenance"]).get("feature_provenance")
+    if old is None:
+        store.update(npz, arrays)
+        return
+    record = json.loads(str(old))
+
+    def reseal(crcs):
+        record["crc32"] = provenance.seal(crcs, provenance.FEATURE_SEALED)
+        return {"feature_provenance": np.array(json.dumps(record, sort_keys=True))}
+
+    store.update(npz, arrays, remove={"feature_provenance"}, seal=reseal)
+
+
 def set_features(npz: str, p4: np.ndarray, p5: np.ndarray, legacy: bool = False) -> None:
-    """Overwrite a file's features in place, keeping its flag and provenance (they now lie); ``legacy``: flag
-    them as the original tool did (feature_flag, no provenance)."""
+    """Overwrite a file's features in place under a record that now lies: its flag and provenance kept, the seal
+    redone over the new arrays (so only recomputing can tell); ``legacy``: flag them as the original tool did
+    (feature_flag, no provenance)."""
     from npzfix_core import store
 
     arrays = {"P4_S16": p4.astype(np.float32), "P5_S32": p5.astype(np.float32)}
@@ -175,7 +196,9 @@ def set_features(npz: str, p4: np.ndarray, p5: np.ndarray, legacy: bool = False)
         arrays["IMAGE_EMB_S16"] = arrays["P4_S16"]
     if legacy:
         arrays["feature_flag"] = np.array(1, np.uint8)
-    store.update(npz, arrays, remove={"feature_provenance"} if legacy else set())
+        store.update(npz, arrays, remove={"feature_provenance"})
+        return
+    set_features_as_written(npz, arrays)
 
 
 def plant_wrong_features(npzs: list[str], res: int, legacy: bool = False) -> dict[str, str]:

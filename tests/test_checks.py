@@ -7,6 +7,7 @@ from dagster import materialize
 from dagster_support import RES, check_results, evals, md_of, partition, resources, shard
 
 from npzfix_core import store
+from npzfix_core.provenance import EDGE_KEYS, EdgeProvenance
 from npzfix_dagster.assets import edges_B_v1, sa1b_features_fixed
 from npzfix_dagster.resources import Sam2Teacher
 
@@ -19,7 +20,13 @@ def test_checks_catch_a_tampered_file(tmp_path, instance):
     assert check_results(materialize([edges_B_v1], **kw)) == {"no_failed_files": True, "sample_valid": True}
     edge = store.read_arrays(res.npz[2], ["edge_64x64"])["edge_64x64"]
     edge[10, 10] ^= 1
-    store.update(res.npz[2], {"edge_64x64": edge})
+    store.update(res.npz[2], {"edge_64x64": edge})  # changed under npzfix's record: its seal no longer matches
+    result = materialize([edges_B_v1], **kw)
+    assert md_of(result, "edges_B_v1")["updated"].value == 1  # so the run redid it
+    assert check_results(result) == {"no_failed_files": True, "sample_valid": True}
+    edge = store.read_arrays(res.npz[2], ["edge_64x64"])["edge_64x64"]
+    edge[10, 10] ^= 1  # a record that lies (sealed over wrong edges): only recomputing can tell
+    store.update(res.npz[2], {"edge_64x64": edge}, remove=set(EDGE_KEYS), seal=EdgeProvenance(3).arrays)
     result = materialize([edges_B_v1], **kw)  # skip-if-processed: nothing recomputed, the check still looks
     assert md_of(result, "edges_B_v1")["skipped_done"].value == 3
     assert check_results(result) == {"no_failed_files": True, "sample_valid": False}

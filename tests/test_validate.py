@@ -5,9 +5,10 @@ import os
 
 import numpy as np
 import pytest
-from conftest import SMALL_SPEC, SMALL_TEACHER_FLAGS, image_of, run_cli
+from conftest import SMALL_SPEC, SMALL_TEACHER_FLAGS, image_of, run_cli, set_features_as_written
 
 from npzfix_core import store, synth, validate
+from npzfix_core.provenance import EDGE_KEYS, EdgeProvenance
 from npzfix_core.teacher import LazyTeacher
 from test_verify import _fixed
 
@@ -25,6 +26,9 @@ def test_check_command_finds_a_tampered_edge_map(tmp_path):
     edge[0, 0] ^= 1
     store.update(res.npz[1], {"edge_32x32": edge})
     p = run_cli("check", "edges", "--npz-dir", ext, check_rc=1)
+    assert "edge maps changed since npzfix wrote them" in p.stdout  # its seal says so before any recompute
+    store.update(res.npz[1], {}, remove=set(EDGE_KEYS), seal=EdgeProvenance(3).arrays)  # a record that lies
+    p = run_cli("check", "edges", "--npz-dir", ext, check_rc=1)
     assert "edge_32x32 differs from Method B" in p.stdout
     assert run_cli("check", "edges", "--npz-dir", ext, "--kernel-size", "5").returncode == 1
 
@@ -32,7 +36,8 @@ def test_check_command_finds_a_tampered_edge_map(tmp_path):
 def test_float16_caches_and_other_layouts_are_compared_by_value(tmp_path, teacher):
     res = _fixed(tmp_path, teacher, n=2)
     a = store.read_arrays(res.npz[0])
-    store.update(res.npz[0], {"P4_S16": a["P4_S16"][0].astype(np.float16), "IMAGE_EMB_S16": a["P4_S16"][0].astype(np.float16)})
+    half = a["P4_S16"][0].astype(np.float16)  # as --store-dtype float16 writes them, into another layout
+    set_features_as_written(res.npz[0], {"P4_S16": half, "IMAGE_EMB_S16": half})
     got = validate.check_features(res.npz, LazyTeacher(teacher))
     assert got.passed and got.verification.verified == 2, got.problems
     assert got.verification.min_cosine["P4_S16"] > 0.99999
