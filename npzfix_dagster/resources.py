@@ -136,7 +136,8 @@ def teacher_from_env() -> Sam2Teacher:
         return True
 
     kw = dict(
-        weights=_env("NPZFIX_SAM2_WEIGHTS", str, "an existing checkpoint file", os.path.isfile),
+        # existence is checked when a features step starts: a code-location server need not mount the weights
+        weights=_env("NPZFIX_SAM2_WEIGHTS"),
         config=_env("NPZFIX_SAM2_CONFIG"),
         gpus=_env("NPZFIX_GPUS", str, "GPU numbers >= 0, e.g. 1,2,4,5,6,7, or all", allowed),
         resolution=_env("NPZFIX_RESOLUTION", int, "a multiple of 32, at least 64", lambda v: v >= 64 and v % 32 == 0),

@@ -77,10 +77,16 @@ class FeatureStep:
     def run(self) -> StepOutcome:
         from npzfix_core import devices
         from npzfix_core.feature_repair import run_features
-        from npzfix_core.teacher import LazyTeacher, build
+        from npzfix_core.teacher import LazyTeacher, TeacherError, build
 
         req = self.request
         settings = req.settings
+        try:  # the teacher's settings, before any file is read: a missing checkpoint is not found hours later
+            req.teacher.validate()
+        except TeacherError as exc:
+            from dagster import Failure
+
+            raise Failure(description=f"teacher: {exc} (resource teacher / NPZFIX_SAM2_WEIGHTS, NPZFIX_RANDOM_INIT_SEED)")
 
         def factory():
             device = devices.resolve(

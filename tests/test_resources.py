@@ -19,7 +19,6 @@ GARBAGE = {
     "NPZFIX_DEVICE": ["gpu", "cuda:x", "cuda:-1"],
     "NPZFIX_PRECISION": ["fp64"],
     "NPZFIX_GPUS": ["-1", ",", "1,,2", "abc"],
-    "NPZFIX_SAM2_WEIGHTS": ["/nonexistent/sam2.1_hiera_base_plus.pt"],
     "NPZFIX_RANDOM_INIT_SEED": ["seed"],
     "NPZFIX_SENSOR_LIST_BUDGET_S": ["abc", "0", "-5", "nan", "inf"],
     "NPZFIX_SLURM_CPUS": ["-4", "many"],
