@@ -35,13 +35,18 @@ class Execution(ConfigurableResource):
     slurm_dir: Optional[str] = Field(
         None, description="shared by the compute nodes; default $DAGSTER_HOME/npzfix_slurm"
     )
+    slurm_max_pending_s: Optional[float] = Field(
+        None, description="cancel a job queued longer than this, whatever the reason (default: no bound)"
+    )
 
     def _slurm(self):
         from npzfix_dagster.resources import dagster_home
         from npzfix_dagster.slurm import SlurmSettings
 
         work = self.slurm_dir or os.path.join(dagster_home(), "npzfix_slurm")
-        return SlurmSettings(self.slurm_partition, self.slurm_args, self.slurm_cpus, work)
+        return SlurmSettings(
+            self.slurm_partition, self.slurm_args, self.slurm_cpus, work, max_pending_s=self.slurm_max_pending_s
+        )
 
     def check(self) -> None:
         if self.mode not in (LOCAL, SLURM):

@@ -172,6 +172,7 @@ def execution_from_env():
         slurm_args=_env("NPZFIX_SLURM_ARGS") or "",
         slurm_cpus=env_int("NPZFIX_SLURM_CPUS", 0, "CPUs per job, >= 0 (0: what the step would use)") or 0,
         slurm_dir=_env("NPZFIX_SLURM_DIR"),
+        slurm_max_pending_s=env_seconds("NPZFIX_SLURM_MAX_PENDING_S"),
     )
 
 

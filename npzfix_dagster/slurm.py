@@ -34,6 +34,23 @@ from dagster import (
 WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "STOPPED"}
 UNDER_WAY = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
 COMPLETED = "COMPLETED"
+# Ends a resubmission cures (the node or the allocation went away, not the step): Dagster retries the step.
+RETRYABLE = {"PREEMPTED", "NODE_FAIL", "BOOT_FAIL"}
+MAX_RETRIES = 3
+RETRY_WAIT_S = 10
+# Pending reasons that waiting cannot cure (squeue(1), "JOB REASON CODES"): the job is cancelled and the step
+# fails at once, saying what was asked and which setting to change.
+HOPELESS = {
+    "PartitionConfig", "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit", "DependencyNeverSatisfied",
+    "InvalidAccount", "InvalidQOS", "AccountNotAllowed", "QOSNotAllowed", "PartitionNotAllowed",
+}  # fmt: skip
+# Per-job QOS / association limits (QOSMaxCpuPerJobLimit, AssocMaxWallDurationPerJobLimit, QOSMinGRES ...):
+# a job over them never starts, unlike the group limits (AssocGrp*) that free up as other jobs end.
+HOPELESS_LIMIT = re.compile(r"^(QOS|Assoc)(Max\w*Per(Job|Node)\w*|Min\w+)$")
+# Reasons that may clear (a node back from maintenance) but not by themselves soon: failed after a grace period.
+STUCK = {"ReqNodeNotAvail", "PartitionDown", "PartitionInactive", "NodeDown", "JobHeldAdmin", "JobHeldUser"}
+STUCK_GRACE_S = 300.0
+PENDING_LOG_S = 300.0  # a curable wait is said again at this pace, with its reason and how long so far
 PIPES_TYPES = {
     "PathMetadataValue": "path",
     "MarkdownMetadataValue": "md",
@@ -57,6 +74,7 @@ class SlurmSettings:
     cpus: int = 0  # per job; 0: what the step would use (steps.job_cpus)
     work_dir: str = ""  # on a file system the compute nodes share: step files, Pipes channel, job logs
     poll_s: float = 1.0  # first polls; then slower, up to MAX_POLL_S (thousands of steps share one controller)
+    max_pending_s: Optional[float] = None  # a queued job waiting longer (for any reason) is cancelled
 
 
 MAX_POLL_S = 15.0
@@ -74,6 +92,42 @@ def _run(cmd: list[str], env: Optional[Mapping[str, str]] = None) -> str:
     if p.returncode != 0:
         raise SlurmError(f"{shlex.join(cmd)} failed ({p.returncode}): {(p.stderr or p.stdout).strip()[:500]}")
     return p.stdout
+
+
+def _gpus_of(gres: str) -> int:
+    """GPUs in a node's GRES string (``gpu:4``, ``gpu:a100:4(S:0-1)``, ``(null)``)."""
+    n = 0
+    for item in gres.split(","):
+        parts = item.split("(")[0].split(":")
+        if parts[0] == "gpu" and len(parts) > 1 and parts[-1].isdigit():
+            n += int(parts[-1])
+    return n
+
+
+def too_big(cpus: int, gpu: bool, partition: Optional[str]) -> Optional[str]:
+    """Why no node of the partition could ever run a job of this size (from ``sinfo``), or None when one could or
+    ``sinfo`` cannot tell: such a job is refused before it is submitted, not left pending forever."""
+    p = _call(["sinfo", "-h", "-N", "-o", "%P|%c|%G"])
+    if p.returncode != 0 or not p.stdout.strip():
+        return None
+    nodes = []
+    for line in p.stdout.splitlines():
+        name, ncpu, gres = (line.split("|") + ["", "", ""])[:3]
+        default = name.endswith("*")
+        if (partition is None and default) or name.rstrip("*") == partition:
+            try:
+                nodes.append((int(ncpu.rstrip("+")), _gpus_of(gres)))
+            except ValueError:
+                return None
+    if not nodes:
+        return None if partition is None else f"partition {partition} has no nodes (sinfo)"
+    if any(c >= cpus and (g >= 1 or not gpu) for c, g in nodes):
+        return None
+    best = max(nodes)
+    return (
+        f"{cpus} CPU(s){' and 1 GPU' if gpu else ''} asked, but the largest node of "
+        f"{partition or 'the default partition'} has {best[0]} CPU(s) and {max(g for _, g in nodes)} GPU(s)"
+    )
 
 
 def submit(script: str, name: str, log: str, cpus: int, gpu: bool, s: SlurmSettings, env: Mapping[str, str]) -> str:
@@ -116,10 +170,30 @@ def tail(path: str, n: int = 20) -> str:
 CONTROLLER_PATIENCE_S = 300.0  # a controller restart or failover takes seconds to minutes: the job goes on
 
 
-def follow(job_id: str, log, poll_s: float) -> dict[str, str]:
-    """Poll until the job ends; logs when it is queued, starts and ends (a few events per step, not one per
-    poll). A controller that does not answer is waited for up to CONTROLLER_PATIENCE_S."""
+class Hopeless(Exception):
+    """A queued job that cannot start (or waited past its bound): the message says why."""
+
+    def __init__(self, reason: str, record: Mapping[str, str], waited_s: float):
+        super().__init__(reason)
+        self.reason, self.record, self.waited_s = reason, dict(record), waited_s
+
+
+def hopeless(reason: str, stuck_s: float, waited_s: float, max_pending_s: Optional[float]) -> bool:
+    """Whether a job queued for ``reason`` (``stuck_s`` with that reason, ``waited_s`` in all) will never start
+    by waiting: Slurm's hopeless reasons at once, the stuck ones after a grace period, any past the bound."""
+    if reason in HOPELESS or HOPELESS_LIMIT.match(reason):
+        return True
+    if reason.split(",")[0] in STUCK and stuck_s > STUCK_GRACE_S:
+        return True
+    return max_pending_s is not None and waited_s > max_pending_s
+
+
+def follow(job_id: str, log, poll_s: float, max_pending_s: Optional[float] = None) -> dict[str, str]:
+    """Poll until the job ends; logs when it is queued (again every PENDING_LOG_S while it waits, with its reason),
+    starts and ends (a few events per step, not one per poll). Raises ``Hopeless`` for a queued job that cannot
+    start. A controller that does not answer is waited for up to CONTROLLER_PATIENCE_S."""
     said, delay, started, silent_since = None, poll_s, time.monotonic(), None
+    reason_was, reason_since, said_at = None, started, started
     while True:
         try:
             rec = job_record(job_id)
@@ -137,11 +211,17 @@ def follow(job_id: str, log, poll_s: float) -> dict[str, str]:
         if not rec and time.monotonic() - started > 120:
             return {"JobState": "UNKNOWN", "Reason": "Slurm has no record of the job"}
         kind = "running" if state in UNDER_WAY else "queued"
-        if kind != said:
-            reason = rec.get("Reason", "None")
+        reason, now = rec.get("Reason", "None"), time.monotonic()
+        if kind == "queued":
+            if reason != reason_was:
+                reason_was, reason_since = reason, now
+            if hopeless(reason, now - reason_since, now - started, max_pending_s):
+                raise Hopeless(reason, rec, now - started)
+        if kind != said or (kind == "queued" and now - said_at >= PENDING_LOG_S):
             where = f" on {rec.get('NodeList')}" if kind == "running" else f" ({reason})" if reason != "None" else ""
-            log.info(f"slurm job {job_id} {kind}{where}")
-            said = kind
+            waited = f" for {(now - started) / 60:.0f} min" if kind == said else ""
+            log.info(f"slurm job {job_id} {'still ' if waited else ''}{kind}{where}{waited}")
+            said, said_at = kind, now
         time.sleep(delay)
         delay = min(delay * 1.5, MAX_POLL_S)
 
@@ -165,6 +245,34 @@ def from_pipes(md: Mapping[str, Any]) -> dict:
             v = make[v["type"]](v["raw_value"]) if v["type"] in make else v["raw_value"]
         out[k] = v
     return out
+
+
+SETTINGS = {
+    "cpus": "NPZFIX_SLURM_CPUS",
+    "partition": "NPZFIX_SLURM_PARTITION",
+    "args": "NPZFIX_SLURM_ARGS (--mem, --time, --constraint, --qos, --account ...)",
+    "wait": "NPZFIX_SLURM_MAX_PENDING_S",
+}
+
+
+def cannot_start(job_id: str, exc: Hopeless, asked: str, s: SlurmSettings) -> Failure:
+    """The step's failure for a job Slurm would never start: the job, the reason, what was asked, what to change."""
+    rec = exc.record
+    partition = rec.get("Partition") or s.partition or "the default partition"
+    tres = rec.get("ReqTRES") or rec.get("TRES") or ""
+    memory = re.search(r"mem=([^,]+)", tres)
+    asked_full = f"{asked}{f', {memory.group(1)} memory' if memory else ''} in partition {partition}"
+    if exc.reason in HOPELESS or HOPELESS_LIMIT.match(exc.reason) or exc.reason.split(",")[0] in STUCK:
+        change = f"change {SETTINGS['cpus']}, {SETTINGS['partition']} or {SETTINGS['args']}"
+        why = f"pending with Reason={exc.reason}, which waiting does not cure"
+    else:
+        change = f"raise {SETTINGS['wait']} or ask for less ({SETTINGS['cpus']}, {SETTINGS['args']})"
+        why = f"still pending ({exc.reason}) after {exc.waited_s:.0f} s, over {SETTINGS['wait']}={s.max_pending_s:g}"
+    return Failure(
+        description=f"slurm job {job_id} cannot start: {why}; it asked for {asked_full}; it was cancelled. To run, "
+        f"{change}.",
+        metadata={"slurm_job_id": job_id, "slurm_state": "PENDING", "slurm_reason": exc.reason},
+    )
 
 
 @dataclass
@@ -202,6 +310,12 @@ def run(context, payload: dict, name: str, cpus: int, gpu: bool, s: SlurmSetting
         warnings.filterwarnings("ignore", "AssetExecutionContext.run_id is deprecated", DeprecationWarning)
         with open_pipes_session(context, injector, reader) as session:
             env = {**os.environ, **session.get_bootstrap_env_vars()}
+            misfit = too_big(cpus, gpu, s.partition)
+            if misfit:
+                raise Failure(
+                    description=f"not submitted to Slurm: {misfit}; change {SETTINGS['cpus']}, {SETTINGS['partition']} "
+                    f"or {SETTINGS['args']}; nothing was touched"
+                )
             try:
                 job_id = submit(script, name, log, cpus, gpu, s, env)
             except SlurmError as exc:
@@ -210,16 +324,29 @@ def run(context, payload: dict, name: str, cpus: int, gpu: bool, s: SlurmSetting
             asked = f"{cpus} CPU(s){', 1 GPU' if gpu else ''}"
             context.log.info(f"slurm job {job_id} submitted ({name}: {asked}); log {log}")
             try:
-                rec = follow(job_id, context.log, s.poll_s)
-            except BaseException:  # the run was terminated (or this process is going down): leave no job behind
+                rec = follow(job_id, context.log, s.poll_s, s.max_pending_s)
+            except BaseException as exc:  # hopeless, or the run was terminated: leave no job behind
                 try:
                     cancel(job_id)
-                    context.log.warning(f"slurm job {job_id} cancelled: the step was interrupted")
-                except SlurmError as exc:
-                    context.log.error(f"slurm job {job_id} could not be cancelled: {exc}")
+                    what = "cannot start" if isinstance(exc, Hopeless) else "the step was interrupted"
+                    context.log.warning(f"slurm job {job_id} cancelled: {what}")
+                except SlurmError as cexc:
+                    context.log.error(f"slurm job {job_id} could not be cancelled: {cexc}")
+                if isinstance(exc, Hopeless):
+                    raise cannot_start(job_id, exc, asked, s) from None
                 raise
     job = Job(job_id, log, session)
     state = rec.get("JobState", "UNKNOWN")
+    if state in RETRYABLE:
+        from dagster import RetryRequested
+
+        tries = getattr(context, "retry_number", 0)
+        context.log.warning(
+            f"slurm job {job_id} ended {state} on {rec.get('NodeList', '?')} (not the step's doing): "
+            f"retry {tries + 1} of {MAX_RETRIES}; files already done are skipped"
+        )
+        if tries < MAX_RETRIES:
+            raise RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=RETRY_WAIT_S)
     if state != COMPLETED:
         why = ", ".join(f"{k} {rec[k]}" for k in ("Reason", "ExitCode", "NodeList") if rec.get(k))
         raise job.failure(f"ended {state} ({why})", state)

@@ -23,6 +23,7 @@ GARBAGE = {
     "NPZFIX_SENSOR_LIST_BUDGET_S": ["abc", "0", "-5", "nan", "inf"],
     "NPZFIX_SLURM_CPUS": ["-4", "many"],
     "NPZFIX_EXECUTION": ["kubernetes"],
+    "NPZFIX_SLURM_MAX_PENDING_S": ["0", "nan", "soon"],
     "NPZFIX_LOCK_TIMEOUT_S": ["nan", "inf", "-1", "soon"],
     "NPZFIX_GPU_LEASE_WAIT_S": ["nan", "-1"],
     "NPZFIX_MAX_PIXELS": ["0", "lots"],

@@ -331,3 +331,97 @@ def _failure_text(result) -> str:
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0].event_specific_data
     return failure.user_failure_data.description
+
+
+def test_pending_reasons_that_waiting_cannot_cure_are_told_apart():
+    assert slurm.hopeless("PartitionConfig", 0, 0, None) and slurm.hopeless("QOSMaxCpuPerJobLimit", 0, 0, None)
+    assert slurm.hopeless("AssocMaxWallDurationPerJobLimit", 0, 0, None) and slurm.hopeless("BadConstraints", 0, 0, None)
+    assert not slurm.hopeless("Resources", 10_000, 10_000, None) and not slurm.hopeless("Priority", 0, 0, None)
+    assert not slurm.hopeless("AssocGrpCpuLimit", 10_000, 10_000, None)  # frees up as other jobs end
+    assert not slurm.hopeless("ReqNodeNotAvail", 60, 60, None) and slurm.hopeless("ReqNodeNotAvail", 400, 400, None)
+    assert slurm.hopeless("Resources", 100, 100, 90.0)  # NPZFIX_SLURM_MAX_PENDING_S bounds any wait
+    assert slurm._gpus_of("gpu:a100:4(S:0-1),shard:8") == 4 and slurm._gpus_of("(null)") == 0
+
+
+def test_a_curable_wait_is_said_at_a_steady_pace_and_a_hopeless_one_ends_it(monkeypatch):
+    records = iter(
+        [{"JobState": "PENDING", "Reason": "Resources"}] * 4 + [{"JobState": "PENDING", "Reason": "PartitionConfig"}]
+    )
+    clock = [0.0]
+    monkeypatch.setattr(slurm, "job_record", lambda job_id: next(records))
+    monkeypatch.setattr(slurm.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(slurm.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + 200))
+    said = []
+
+    class Log:
+        def info(self, msg):
+            said.append(msg)
+
+        warning = info
+
+    with pytest.raises(slurm.Hopeless) as ei:
+        slurm.follow("7", Log(), 1.0)
+    assert ei.value.reason == "PartitionConfig"
+    assert said == ["slurm job 7 queued (Resources)", "slurm job 7 still queued (Resources) for 7 min"]
+
+
+def test_preempted_and_failed_node_jobs_are_retried_by_dagster(tmp_path, instance, monkeypatch):
+    """PREEMPTED / NODE_FAIL / BOOT_FAIL: the step asks Dagster for a retry (RetryRequested), up to MAX_RETRIES,
+    each a new job; then it fails with the state."""
+    from dagster import asset, materialize
+
+    from npzfix_core.requests import EdgeRequest
+    from npzfix_dagster import steps
+    from npzfix_dagster.execution import Execution
+
+    submitted = []
+    monkeypatch.setattr(slurm, "RETRY_WAIT_S", 0)
+    monkeypatch.setattr(slurm, "too_big", lambda *a: None)
+    monkeypatch.setattr(slurm, "submit", lambda *a: submitted.append(1) or str(100 + len(submitted)))
+    monkeypatch.setattr(slurm, "follow", lambda *a: {"JobState": "NODE_FAIL", "NodeList": "n1"})
+    execution = Execution(mode="slurm", slurm_cpus=1, slurm_dir=str(tmp_path / "work"))
+
+    @asset
+    def unlucky(context, execution: Execution):
+        req = EdgeRequest(str(tmp_path))
+        return execution.materialize(context, steps.EdgeStep(req), steps.Place.of(context, str(tmp_path)), None)
+
+    result = materialize([unlucky], instance=instance, resources={"execution": execution}, raise_on_error=False)
+    assert not result.success and len(submitted) == slurm.MAX_RETRIES + 1
+    restarts = [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED"]
+    assert len(restarts) == slurm.MAX_RETRIES
+    assert "ended NODE_FAIL" in _failure_text(result)
+
+
+def test_a_job_slurm_would_never_start_fails_fast_and_leaves_nothing_queued(tmp_path, cluster, instance, monkeypatch):
+    """Before: a job pending with a reason no wait cures (PartitionConfig on a 2-CPU node) kept the run "in
+    progress" forever. Now: a job no node could hold is refused before sbatch; one that sbatch accepts but Slurm
+    will never start (here: --time over the partition's MaxTime) is cancelled and the step fails within seconds,
+    naming the reason, what was asked and the settings to change."""
+    from dagster import materialize
+    from dagster_support import partition
+
+    from npzfix_dagster.assets import edges_B_v1
+    from npzfix_dagster.execution import Execution
+
+    for k, v in cluster.items():
+        monkeypatch.setenv(k, v)
+    root, res, key, r = partition(tmp_path, instance, "sa_000070", n=1, states=("fresh",))
+    huge = Execution(mode="slurm", slurm_cpus=64, slurm_dir=str(tmp_path / "work"))
+    result = materialize([edges_B_v1], partition_key=key, instance=instance, resources={**r, "execution": huge},
+                         raise_on_error=False)  # fmt: skip
+    text = _failure_text(result)
+    assert "not submitted to Slurm: 64 CPU(s) asked, but the largest node" in text and "NPZFIX_SLURM_CPUS" in text
+    subprocess.run(["scontrol", "update", "PartitionName=gpu", "MaxTime=1"], env=cluster, check=True)
+    try:
+        late = Execution(mode="slurm", slurm_cpus=1, slurm_args="--time=30", slurm_dir=str(tmp_path / "work"))
+        t = time.monotonic()
+        result = materialize([edges_B_v1], partition_key=key, instance=instance,
+                             resources={**r, "execution": late}, raise_on_error=False)  # fmt: skip
+        took = time.monotonic() - t
+    finally:
+        subprocess.run(["scontrol", "update", "PartitionName=gpu", "MaxTime=INFINITE"], env=cluster, check=True)
+    text = _failure_text(result)
+    assert re.search(r"slurm job \d+ cannot start: pending with Reason=PartitionTimeLimit", text), text
+    assert "it asked for 1 CPU(s)" in text and "NPZFIX_SLURM_ARGS" in text and took < 60
+    assert not _our_jobs(cluster)
