@@ -126,7 +126,8 @@ def too_big(cpus: int, gpu: bool, partition: Optional[str]) -> Optional[str]:
     best = max(nodes)
     return (
         f"{cpus} CPU(s){' and 1 GPU' if gpu else ''} asked, but the largest node of "
-        f"{partition or 'the default partition'} has {best[0]} CPU(s) and {max(g for _, g in nodes)} GPU(s)"
+        f"{partition or 'the default partition'} has {best[0]} CPU(s) and {max(g for _, g in nodes)} GPU(s) (Slurm "
+        "would keep it pending with Reason=PartitionConfig, forever)"
     )
 
 

@@ -140,7 +140,7 @@ def test_a_first_listing_beyond_the_tick_budget_is_finished_by_later_ticks(tmp_p
     for i in range(3):
         shard(root, f"sa_00009{i}", n=1, states=("fresh",), seed=i)
     defs = _sensor_defs(root)
-    monkeypatch.setenv(sensors.LIST_BUDGET_ENV, "0")  # spent at once: only what is already known is walked
+    monkeypatch.setenv(sensors.LIST_BUDGET_ENV, "1e-9")  # spent at once: only what is already known is walked
     with build_sensor_context(
         instance=instance, definitions=defs, resources={"roots": DatasetRoots(sa1b_root=root)}
     ) as ctx:
