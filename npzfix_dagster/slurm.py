@@ -119,8 +119,8 @@ def too_big(cpus: int, gpu: bool, partition: Optional[str]) -> Optional[str]:
                 nodes.append((int(ncpu.rstrip("+")), _gpus_of(gres)))
             except ValueError:
                 return None
-    if not nodes:
-        return None if partition is None else f"partition {partition} has no nodes (sinfo)"
+    if not nodes:  # an unknown partition: sbatch says so in its own words
+        return None
     if any(c >= cpus and (g >= 1 or not gpu) for c, g in nodes):
         return None
     best = max(nodes)

@@ -422,6 +422,6 @@ def test_a_job_slurm_would_never_start_fails_fast_and_leaves_nothing_queued(tmp_
     finally:
         subprocess.run(["scontrol", "update", "PartitionName=gpu", "MaxTime=INFINITE"], env=cluster, check=True)
     text = _failure_text(result)
-    assert re.search(r"slurm job \d+ cannot start: pending with Reason=PartitionTimeLimit", text), text
+    assert re.search(r"slurm job \d+ cannot start: pending with Reason=Partition(Config|TimeLimit)", text), text
     assert "it asked for 1 CPU(s)" in text and "NPZFIX_SLURM_ARGS" in text and took < 60
     assert not _our_jobs(cluster)
