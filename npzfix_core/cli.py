@@ -56,7 +56,8 @@ def _finish(report, args) -> int:
     clean run), never hiding what the run did."""
     print(report.summary())
     if report.interrupted:
-        print(f"npzfix: interrupted ({report.interrupted}); every file is either untouched or fully updated", file=sys.stderr)
+        said = f"npzfix: interrupted ({report.interrupted}); every file is either untouched or fully updated"
+        print(said, file=sys.stderr)
     base = args.report or (os.path.splitext(args.log)[0] + ".report" if args.log else None)
     if base:
         try:
@@ -203,7 +204,29 @@ def cmd_synth(args) -> int:
     return 0
 
 
-COMMANDS = {"edges": cmd_edges, "features": cmd_features, "check": cmd_check, "synth": cmd_synth}
+def cmd_shards(args) -> int:
+    from npzfix_core import shards
+
+    if args.action == "where":
+        if not args.stem:
+            raise UsageError("npzfix shards where STEM --out DIR")
+        row = shards.where(args.out, args.stem)
+        if row is None:
+            print(f"{args.stem}: in no shard of {args.out}")
+            return 1
+        print(f"{args.stem}: {row['shard_file']} (members {row['npz']}, {row['image']})")
+        return 0
+    if not args.npz_dir:
+        raise UsageError("npzfix shards needs --npz-dir (and --out)")
+    try:
+        report = shards.sync(args.npz_dir, args.out, args.image_dir, args.shard_size, args.dry_run)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from exc
+    print(report.summary())
+    return 0
+
+
+COMMANDS = {"edges": cmd_edges, "features": cmd_features, "check": cmd_check, "synth": cmd_synth, "shards": cmd_shards}
 
 
 def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:

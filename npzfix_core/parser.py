@@ -211,6 +211,20 @@ def build_parser(
     )
     c.set_defaults(fn=commands["check"], log=None, verbose=False)
 
+    sh = sub.add_parser(
+        "shards", help="tar shards for training (create_sa1b_tar_shards.py), rebuilt only where a member changed"
+    )
+    sh.add_argument("action", nargs="?", choices=("build", "where"), default="build", help="build (default) | where")
+    sh.add_argument("stem", nargs="?", help="where: the image id to look up, e.g. sa_61713")
+    sh.add_argument("--npz-dir", "--features-dir", dest="npz_dir", help="the NPZ directory (one partition)")
+    sh.add_argument(
+        "--image-dir", "--images-dir", dest="image_dir", help="images (default: beside the NPZ, then its parent)"
+    )
+    sh.add_argument("--out", "--output-dir", dest="out", required=True, help="shard directory (manifest.parquet)")
+    sh.add_argument("--shard-size", type=_positive, default=1000, help="pairs per shard (1000, as the original)")
+    sh.add_argument("--dry-run", action="store_true", help="say which shards would be rebuilt and why; write nothing")
+    sh.set_defaults(fn=commands["shards"], log=None, report=None, verbose=False)
+
     s = sub.add_parser("synth", help="generate a seeded SA-1B-like dataset (JPEG, JSON, NPZ)")
     s.add_argument("--out", required=True)
     s.add_argument("--n", type=_positive, default=20)

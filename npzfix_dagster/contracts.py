@@ -14,6 +14,8 @@ SA1B_FEATURES = "sa1b_features_fixed"
 TRAIN_TEST_FEATURES = "train_test_features_fixed"
 EDGES = "edges_B_v1"
 FEATURE_ASSETS = frozenset({SA1B_FEATURES, TRAIN_TEST_FEATURES})
+SA1B_SHARDS = "sa1b_training_shards"  # downstream: the tar shards the student reads
+TRAIN_TEST_SHARDS = "train_test_training_shards"
 SA1B_NPZ_FILES = "sa1b_npz_files"
 TRAIN_TEST_NPZ_FILES = "train_test_npz_files"
 

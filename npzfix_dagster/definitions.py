@@ -10,10 +10,17 @@ from npzfix_dagster import antlr_compat
 
 antlr_compat.install()  # before anything parses an asset-selection string (e.g. `--select`)
 
-from dagster import Definitions, multiprocess_executor  # noqa: E402
+from dagster import Definitions, PipesSubprocessClient, multiprocess_executor  # noqa: E402
 
 from npzfix_dagster.assets import versioned
-from npzfix_dagster.jobs import sa1b_edges_job, sa1b_job, sample_list_job, train_test_job
+from npzfix_dagster.jobs import (
+    sa1b_edges_job,
+    sa1b_job,
+    sa1b_shards_job,
+    sample_list_job,
+    train_test_job,
+    train_test_shards_job,
+)
 from npzfix_dagster.resources import (
     default_edge_kernel,
     check_environment,
@@ -24,6 +31,7 @@ from npzfix_dagster.resources import (
     teacher_from_env,
 )
 from npzfix_dagster.schedules import sa1b_daily_recheck, train_test_daily_recheck
+from npzfix_dagster.shards import sa1b_training_shards, train_test_training_shards
 from npzfix_dagster.sensors import sa1b_new_dirs_sensor, train_test_new_splits_sensor
 from npzfix_dagster.sources import sa1b_npz_files, train_test_npz_files
 
@@ -33,8 +41,14 @@ MAX_CONCURRENT_STEPS = max_concurrent_steps()
 
 teacher = teacher_from_env()
 defs = Definitions(
-    assets=[sa1b_npz_files, train_test_npz_files, *versioned(teacher, default_edge_kernel())],
-    jobs=[sa1b_job, sa1b_edges_job, train_test_job, sample_list_job],
+    assets=[
+        sa1b_npz_files,
+        train_test_npz_files,
+        *versioned(teacher, default_edge_kernel()),
+        sa1b_training_shards,
+        train_test_training_shards,
+    ],
+    jobs=[sa1b_job, sa1b_edges_job, sa1b_shards_job, train_test_job, train_test_shards_job, sample_list_job],
     sensors=[sa1b_new_dirs_sensor, train_test_new_splits_sensor],
     schedules=[sa1b_daily_recheck, train_test_daily_recheck],
     resources={
@@ -42,6 +56,7 @@ defs = Definitions(
         "teacher": teacher,
         "pipeline": pipeline_from_env(),
         "execution": execution_from_env(),
+        "pipes_subprocess_client": PipesSubprocessClient(),  # the user's per-shard command
     },
     executor=multiprocess_executor.configured({"max_concurrent": MAX_CONCURRENT_STEPS}),
 )

@@ -14,7 +14,7 @@ from dagster import (
 
 from npzfix_dagster import steps
 from npzfix_dagster.config import SampleListConfig, sample_list_request
-from npzfix_dagster.contracts import EDGES, SA1B_FEATURES, TRAIN_TEST_FEATURES
+from npzfix_dagster.contracts import EDGES, SA1B_FEATURES, SA1B_SHARDS, TRAIN_TEST_FEATURES, TRAIN_TEST_SHARDS
 from npzfix_dagster.execution import Execution
 from npzfix_dagster.k8s import CPU_TAGS, GPU_TAGS
 from npzfix_dagster.resources import FeaturePipeline, Sam2Teacher
@@ -29,6 +29,18 @@ sa1b_edges_job = define_asset_job(
     "sa1b_edges_job",
     selection=AssetSelection.assets(EDGES),
     description="Edges only for one SA-1B directory (CPU: no GPU requested).",
+    tags=CPU_TAGS,
+)
+sa1b_shards_job = define_asset_job(
+    "sa1b_shards_job",
+    selection=AssetSelection.assets(SA1B_SHARDS),
+    description="Training shards of one SA-1B directory, rebuilt where a member changed (CPU).",
+    tags=CPU_TAGS,
+)
+train_test_shards_job = define_asset_job(
+    "train_test_shards_job",
+    selection=AssetSelection.assets(TRAIN_TEST_SHARDS),
+    description="Training shards of one train/test split, rebuilt where a member changed (CPU).",
     tags=CPU_TAGS,
 )
 train_test_job = define_asset_job(

@@ -90,3 +90,35 @@ def preview_metadata(png: str | None) -> dict:
         b64 = base64.b64encode(jpg.tobytes()).decode()
         md["preview_image"] = MetadataValue.md(f"image | edges | P4 PCA\n\n![preview](data:image/jpeg;base64,{b64})")
     return md
+
+
+def shards_metadata(report) -> dict:
+    """A shard run as people read it: counts, bytes, members per reason, and the rebuilt shards by name."""
+    rows = [
+        {
+            "shard": r["name"],
+            "members": r["members"],
+            "why": ", ".join(f"{k} {v}" for k, v in sorted(r["reasons"].items())),
+            "MiB": f"{r.get('bytes', 0) / 2**20:.1f}",
+        }
+        for r in report.rebuilt[:200]
+    ]
+    md = {
+        "members": report.members,
+        "shards": report.shards,
+        "shards_rebuilt": len(report.rebuilt),
+        "shards_new": report.new,
+        "shards_kept": report.kept,
+        "bytes_written": report.bytes_written,
+        "members_by_reason": MetadataValue.json(report.reasons),
+        "rebuilt": MetadataValue.md(md_table(rows, ["shard", "members", "why", "MiB"])),
+        "unpaired_npz": len(report.unpaired),
+        "manifest": MetadataValue.path(os.path.join(report.out, "manifest.parquet")),
+        "dry_run": report.dry_run,
+        "seconds": round(report.seconds, 2),
+    }
+    if report.commands:
+        md["commands"] = MetadataValue.md(
+            md_table(report.commands, sorted({k for c in report.commands for k in c}, key=lambda k: k != "shard"))
+        )
+    return md

@@ -26,6 +26,7 @@ class DatasetRoots(ConfigurableResource):
     json_root: Optional[str] = None  # default: <stem>.json beside the NPZ dir's parent (the SA-1B layout)
     train_test_root: Optional[str] = None
     preview_dir: Optional[str] = None  # default: $DAGSTER_HOME/npzfix_previews
+    shards_root: Optional[str] = None  # training shards, <root>/<sa1b|train_test>/<partition>; default $DAGSTER_HOME
 
     def require(self, which: str) -> str:
         value = getattr(self, which)
@@ -40,6 +41,11 @@ class DatasetRoots(ConfigurableResource):
             return None
         rel = os.path.relpath(os.path.dirname(directory), self.require("sa1b_root"))
         return os.path.normpath(os.path.join(self.json_root, rel))
+
+    def shards(self, group: str, key: str) -> str:
+        """A partition's shard directory (the key is a checked relative path, as for the caches)."""
+        root = self.shards_root or os.path.join(dagster_home(), "npzfix_shards")
+        return os.path.join(root, group, key)
 
     def previews(self) -> str:
         if self.preview_dir:
@@ -113,6 +119,7 @@ def roots_from_env() -> DatasetRoots:
         json_root=_env("NPZFIX_JSON_ROOT"),
         train_test_root=_env("NPZFIX_TRAIN_TEST_ROOT"),
         preview_dir=_env("NPZFIX_PREVIEW_DIR"),
+        shards_root=_env("NPZFIX_SHARDS_ROOT"),
     )
 
 

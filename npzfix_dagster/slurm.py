@@ -10,6 +10,7 @@ state and the tail of its log.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
@@ -19,7 +20,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from dagster import (
     Failure,
@@ -276,6 +277,16 @@ def cannot_start(job_id: str, exc: Hopeless, asked: str, s: SlurmSettings) -> Fa
     )
 
 
+@contextlib.contextmanager
+def quiet_pipes() -> Iterator[None]:
+    """Dagster 1.13's Pipes calls its own preview and deprecated API (expected_writer_count, context.run_id): its
+    warnings are Dagster's, not the user's, so they are kept out of every run's log."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PreviewWarning)
+        warnings.filterwarnings("ignore", "AssetExecutionContext.run_id is deprecated", DeprecationWarning)
+        yield
+
+
 @dataclass
 class Job:
     """A job that COMPLETED: its id and log, and the Pipes session that holds what it reported."""
@@ -305,37 +316,33 @@ def run(context, payload: dict, name: str, cpus: int, gpu: bool, s: SlurmSetting
     os.chmod(script, 0o755)
     injector = PipesFileContextInjector(os.path.join(work, "context.json"))
     reader = PipesFileMessageReader(os.path.join(work, "messages.jsonl"))
-    with warnings.catch_warnings():
-        # Dagster 1.13's Pipes calls its own preview and deprecated API (expected_writer_count, context.run_id)
-        warnings.simplefilter("ignore", PreviewWarning)
-        warnings.filterwarnings("ignore", "AssetExecutionContext.run_id is deprecated", DeprecationWarning)
-        with open_pipes_session(context, injector, reader) as session:
-            env = {**os.environ, **session.get_bootstrap_env_vars()}
-            misfit = too_big(cpus, gpu, s.partition)
-            if misfit:
-                raise Failure(
-                    description=f"not submitted to Slurm: {misfit}; change {SETTINGS['cpus']}, {SETTINGS['partition']} "
-                    f"or {SETTINGS['args']}; nothing was touched"
-                )
+    with quiet_pipes(), open_pipes_session(context, injector, reader) as session:
+        env = {**os.environ, **session.get_bootstrap_env_vars()}
+        misfit = too_big(cpus, gpu, s.partition)
+        if misfit:
+            raise Failure(
+                description=f"not submitted to Slurm: {misfit}; change {SETTINGS['cpus']}, {SETTINGS['partition']} "
+                f"or {SETTINGS['args']}; nothing was touched"
+            )
+        try:
+            job_id = submit(script, name, log, cpus, gpu, s, env)
+        except SlurmError as exc:
+            raise Failure(description=f"could not submit the step to Slurm: {exc}; nothing was touched") from exc
+        log = log.replace("%j", job_id)
+        asked = f"{cpus} CPU(s){', 1 GPU' if gpu else ''}"
+        context.log.info(f"slurm job {job_id} submitted ({name}: {asked}); log {log}")
+        try:
+            rec = follow(job_id, context.log, s.poll_s, s.max_pending_s)
+        except BaseException as exc:  # hopeless, or the run was terminated: leave no job behind
             try:
-                job_id = submit(script, name, log, cpus, gpu, s, env)
-            except SlurmError as exc:
-                raise Failure(description=f"could not submit the step to Slurm: {exc}; nothing was touched") from exc
-            log = log.replace("%j", job_id)
-            asked = f"{cpus} CPU(s){', 1 GPU' if gpu else ''}"
-            context.log.info(f"slurm job {job_id} submitted ({name}: {asked}); log {log}")
-            try:
-                rec = follow(job_id, context.log, s.poll_s, s.max_pending_s)
-            except BaseException as exc:  # hopeless, or the run was terminated: leave no job behind
-                try:
-                    cancel(job_id)
-                    what = "cannot start" if isinstance(exc, Hopeless) else "the step was interrupted"
-                    context.log.warning(f"slurm job {job_id} cancelled: {what}")
-                except SlurmError as cexc:
-                    context.log.error(f"slurm job {job_id} could not be cancelled: {cexc}")
-                if isinstance(exc, Hopeless):
-                    raise cannot_start(job_id, exc, asked, s) from None
-                raise
+                cancel(job_id)
+                what = "cannot start" if isinstance(exc, Hopeless) else "the step was interrupted"
+                context.log.warning(f"slurm job {job_id} cancelled: {what}")
+            except SlurmError as cexc:
+                context.log.error(f"slurm job {job_id} could not be cancelled: {cexc}")
+            if isinstance(exc, Hopeless):
+                raise cannot_start(job_id, exc, asked, s) from None
+            raise
     job = Job(job_id, log, session)
     state = rec.get("JobState", "UNKNOWN")
     if state in RETRYABLE:
