@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from dagster import ConfigurableResource, Failure, MaterializeResult, MetadataValue
+from dagster import ConfigurableResource, DataVersion, Failure, MaterializeResult, MetadataValue
 from pydantic import Field
 
 from npzfix_core.discovery import DirSnapshot
@@ -60,8 +60,8 @@ class Execution(ConfigurableResource):
         if self.mode == LOCAL:
             outcome = step.run()
             context.log.info(outcome.report.summary())
-            md, checks = steps.outputs(place, step, seen_dir, outcome)
-            return MaterializeResult(metadata=md, check_results=checks)
+            md, checks, version = steps.outputs(place, step, seen_dir, outcome)
+            return MaterializeResult(metadata=md, check_results=checks, data_version=DataVersion(version))
         from dagster import AssetCheckResult
 
         from npzfix_dagster import slurm
@@ -74,7 +74,7 @@ class Execution(ConfigurableResource):
         if not mats:
             raise job.failure(NOTHING_REPORTED)
         checks = [r for r in results if isinstance(r, AssetCheckResult)]
-        return MaterializeResult(metadata=mats[0].metadata, check_results=checks)
+        return MaterializeResult(metadata=mats[0].metadata, check_results=checks, data_version=mats[0].data_version)
 
     def run_op(self, context, step: steps.FeatureStep, report_path: Optional[str], samples: str) -> tuple[dict, int]:
         """The sample-list op's (metadata, failed files), run here or as a Slurm job."""

@@ -70,8 +70,8 @@ def main(work: str) -> int:
             md = {**metadata.report_metadata(report, step.request.samples, path), **outcome.facts}
             pipes.report_custom_message({"metadata": slurm.to_pipes(md), "failed": report.failed})
             return 0
-        md, checks = steps.outputs(place, step, payload["seen_dir"], outcome)
-        pipes.report_asset_materialization(metadata=slurm.to_pipes(md))
+        md, checks, version = steps.outputs(place, step, payload["seen_dir"], outcome)
+        pipes.report_asset_materialization(metadata=slurm.to_pipes(md), data_version=version)
         for c in checks:
             pipes.report_asset_check(
                 check_name=c.check_name, passed=c.passed, severity=c.severity.value, metadata=slurm.to_pipes(c.metadata)

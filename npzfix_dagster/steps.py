@@ -161,9 +161,12 @@ def job_cpus(step: Step, configured: int) -> int:
     return DEFAULT_JOB_CPUS
 
 
-def outputs(place: Place, step: Step, seen_dir: Optional[DirSnapshot], outcome: StepOutcome) -> tuple[dict, list]:
-    """Metadata and check results of a partition step, from its outcome: report file, preview, the checks over
-    the directory as the run left it. The same for every asset, wherever the step ran."""
+def outputs(
+    place: Place, step: Step, seen_dir: Optional[DirSnapshot], outcome: StepOutcome
+) -> tuple[dict, list, str]:
+    """Metadata, check results and data version of a partition step, from its outcome: report file, preview, the
+    checks over the directory as the run left it, and a digest of its files (a repair changes it: the training
+    shards downstream show stale). The same for every asset, wherever the step ran."""
     from npzfix_core import discovery, preview
     from npzfix_dagster import checks, metadata
 
@@ -182,4 +185,12 @@ def outputs(place: Place, step: Step, seen_dir: Optional[DirSnapshot], outcome: 
         **outcome.facts,
     }
     extra = {"tolerance": step.request.tolerance.describe()} if isinstance(step, FeatureStep) else None
-    return md, [checks.no_failed_files(report), checks.sample_valid(outcome.sample, extra)]
+    from npzfix_core import provenance, store
+
+    owned = (
+        (*provenance.FEATURE_SEALED, *provenance.FEATURE_KEYS)
+        if isinstance(step, FeatureStep)
+        else (*provenance.EDGE_SEALED, *provenance.EDGE_KEYS)
+    )
+    version = store.content_version(outcome.paths, owned)
+    return md, [checks.no_failed_files(report), checks.sample_valid(outcome.sample, extra)], version

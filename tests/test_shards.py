@@ -146,3 +146,60 @@ def test_the_shards_asset_rebuilds_after_a_repair_and_runs_the_users_command_thr
     assert md["shards_rebuilt"].value == 0 and md["shards_kept"].value == 3 and "commands" not in md
     said = [e.user_message for e in instance.all_logs(first.run_id)]
     assert sum("converted" in m and "2 members" in m or "converted" in m and "4 members" in m for m in said) == 3
+
+
+STALE = """
+query($key: AssetKeyInput!, $p: String) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode { staleStatus(partition: $p) staleCauses(partition: $p) { reason category key { path } } }
+  }
+}
+"""
+
+
+def test_the_ui_shows_the_shards_stale_after_a_repair_and_fresh_after_their_run(tmp_path):
+    """Against a real instance and webserver: the real `dagster asset materialize`, the UI's own GraphQL query."""
+    from daemon_support import free_port, graphql, stop, wait_http
+    from dagster_support import env_for, shard
+
+    from conftest import BIN
+
+    root = str(tmp_path / "sa1b")
+    shard(root, "sa_000091", n=3, states=("fresh",) * 3)
+    env = {**env_for(tmp_path, root), "NPZFIX_SHARDS_ROOT": str(tmp_path / "shards")}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert subprocess.run([NPZFIX, "partitions", "sync"], env=env, capture_output=True).returncode == 0
+
+    def materialize(select, **more_env):
+        cmd = [os.path.join(BIN, "dagster"), "asset", "materialize", "-m", "npzfix_dagster.definitions",
+               "--select", select, "--partition", "sa_000091"]  # fmt: skip
+        p = subprocess.run(cmd, env={**env, **more_env}, cwd=repo, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+
+    port = free_port()
+    web = subprocess.Popen(
+        [os.path.join(BIN, "dagster-webserver"), "-w", os.path.join(repo, "workspace.yaml"), "-h", "127.0.0.1",
+         "-p", str(port)], env=env, cwd=repo, start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        materialize("sa1b_features_fixed,edges_B_v1,sa1b_training_shards")
+        wait_http(port, web)
+
+        def status():
+            got = graphql(port, STALE, {"key": {"path": ["sa1b_training_shards"]}, "p": "sa_000091"})
+            node = got["data"]["assetNodeOrError"]
+            return node["staleStatus"], [c for c in node["staleCauses"]]
+
+        assert status() == ("FRESH", []), status()
+        materialize("sa1b_features_fixed")  # nothing to redo: the same features, the same data version
+        assert status() == ("FRESH", []), status()
+        materialize("edges_B_v1", NPZFIX_EDGE_KERNEL="5")  # a repair: the edge rule changed, every file redone
+        state, causes = status()
+        assert state == "STALE" and causes[0]["key"]["path"] == ["edges_B_v1"], causes
+        materialize("sa1b_training_shards")
+        assert status() == ("FRESH", []), status()
+        materialize("edges_B_v1", NPZFIX_EDGE_KERNEL="5")  # nothing left to repair
+        assert status() == ("FRESH", []), status()
+    finally:
+        stop(web)
