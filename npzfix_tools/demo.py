@@ -114,9 +114,11 @@ def materialize(bindir: str, env: dict, instance, select: str, key: str, config:
     print("$ " + shlex.join(cmd), flush=True)
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     for line in (p.stdout + p.stderr).splitlines():
-        if "npzfix " in line and "seen" in line:
+        if "npzfix " in line and ("seen" in line or "npzfix shards" in line):
             print("   " + line.split(" - ")[-1])
-        elif line.strip().startswith(("failed:", "missing_source:", "legacy files in", "drift,")):
+        elif line.strip().startswith(
+            ("failed:", "missing_source:", "legacy files in", "drift,", "sa1b_shard_", "members by")
+        ):
             print("     " + line.strip())
     if p.returncode:
         print(f"   exit status {p.returncode} (failed files are recorded; see the asset checks)")
@@ -144,6 +146,7 @@ def main() -> int:
         NPZFIX_RANDOM_INIT_SEED="0",
         NPZFIX_RESOLUTION=str(a.resolution),
         NPZFIX_DEVICE="auto",
+        NPZFIX_SHARDS_ROOT=os.path.join(data, "shards"),
     )
     bindir = os.path.dirname(sys.executable)
     print(
@@ -170,6 +173,21 @@ def main() -> int:
     verify = {"ops": {"sa1b_features_fixed": {"config": {"legacy": "verify"}}}}
     for key in shards:
         materialize(bindir, env, instance, "sa1b_features_fixed", key, verify)
+    print(
+        "\nphase 3: the training shards the student reads (vfmkd's sa1b_shard_NNNNN.tar, 2 pairs each here), built "
+        "from the repaired caches; then one file of sa_000000 is repaired again and only the shard holding it is "
+        "rebuilt"
+    )
+    small = {"ops": {"sa1b_training_shards": {"config": {"shard_size": 2}}}}
+    for key in shards:
+        materialize(bindir, env, instance, "sa1b_training_shards", key, small)
+    ext = os.path.join(sa1b, "sa_000000", "extracted")
+    one = sorted(n for n in os.listdir(ext) if n.endswith("_features.npz"))[2]
+    cmd = [os.path.join(bindir, "npzfix"), "edges", "--npz-dir", ext, "--glob", one, "--no-skip-if-processed"]
+    print("$ " + shlex.join(cmd), flush=True)
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    materialize(bindir, env, instance, "sa1b_training_shards", "sa_000000", small)
+    print(f"shards and their manifests: {os.path.join(data, 'shards')}")
     print(f"\nreports and preview images: {os.path.join(home, 'npzfix_previews')}")
     print(
         f"explore (the UI): cd {REPO} && DAGSTER_HOME={home} NPZFIX_SA1B_ROOT={sa1b} NPZFIX_TRAIN_TEST_ROOT={tt} "

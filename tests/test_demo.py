@@ -1,4 +1,4 @@
-"""`make demo`'s dataset and its two phases, asserted on the checks they end with."""
+"""`make demo`'s dataset and its three phases, asserted on the checks and shard rebuilds they end with."""
 
 import json
 import os
@@ -65,6 +65,28 @@ def test_the_demo_ends_with_red_checks_only_for_its_corrupt_file(tmp_path):
                 raise_on_error=False,
             )
             phase2 += demo.check_results(instance, res.run_id)
+        # phase 3: shards from the repaired caches, then one file repaired again: only its shard is rebuilt
+        from dagster import PipesSubprocessClient
+
+        from npzfix_core import edge_repair
+        from npzfix_core.requests import EdgeRequest
+        from npzfix_dagster.shards import sa1b_training_shards
+
+        roots3 = DatasetRoots(sa1b_root=sa1b, preview_dir=str(tmp_path / "p"), shards_root=str(tmp_path / "shards"))
+        r3 = {"roots": roots3, "pipes_subprocess_client": PipesSubprocessClient()}
+        small = {"ops": {"sa1b_training_shards": {"config": {"shard_size": 2}}}}
+
+        def shards_run(key):
+            res = materialize([sa1b_training_shards], partition_key=key, instance=instance, resources=r3, run_config=small)
+            return res.asset_materializations_for_node("sa1b_training_shards")[0].metadata
+
+        assert [shards_run(k)["shards_new"].value for k in shards] == [3, 3, 3]
+        ext0 = os.path.join(sa1b, "sa_000000", "extracted")
+        one = sorted(os.listdir(ext0))[2]  # the second shard's first member
+        edge_repair.run_edges(EdgeRequest(ext0, glob=one, skip_if_processed=False), progress=False)
+        md = shards_run("sa_000000")
+        assert md["shards_rebuilt"].value == 1 and md["shards_kept"].value == 2
+        assert "sa1b_shard_00001" in md["rebuilt"].value
     corrupt = [
         f"{a}.{c} [sa_000001]: FAILED ({bad})"
         for a in ("edges_B_v1", "sa1b_features_fixed")
