@@ -41,6 +41,7 @@ bench: setup
 	$(PY) benchmarks/bench_sensor.py
 	$(PY) benchmarks/bench_control_plane.py
 	$(PY) benchmarks/bench_slurm.py
+	$(PY) benchmarks/bench_shards.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) demo_home .pytest_cache

@@ -72,3 +72,8 @@ def test_slurm_benchmark_measures_both_executions_or_says_why_not(tmp_path):
     for asset in ("edges_B_v1", "sa1b_features_fixed"):
         assert re.search(rf"{asset} +[\d.]+ +[\d.]+ +-?[\d.]+ +[\d.]+", out), out
     assert re.search(r"the overhead is -?[\d.]+ % of a partition", out) and "submit -> start" in out, out
+
+
+def test_shards_benchmark_runs_in_smoke_size(tmp_path):
+    out = _run(tmp_path, "bench_shards.py", "--files", "4", "--shard-size", "2")
+    assert re.search(r"npzfix shards \(the one shard holding it\): +[\d.]+ s", out), out
