@@ -128,29 +128,25 @@ def teacher_from_env() -> Sam2Teacher:
     from npzfix_core import devices
     from npzfix_core.teacher import PRECISIONS
 
-    def allowed(v: str) -> bool:
-        try:
-            devices.allowed_gpus(v)
-        except devices.DeviceError:
-            return False
-        return True
+    def accepted_by(parse):
+        def ok(v: str) -> bool:
+            try:
+                parse(v)
+            except devices.DeviceError:
+                return False
+            return True
 
-    def device_ok(v: str) -> bool:
-        try:
-            devices.check_device(v)
-        except devices.DeviceError:
-            return False
-        return True
+        return ok
 
     kw = dict(
         # existence is checked when a features step starts: a code-location server need not mount the weights
         weights=_env("NPZFIX_SAM2_WEIGHTS"),
         config=_env("NPZFIX_SAM2_CONFIG"),
-        gpus=_env("NPZFIX_GPUS", str, "GPU numbers >= 0, e.g. 1,2,4,5,6,7, or all", allowed),
+        gpus=_env("NPZFIX_GPUS", str, "GPU numbers >= 0, e.g. 1,2,4,5,6,7, or all", accepted_by(devices.allowed_gpus)),
         resolution=_env("NPZFIX_RESOLUTION", int, "a multiple of 32, at least 64", lambda v: v >= 64 and v % 32 == 0),
         random_init_seed=_env("NPZFIX_RANDOM_INIT_SEED", int, "an integer seed"),
     )
-    device = _env("NPZFIX_DEVICE", str, "cpu, cuda, cuda:N or auto", device_ok)
+    device = _env("NPZFIX_DEVICE", str, "cpu, cuda, cuda:N or auto", accepted_by(devices.check_device))
     precision = _env("NPZFIX_PRECISION", str, f"one of {', '.join(PRECISIONS)}", lambda v: v in PRECISIONS)
     if kw["weights"] is not None and kw["random_init_seed"] is not None:
         raise SettingError("NPZFIX_SAM2_WEIGHTS and NPZFIX_RANDOM_INIT_SEED are exclusive: set one")

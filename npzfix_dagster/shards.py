@@ -16,7 +16,6 @@ from dagster import (
     Config,
     Failure,
     MaterializeResult,
-    MetadataValue,
     PipesSubprocessClient,
     asset,
 )
@@ -90,7 +89,10 @@ def _sync(context, config: ShardsConfig, npz_dir: str, out: str, pipes: PipesSub
     kinds={"tar", "parquet"},
 )
 def sa1b_training_shards(
-    context: AssetExecutionContext, config: ShardsConfig, roots: DatasetRoots, pipes_subprocess_client: PipesSubprocessClient
+    context: AssetExecutionContext,
+    config: ShardsConfig,
+    roots: DatasetRoots,
+    pipes_subprocess_client: PipesSubprocessClient,
 ) -> MaterializeResult:
     """The tar shards the student reads for this directory (``sa1b_shard_NNNNN.tar``: ``<stem>_features.npz`` +
     ``<stem>.jpg``, as vfmkd's create_sa1b_tar_shards.py packs them), each holding the repaired files; a manifest
@@ -111,7 +113,10 @@ def sa1b_training_shards(
     kinds={"tar", "parquet"},
 )
 def train_test_training_shards(
-    context: AssetExecutionContext, config: ShardsConfig, roots: DatasetRoots, pipes_subprocess_client: PipesSubprocessClient
+    context: AssetExecutionContext,
+    config: ShardsConfig,
+    roots: DatasetRoots,
+    pipes_subprocess_client: PipesSubprocessClient,
 ) -> MaterializeResult:
     """The tar shards of this split's repaired NPZ files and their images."""
     from npzfix_dagster.assets import _partition_dir

@@ -86,7 +86,8 @@ class FeatureStep:
         except TeacherError as exc:
             from dagster import Failure
 
-            raise Failure(description=f"teacher: {exc} (resource teacher / NPZFIX_SAM2_WEIGHTS, NPZFIX_RANDOM_INIT_SEED)")
+            where = "resource teacher / NPZFIX_SAM2_WEIGHTS, NPZFIX_RANDOM_INIT_SEED"
+            raise Failure(description=f"teacher: {exc} ({where})")
 
         def factory():
             device = devices.resolve(

@@ -191,7 +191,8 @@ def main() -> int:
     print(f"\nreports and preview images: {os.path.join(home, 'npzfix_previews')}")
     print(
         f"explore (the UI): cd {REPO} && DAGSTER_HOME={home} NPZFIX_SA1B_ROOT={sa1b} NPZFIX_TRAIN_TEST_ROOT={tt} "
-        f"NPZFIX_RANDOM_INIT_SEED=0 NPZFIX_RESOLUTION={a.resolution} {bindir}/dg dev -h 127.0.0.1 -p 3000"
+        f"NPZFIX_RANDOM_INIT_SEED=0 NPZFIX_RESOLUTION={a.resolution} NPZFIX_SHARDS_ROOT={os.path.join(data, 'shards')} "
+        f"{bindir}/dg dev -h 127.0.0.1 -p 3000"
     )
     print(
         "on purpose: in phase 1 sample_valid of sa1b_features_fixed [sa_000000] recomputes the legacy file whose "

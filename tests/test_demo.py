@@ -77,7 +77,9 @@ def test_the_demo_ends_with_red_checks_only_for_its_corrupt_file(tmp_path):
         small = {"ops": {"sa1b_training_shards": {"config": {"shard_size": 2}}}}
 
         def shards_run(key):
-            res = materialize([sa1b_training_shards], partition_key=key, instance=instance, resources=r3, run_config=small)
+            res = materialize(
+                [sa1b_training_shards], partition_key=key, instance=instance, resources=r3, run_config=small
+            )
             return res.asset_materializations_for_node("sa1b_training_shards")[0].metadata
 
         assert [shards_run(k)["shards_new"].value for k in shards] == [3, 3, 3]

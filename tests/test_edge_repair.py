@@ -332,7 +332,9 @@ def test_a_directory_that_vanishes_mid_run_fails_the_run_and_leaves_no_temp(tmp_
     """Before: exit 0 with most files "missing source (file vanished)", and the in-flight temp left behind."""
     res = _slow_shard(tmp_path)
     ext = os.path.dirname(res.npz[0])
-    proc = subprocess.Popen([NPZFIX, "edges", "--npz-dir", ext], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [NPZFIX, "edges", "--npz-dir", ext], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert _started(res.npz, proc)
     moved = ext + "_moved"
     os.rename(ext, moved)

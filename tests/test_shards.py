@@ -1,9 +1,8 @@
-"""Training shards (``npzfix_core.shards``, ``npzfix shards``, the shards assets): stable membership, only changed shards
-rebuilt, members read back identical, a killed rebuild leaves no partial shard, Pipes for the user's next step, and
+"""Training shards (``npzfix_core.shards``, ``npzfix shards``, the shards assets): stable membership, only changed
+shards rebuilt, members read back identical, a killed rebuild leaves no partial shard, Pipes for the user's next step, and
 the UI's stale/fresh against a real instance."""
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,6 @@ import tarfile
 import time
 
 import numpy as np
-import pytest
 from conftest import NPZFIX, run_cli
 
 from npzfix_core import shards, store, synth
@@ -89,7 +87,8 @@ def test_added_files_never_move_a_member_and_removed_ones_leave_their_shard(tmp_
 
 def test_a_killed_rebuild_leaves_every_shard_old_or_new(tmp_path):
     res = synth.generate(
-        tmp_path / "sa1b", synth.SynthSpec(n=12, seed=3, sizes=((1500, 2250),), masks=3, states=("fresh",), feature_hw=64)
+        tmp_path / "sa1b",
+        synth.SynthSpec(n=12, seed=3, sizes=((1500, 2250),), masks=3, states=("fresh",), feature_hw=64),
     )
     ext, out = os.path.join(res.root, "extracted"), str(tmp_path / "shards")
     shards.sync(ext, out, shard_size=6)
@@ -122,7 +121,8 @@ def test_the_shards_asset_rebuilds_after_a_repair_and_runs_the_users_command_thr
 
     root, res, key, r = partition(tmp_path, instance, "sa_000090", n=5, states=("fresh",) * 5)
     r = {**r, "pipes_subprocess_client": PipesSubprocessClient()}
-    r["roots"] = DatasetRoots(sa1b_root=root, preview_dir=str(tmp_path / "previews"), shards_root=str(tmp_path / "shards"))
+    shards_root = str(tmp_path / "shards")
+    r["roots"] = DatasetRoots(sa1b_root=root, preview_dir=str(tmp_path / "previews"), shards_root=shards_root)
     script = tmp_path / "convert.py"
     script.write_text(
         "import sys, tarfile\nfrom dagster_pipes import open_dagster_pipes\n"
