@@ -91,6 +91,7 @@ def test_edges_with_the_original_command_line(tmp_path):
             assert np.array_equal(got["edge_256x256"], want[256])
         compared += assert_carried(q, before[q], EDGE_OWNED)
     assert compared >= 9 * 16
+    print(f"edges: {12 - len(flagged)} files repaired, {compared} carried members compared, edges bit-exact")
     p = run_cli("check", "edges", "--npz-dir", ext, "--json-dir", res.root, "--sample", "12", check_rc=0)
     n_masks = sum("masks.npy" in members for members in before.values())
     assert f"pickled members carried, not inspected: box_prompts_meta in 3, masks in {n_masks}" in p.stdout
@@ -108,7 +109,7 @@ def test_bulk_with_the_original_command_line(tmp_path, ref_model):
         check_rc=0,
     )  # fmt: skip
     assert f"updated {8 - len(legacy)}" in p.stdout and f"skipped (legacy flag) {len(legacy)}" in p.stdout
-    worst = 0.0
+    worst, compared = 0.0, 0
     for q in res.npz:
         if q in legacy:  # feature_flag (int64, from the original's Python 1) without provenance: skipped
             assert sha(q) == digests[q]
@@ -116,8 +117,8 @@ def test_bulk_with_the_original_command_line(tmp_path, ref_model):
         worst = max(worst, _features_match(q, ref_model, image_of(q), with_emb=True))  # the file had it: kept equal
         flags = store.read_flags(q, ["feature_flag"])
         assert int(flags["feature_flag"]) == 1
-        assert_carried(q, before[q], FEATURE_OWNED)
-    print(f"bulk: max |feature - reference| {worst:.2e}")
+        compared += assert_carried(q, before[q], FEATURE_OWNED)
+    print(f"bulk: {8 - len(legacy)} files, {compared} carried members compared, max |feature - reference| {worst:.2e}")
 
 
 def test_sample_list_with_the_original_command_line(tmp_path, ref_model):
@@ -132,10 +133,12 @@ def test_sample_list_with_the_original_command_line(tmp_path, ref_model):
         *SMALL_TEACHER_FLAGS, "--log", tmp_path / "inplace.log", "--max-images", "0", check_rc=0,
     )  # fmt: skip
     assert "updated 5" in p.stdout
+    worst = compared = 0
     for q in res.npz:
-        _features_match(q, ref_model, image_of(q), with_emb=True)
+        worst = max(worst, _features_match(q, ref_model, image_of(q), with_emb=True))
         assert "feature_flag" not in store.inspect(q)  # the sample-list tool sets no flag
-        assert_carried(q, before[q], FEATURE_OWNED)
+        compared += assert_carried(q, before[q], FEATURE_OWNED)
+    print(f"samples: 5 files, {compared} carried members compared, max |feature - reference| {worst:.2e}")
 
 
 def test_train_test_with_the_original_command_line(tmp_path, ref_model):
@@ -149,10 +152,12 @@ def test_train_test_with_the_original_command_line(tmp_path, ref_model):
         check_rc=0,
     )  # fmt: skip
     assert "updated 8" in p.stdout
+    worst = compared = 0
     for q in before:
-        _features_match(q, ref_model, image_of(q), with_emb=True)
+        worst = max(worst, _features_match(q, ref_model, image_of(q), with_emb=True))
         assert int(store.read_flags(q, ["feature_flag"])["feature_flag"]) == 1
-        assert_carried(q, before[q], FEATURE_OWNED)
+        compared += assert_carried(q, before[q], FEATURE_OWNED)
+    print(f"train/test: 8 files, {compared} carried members compared, max |feature - reference| {worst:.2e}")
 
 
 def test_the_users_flat_layout_in_dagster(tmp_path):
