@@ -17,7 +17,7 @@ from dagster_support import env_for
 def test_definitions_load_without_torch():
     code = "import sys, npzfix_dagster.definitions as d; assert 'torch' not in sys.modules and 'sam2' not in sys.modules; print(len(d.defs.assets))"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert p.returncode == 0 and p.stdout.strip() == "5"  # three caches + the two observed NPZ-file sources, p.stderr
+    assert p.returncode == 0 and p.stdout.strip() == "7", p.stderr  # three caches, two shard sets, two NPZ sources
 
 
 def _free_port():
