@@ -38,7 +38,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="skip fsync after each write (faster on slow disks; a crash may lose recent updates)",
     )
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="every log line on the terminal too")
 
 
 def _teacher_flags(p: argparse.ArgumentParser) -> None:
@@ -88,9 +88,9 @@ def build_parser(
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     e = sub.add_parser("edges", help="rebuild Method-B edge maps (update_edge_maps_from_npz.py)")
-    e.add_argument("--npz-dir", required=True)
+    e.add_argument("--npz-dir", required=True, help="the NPZ directory (its whole tree unless --no-recursive)")
     e.add_argument("--json-dir", help="where <stem>.json live (default: the NPZ dir, then its parent)")
-    e.add_argument("--kernel-size", type=_positive, default=3)
+    e.add_argument("--kernel-size", type=_positive, default=3, help="Method B's morphological gradient kernel")
     e.add_argument("--max-files", type=_non_negative, help=MAX_FILES_HELP)
     e.add_argument(
         "--skip-if-processed",
