@@ -220,8 +220,14 @@ def cmd_shards(args) -> int:
         raise UsageError("npzfix shards needs --npz-dir (and --out)")
     try:
         report = shards.sync(args.npz_dir, args.out, args.image_dir, args.shard_size, args.dry_run)
+    except shards.ManifestError as exc:
+        print(f"npzfix shards: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from exc
+    except OSError as exc:  # a member or the output directory: said, not a traceback; finished shards stay
+        print(f"npzfix shards: stopped: {exc}; every shard is old or new, the next run goes on", file=sys.stderr)
+        return 1
     print(report.summary())
     return 0
 

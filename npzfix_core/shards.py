@@ -33,6 +33,10 @@ COLUMNS = ("stem", "shard", "npz", "image", "npz_size", "npz_mtime_ns", "provena
 NEW, NPZ_CHANGED, IMAGE_CHANGED, REMOVED, MISSING_SHARD = "new", "npz_changed", "image_changed", "removed", "missing"
 
 
+class ManifestError(ValueError):
+    """The manifest exists but cannot be read: nothing is rebuilt (guessing would move members between shards)."""
+
+
 @dataclass(frozen=True)
 class Member:
     """One pair as found now: names in the shard are the NPZ's own name and ``<stem><image ext>``."""
@@ -126,7 +130,16 @@ def read_manifest(out: str) -> dict[str, dict[str, Any]]:
     path = os.path.join(out, MANIFEST)
     if not os.path.exists(path):
         return {}
-    frame = pd.read_parquet(path)
+    try:
+        frame = pd.read_parquet(path)
+        missing = [c for c in COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"columns {missing} missing")
+    except Exception as exc:  # pyarrow raises its own types for a damaged file
+        raise ManifestError(
+            f"{path} cannot be read ({type(exc).__name__}: {exc}); no shard was touched. Restore it, or move it "
+            "away to assign every member again and rebuild every shard"
+        ) from exc
     return {row["stem"]: row for row in frame.to_dict("records")}
 
 

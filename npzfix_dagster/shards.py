@@ -72,6 +72,8 @@ def _sync(context, config: ShardsConfig, npz_dir: str, out: str, pipes: PipesSub
 
     try:
         report = shards.sync(npz_dir, out, None, config.shard_size, config.dry_run)
+    except shards.ManifestError as exc:
+        raise Failure(description=str(exc)) from exc
     except ValueError as exc:
         raise Failure(description=f"bad run config: {exc}; no shard was touched") from exc
     context.log.info(report.summary())

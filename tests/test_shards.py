@@ -83,6 +83,12 @@ def test_added_files_never_move_a_member_and_removed_ones_leave_their_shard(tmp_
         assert "sa_2100001_features.npz" not in tar.getnames()
     dry = run_cli("shards", "--npz-dir", ext, "--out", out, "--shard-size", SIZE, "--dry-run", check_rc=0)
     assert "would rebuild 0" in dry.stdout
+    before = _shard_bytes(out)
+    with open(os.path.join(out, "manifest.parquet"), "r+b") as f:  # a damaged manifest: said, nothing touched
+        f.truncate(100)
+    p = run_cli("shards", "--npz-dir", ext, "--out", out, "--shard-size", SIZE, check_rc=1)
+    assert "manifest.parquet cannot be read" in p.stderr and "Traceback" not in p.stderr
+    assert _shard_bytes(out) == before
 
 
 def test_a_killed_rebuild_leaves_every_shard_old_or_new(tmp_path):
