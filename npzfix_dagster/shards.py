@@ -82,47 +82,50 @@ def _sync(context, config: ShardsConfig, npz_dir: str, out: str, pipes: PipesSub
     return MaterializeResult(metadata=shards_metadata(report))
 
 
-@asset(
-    name=SA1B_SHARDS,
-    partitions_def=sa1b_dirs,
-    deps=[AssetKey(SA1B_FEATURES), AssetKey(EDGES)],
-    automation_condition=AutomationCondition.eager(),  # after a repair of its partition, with the automation sensor
-    group_name="sa1b",
-    kinds={"tar", "parquet"},
+def shards_asset(name: str, partitions_def, deps: list[str], group: str, root: str, to_dir, description: str):
+    """A partition's training shards, downstream of its caches: one definition for both kinds of partition."""
+
+    @asset(
+        name=name,
+        partitions_def=partitions_def,
+        deps=[AssetKey(d) for d in deps],
+        automation_condition=AutomationCondition.eager(),  # after a repair of its partition, with the automation sensor
+        group_name=group,
+        kinds={"tar", "parquet"},
+        description=description,
+    )
+    def _shards(
+        context: AssetExecutionContext,
+        config: ShardsConfig,
+        roots: DatasetRoots,
+        pipes_subprocess_client: PipesSubprocessClient,
+    ) -> MaterializeResult:
+        from npzfix_dagster.assets import _partition_dir
+
+        npz_dir = _partition_dir(roots.require(root), context.partition_key, to_dir)
+        out = _shard_dir(roots, group, context.partition_key)
+        return _sync(context, config, npz_dir, out, pipes_subprocess_client)
+
+    return _shards
+
+
+sa1b_training_shards = shards_asset(
+    SA1B_SHARDS,
+    sa1b_dirs,
+    [SA1B_FEATURES, EDGES],
+    "sa1b",
+    "sa1b_root",
+    sa1b_dir,
+    "The tar shards the student reads for this directory (sa1b_shard_NNNNN.tar: <stem>_features.npz + <stem>.jpg, "
+    "as vfmkd's create_sa1b_tar_shards.py packs them), each holding the repaired files; a manifest keeps every "
+    "member in its shard.",
 )
-def sa1b_training_shards(
-    context: AssetExecutionContext,
-    config: ShardsConfig,
-    roots: DatasetRoots,
-    pipes_subprocess_client: PipesSubprocessClient,
-) -> MaterializeResult:
-    """The tar shards the student reads for this directory (``sa1b_shard_NNNNN.tar``: ``<stem>_features.npz`` +
-    ``<stem>.jpg``, as vfmkd's create_sa1b_tar_shards.py packs them), each holding the repaired files; a manifest
-    keeps every member in its shard."""
-    from npzfix_dagster.assets import _partition_dir
-
-    npz_dir = _partition_dir(roots.require("sa1b_root"), context.partition_key, sa1b_dir)
-    out = _shard_dir(roots, "sa1b", context.partition_key)
-    return _sync(context, config, npz_dir, out, pipes_subprocess_client)
-
-
-@asset(
-    name=TRAIN_TEST_SHARDS,
-    partitions_def=train_test_splits,
-    deps=[AssetKey(TRAIN_TEST_FEATURES)],
-    automation_condition=AutomationCondition.eager(),
-    group_name="train_test",
-    kinds={"tar", "parquet"},
+train_test_training_shards = shards_asset(
+    TRAIN_TEST_SHARDS,
+    train_test_splits,
+    [TRAIN_TEST_FEATURES],
+    "train_test",
+    "train_test_root",
+    split_extracted_dir,
+    "The tar shards of this split's repaired NPZ files and their images.",
 )
-def train_test_training_shards(
-    context: AssetExecutionContext,
-    config: ShardsConfig,
-    roots: DatasetRoots,
-    pipes_subprocess_client: PipesSubprocessClient,
-) -> MaterializeResult:
-    """The tar shards of this split's repaired NPZ files and their images."""
-    from npzfix_dagster.assets import _partition_dir
-
-    npz_dir = _partition_dir(roots.require("train_test_root"), context.partition_key, split_extracted_dir)
-    out = _shard_dir(roots, "train_test", context.partition_key)
-    return _sync(context, config, npz_dir, out, pipes_subprocess_client)
