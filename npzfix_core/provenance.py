@@ -58,7 +58,7 @@ def flag_set(flags: Mapping[str, np.ndarray], key: str) -> bool:
     return a.reshape(()).item() == 1
 
 
-def _stored_json(flags: Mapping[str, np.ndarray], key: str) -> dict | None:
+def stored_record(flags: Mapping[str, np.ndarray], key: str) -> dict | None:
     """The provenance record as a dict; None when absent, {} when unreadable (then it matches nothing)."""
     if key not in flags:
         return None
@@ -112,7 +112,7 @@ class EdgeProvenance:
         """What a flagged file says wrote its edges (a legacy B_v1 flag: kernel 3); None when not flagged."""
         if not flag_set(flags, "edge_flag") or str(flags.get("edge_version", "")) != EDGE_VERSION:
             return None
-        record = _stored_json(flags, "edge_provenance")
+        record = stored_record(flags, "edge_provenance")
         if record is None:
             return cls(LEGACY_KERNEL)
         kernel = record.get("kernel_size")
@@ -132,7 +132,7 @@ class EdgeProvenance:
         the edge maps are not those the record sealed."""
         if not flag_set(flags, "edge_flag"):
             return State.TODO
-        if EdgeProvenance.stored(flags) != self or not unchanged(_stored_json(flags, "edge_provenance"), flags):
+        if EdgeProvenance.stored(flags) != self or not unchanged(stored_record(flags, "edge_provenance"), flags):
             return State.STALE
         return State.DONE
 
@@ -188,7 +188,7 @@ class FeatureProvenance:
     def state(self, flags: Mapping[str, np.ndarray]) -> State:
         if not flag_set(flags, "feature_flag"):
             return State.TODO
-        record = _stored_json(flags, "feature_provenance")
+        record = stored_record(flags, "feature_provenance")
         if record is None:
             return State.LEGACY
         if not self.same_teacher(FeatureProvenance.from_dict(record)) or not unchanged(record, flags):
@@ -201,5 +201,5 @@ class FeatureProvenance:
 
 def stored_teacher(flags: Mapping[str, np.ndarray]) -> tuple[bool, FeatureProvenance | None]:
     """(has a provenance record, the teacher it names or None when unreadable)."""
-    record = _stored_json(flags, "feature_provenance")
+    record = stored_record(flags, "feature_provenance")
     return record is not None, FeatureProvenance.from_dict(record)

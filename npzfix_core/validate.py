@@ -22,6 +22,7 @@ from npzfix_core.provenance import (
     FeatureProvenance,
     State,
     flag_set,
+    stored_record,
     stored_teacher,
     unchanged,
 )
@@ -43,13 +44,6 @@ RESTORE_IMAGE = "restore the image (beside the NPZ or in its parent) to verify t
 FIX_JSON = "fix or restore the JSON named here, then materialize this partition"
 CHANGED = "their CRC-32 is not the one its provenance sealed: another tool rewrote them"
 
-
-def _record(a, key: str) -> dict | None:
-    try:
-        value = json.loads(str(a[key])) if key in a else None
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 @dataclass
@@ -183,7 +177,7 @@ def check_features(
         if provenance is not None and has_record and not provenance.same_teacher(stored):
             res.fail(p, f"written by another teacher: {stored.describe() if stored else 'unreadable provenance'}")
             problems.append("another teacher")
-        elif has_record and not problems and not unchanged(_record(a, "feature_provenance"), a):
+        elif has_record and not problems and not unchanged(stored_record(a, "feature_provenance"), a):
             res.fail(p, f"features changed since npzfix wrote them ({CHANGED})", RERUN)
             problems.append("changed")
         if teacher is not None and not problems and (verify is None or p in verify):
