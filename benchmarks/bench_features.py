@@ -48,10 +48,10 @@ def main() -> None:
         for img, npz in zip(imgs, res.npz):
             rgb = cv2.cvtColor(cv2.imread(img), cv2.COLOR_BGR2RGB)  # the original's decode
             x = preprocess([rgb], a.resolution, teacher.device)
-            p4, p5 = teacher.encode(x)
+            feats = teacher.encode(x)
             with np.load(npz, allow_pickle=True) as z:  # as the original loads
                 arrays = {k: z[k] for k in z.files}
-            arrays.update(P4_S16=p4.numpy(), P5_S32=p5.numpy(), feature_flag=np.array(1, np.uint8))
+            arrays.update({k: v.numpy() for k, v in feats.items()}, feature_flag=np.array(1, np.uint8))
             tmp = npz + ".tmp.npz"
             np.savez(tmp, **arrays)
             os.replace(tmp, npz)

@@ -102,11 +102,10 @@ def main() -> None:
             t = time.perf_counter()
             for img, npz in zip(imgs[:loop_n], res.npz[:loop_n]):
                 rgb = cv2.cvtColor(cv2.imread(img), cv2.COLOR_BGR2RGB)  # the original's decode
-                p4, p5 = teacher.encode(preprocess([rgb], res_px, teacher.device))
-                p4, p5 = p4.cpu().numpy(), p5.cpu().numpy()
+                feats = teacher.encode(preprocess([rgb], res_px, teacher.device))
                 with np.load(npz, allow_pickle=True) as z:  # as the original loads
                     arrays = {k: z[k] for k in z.files}
-                arrays.update(P4_S16=p4, P5_S32=p5, feature_flag=np.array(1, np.uint8))
+                arrays.update({k: v.cpu().numpy() for k, v in feats.items()}, feature_flag=np.array(1, np.uint8))
                 np.savez(npz + ".tmp.npz", **arrays)
                 os.replace(npz + ".tmp.npz", npz)
             print(f"original loop {precision}: {loop_n / (time.perf_counter() - t):7.1f} img/s")

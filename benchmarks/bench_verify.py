@@ -30,7 +30,7 @@ def main() -> None:
     from npzfix_core import synth
     from npzfix_core.images import load_rgb
     from npzfix_core.teacher import LazyTeacher, TeacherSpec, build
-    from npzfix_core.verify import MATCH, P4, P5, Tolerance, compare, encode_images, timed_verify
+    from npzfix_core.verify import MATCH, Tolerance, compare, encode_images, timed_verify
 
     seed = None if a.weights else 0
     spec = TeacherSpec(weights=a.weights, config=a.config, random_init_seed=seed, resolution=a.resolution)
@@ -52,13 +52,13 @@ def main() -> None:
         rng = np.random.default_rng(0)
         cases = {
             f"same teacher fp32, batch {len(imgs)} vs 1": encode_images(fp32, imgs, batch_size=len(imgs)),
-            "float16-stored cache of fp32 features": [(p4.astype(np.float16), p5.astype(np.float16)) for p4, p5 in ref],
+            "float16-stored cache of fp32 features": [{k: v.astype(np.float16) for k, v in r.items()} for r in ref],
             "bf16 vs fp32": in_bf16,
             "another image of the shard": ref[1:] + ref[:1],
             "the same image read as BGR": encode_images(fp32, [np.ascontiguousarray(i[:, :, ::-1]) for i in imgs]),
             "mirrored image": encode_images(fp32, [np.ascontiguousarray(i[:, ::-1]) for i in imgs]),
             "another checkpoint (seed 1)": encode_images(other, imgs),
-            "N(0,1) noise": [(rng.standard_normal(p4.shape), rng.standard_normal(p5.shape)) for p4, p5 in ref],
+            "N(0,1) noise": [{k: rng.standard_normal(v.shape) for k, v in r.items()} for r in ref],
         }
         print(
             f"teacher {spec.resolved_config()} ({a.weights or 'random-init:0'}), input {a.resolution}, "
@@ -66,10 +66,11 @@ def main() -> None:
         )
         print(f"{'case':42s} {'1 - cosine':>22s} {'max err / max |teacher|':>24s}  verdict")
         for name, got in cases.items():
-            m = [compare(k, s, r) for (s4, s5), (r4, r5) in zip(got, ref) for k, s, r in ((P4, s4, r4), (P5, s5, r5))]
+            m = [compare(k, s[k], r[k]) for s, r in zip(got, ref) for k in r]
             dist = [1 - x.cosine for x in m]
             rel = [x.rel_error for x in m]
-            passed = sum(all(tol.accepts(x) for x in m[i : i + 2]) for i in range(0, len(m), 2))
+            per = len(ref[0])  # keys per image
+            passed = sum(all(tol.accepts(x) for x in m[i : i + per]) for i in range(0, len(m), per))
             verdict = f"passes {passed}/{len(got)}" if passed == len(got) else f"caught {len(got) - passed}/{len(got)}"
             ranges = f"{min(dist):>10.2g} .. {max(dist):<9.2g} {min(rel):>10.2g} .. {max(rel):<9.2g}"
             print(f"{name:42s} {ranges}  {verdict}")
@@ -79,8 +80,8 @@ def main() -> None:
         # already built (the run built it) and from nothing (a partition whose run had nothing to do).
         from npzfix_core import store
 
-        for p, (p4, p5) in zip(res.npz, ref):
-            store.update(p, {P4: p4, P5: p5, "IMAGE_EMB_S16": p4})
+        for p, r in zip(res.npz, ref):
+            store.update(p, {**r, "IMAGE_EMB_S16": r["P4_S16"]})
         files = [(p, os.path.join(d, os.path.basename(p).replace("_features.npz", ".jpg"))) for p in res.npz]
         files = files[: a.check_files]
         verdicts, summary = timed_verify(files, LazyTeacher(fp32), tol)

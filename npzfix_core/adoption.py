@@ -18,7 +18,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
-from npzfix_core import store, verify
+from npzfix_core import outputs, store, verify
 from npzfix_core.discovery import WorkItem
 from npzfix_core.provenance import FEATURE_KEYS, FeatureProvenance, FeatureState
 from npzfix_core.report import SKIPPED_LEGACY, Outcome
@@ -97,7 +97,7 @@ def adoptable(npz: str, prov: FeatureProvenance) -> tuple[int, int, int]:
     st = os.stat(npz)
     if prov.state(store.read_flags(npz, FEATURE_KEYS)) is not FeatureState.LEGACY:
         raise NotAdoptable("no longer a legacy file")
-    problems = verify.structure_problems(store.read_arrays(npz, verify.FEATURE_ARRAYS), prov.resolution)
+    problems = verify.structure_problems(store.read_arrays(npz, outputs.feature_names()), prov.resolution)
     if problems:
         raise NotAdoptable("; ".join(problems))
     return st.st_ino, st.st_size, st.st_mtime_ns

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npzfix_core import adoption, discovery, store
+from npzfix_core import adoption, discovery, outputs, store
 from npzfix_core.images import load_rgb
 from npzfix_core.provenance import FEATURE_KEYS, FeatureProvenance, FeatureState, stored_teacher
 from npzfix_core.report import ADOPTED, MISSING, SKIPPED_DONE, SKIPPED_LEGACY, UPDATED, Outcome, outcome_for
@@ -55,13 +55,13 @@ def missing(item: discovery.WorkItem) -> Outcome | None:
     return None
 
 
-def fit(value: np.ndarray, existing: store.MemberInfo | None, store_dtype: str, key: str) -> np.ndarray:
-    """The new array in the layout the file already uses for ``key`` (shape and dtype), or float32 (1,256,H,W)."""
+def fit(value: np.ndarray, existing: store.MemberInfo | None, store_dtype: str, key: str, new_dtype="float32") -> np.ndarray:
+    """The new array in the layout the file already uses for ``key`` (shape and dtype), else ``new_dtype``."""
     dtype = (
         np.dtype(np.float32) if store_dtype == "float32" else np.dtype(np.float16) if store_dtype == "float16" else None
     )
     if existing is None:
-        return value.astype(dtype or np.float32, copy=False)
+        return value.astype(dtype or np.dtype(new_dtype), copy=False)
     if int(np.prod(existing.shape)) != value.size:
         raise store.NpzError(
             f"existing {key} has shape {existing.shape}, the teacher gives {value.shape}: "
@@ -72,17 +72,16 @@ def fit(value: np.ndarray, existing: store.MemberInfo | None, store_dtype: str, 
     return value.reshape(existing.shape).astype(dtype, copy=False)
 
 
-def write_features(
-    npz: str, p4: np.ndarray, p5: np.ndarray, req: FeatureRequest, prov: FeatureProvenance
-) -> store.UpdateResult:
-    """Merge P4/P5 (and IMAGE_EMB_S16, flag, provenance) into the NPZ under its lock."""
+def write_features(npz: str, new: dict[str, np.ndarray], req: FeatureRequest, prov: FeatureProvenance) -> store.UpdateResult:
+    """Merge the teacher's arrays (every row of ``outputs.FEATURES``, mirrors included), flag and provenance into
+    the NPZ under its lock."""
+
     def prepare(existing: dict[str, store.MemberInfo]) -> dict[str, np.ndarray]:
         arrays = {
-            "P4_S16": fit(p4, existing.get("P4_S16"), req.store_dtype, "P4_S16"),
-            "P5_S32": fit(p5, existing.get("P5_S32"), req.store_dtype, "P5_S32"),
+            k.name: fit(new[k.source], existing.get(k.name), req.store_dtype, k.name, k.dtype)
+            for k in outputs.features()
+            if k.always or k.name in existing or req.mode == SAMPLES
         }
-        if req.mode == SAMPLES or "IMAGE_EMB_S16" in existing:
-            arrays["IMAGE_EMB_S16"] = fit(p4, existing.get("IMAGE_EMB_S16"), req.store_dtype, "IMAGE_EMB_S16")
         if req.sets_flag:
             arrays["feature_flag"] = np.array(1, dtype=np.uint8)
         return arrays
@@ -152,7 +151,7 @@ def old_features(npz: str) -> dict:
         flags = store.read_flags(npz, FEATURE_KEYS)
         has_record, stored = stored_teacher(flags)
         was = "the original tool (no provenance)" if not has_record else stored.describe() if stored else "?"
-        return {"was": was, "arrays": store.read_arrays(npz, ("P4_S16", "P5_S32"))}
+        return {"was": was, "arrays": store.read_arrays(npz, outputs.computed_names())}
     except Exception as exc:
         return {"was": "unreadable", "arrays": {}, "error": str(exc)}
 
@@ -168,18 +167,19 @@ class Job:
 
 
 def write_one(
-    item: discovery.WorkItem, p4, p5, event, req: FeatureRequest, prov: FeatureProvenance, t0: float, old
+    item: discovery.WorkItem, feats: dict, event, req: FeatureRequest, prov: FeatureProvenance, t0: float, old
 ) -> tuple[Outcome, float, dict | None]:
-    """The file's outcome, the seconds this writer spent on it, and the drift measured (drift samples)."""
+    """The file's outcome, the seconds this writer spent on it, and the drift measured (drift samples).
+    ``feats``: the teacher's tensors for this file, by key."""
     start = time.perf_counter()
     drift = None
     try:
         if event is not None:
             event.synchronize()  # the device-to-host copy was queued asynchronously
-        new = {"P4_S16": p4.numpy(), "P5_S32": p5.numpy()}
+        new = {k: v.numpy() for k, v in feats.items()}
         if old is not None:
             drift = {"path": item.npz, "was": old["was"], "matches": drift_of(old["arrays"], new)}
-        write_features(item.npz, new["P4_S16"], new["P5_S32"], req, prov)
+        write_features(item.npz, new, req, prov)
         outcome = Outcome(item.npz, UPDATED, seconds=time.perf_counter() - t0)
     except Exception as exc:
         outcome = outcome_for(item.npz, exc)

@@ -260,14 +260,14 @@ class _Pipeline:
             if cuda:
                 start = torch.cuda.Event(enable_timing=True)
                 start.record()
-            p4, p5 = teacher.encode(x)
+            feats = teacher.encode(x)
             event = None
             if cuda:
                 end = torch.cuda.Event(enable_timing=True)
                 end.record()
                 self.timings.record_gpu(start, end)
-                p4 = p4.to("cpu", non_blocking=True)  # lands in pinned memory; the writer waits on `event`
-                p5 = p5.to("cpu", non_blocking=True)
+                # lands in pinned memory; the writer waits on `event`
+                feats = {k: v.to("cpu", non_blocking=True) for k, v in feats.items()}
                 event = torch.cuda.Event()
                 event.record()
         except torch.cuda.OutOfMemoryError:
@@ -289,11 +289,12 @@ class _Pipeline:
             self.timings.encoder_s += time.perf_counter() - t
         self.timings.batches += 1
         self.timings.images += len(batch)
-        self.write(batch, p4, p5, event)
+        self.write(batch, feats, event)
 
-    def write(self, batch: list[files.Loaded], p4, p5, event) -> None:
+    def write(self, batch: list[files.Loaded], feats: dict, event) -> None:
         for i, b in enumerate(batch):
-            args = (b.item, p4[i : i + 1], p5[i : i + 1], event, self.req, self.prov, b.t0, b.old)
+            mine = {k: v[i : i + 1] for k, v in feats.items()}
+            args = (b.item, mine, event, self.req, self.prov, b.t0, b.old)
             self.writes.append(self.write_pool.submit(files.write_one, *args))
 
 

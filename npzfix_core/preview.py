@@ -11,7 +11,7 @@ import os
 import cv2
 import numpy as np
 
-from npzfix_core import discovery, store
+from npzfix_core import discovery, outputs, store
 
 TILE = 192
 
@@ -34,20 +34,21 @@ def _tile(img: np.ndarray) -> np.ndarray:
 def render(npz_paths: list[str], out_png: str, n: int = 4) -> str | None:
     """Write a grid (rows: files; columns: image, edges, P4 PCA) and return its path; None if nothing to show."""
     rows = []
+    feature = outputs.computed_names()[0]  # the finest level (P4)
     for p in npz_paths[:n]:
         try:
-            a = store.read_arrays(p, ["edge_256x256", "edge_64x64", "P4_S16"])
+            a = store.read_arrays(p, [*outputs.EDGE_MAPS[:2], feature])
         except (store.NpzError, OSError):
             continue
         blank = np.full((TILE, TILE, 3), 40, np.uint8)
         img_path = discovery.find_image(p)
         img = cv2.imread(img_path, cv2.IMREAD_COLOR) if img_path else None
         img = _tile(img) if img is not None else blank
-        edge = a.get("edge_256x256", a.get("edge_64x64"))
+        edge = a.get(outputs.EDGE_MAPS[0], a.get(outputs.EDGE_MAPS[1]))
         e = _tile(np.repeat((edge * 255).astype(np.uint8)[:, :, None], 3, axis=2)) if edge is not None else blank
         overlay = img.copy()
         overlay[e[:, :, 0] > 0] = (0, 0, 255)
-        feat = _tile(cv2.cvtColor(pca_rgb(a["P4_S16"]), cv2.COLOR_RGB2BGR)) if "P4_S16" in a else blank
+        feat = _tile(cv2.cvtColor(pca_rgb(a[feature]), cv2.COLOR_RGB2BGR)) if feature in a else blank
         rows.append(np.hstack([img, overlay, feat]))
     if not rows:
         return None

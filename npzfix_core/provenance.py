@@ -16,18 +16,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from npzfix_core import __version__
+from npzfix_core import __version__, outputs
 
 TOOL = f"npzfix {__version__}"
 EDGE_VERSION = "B_v1"
 EDGE_RULE = "method_b"
 LEGACY_KERNEL = 3  # the original edge tool's default
-EDGE_KEYS = ("edge_flag", "edge_version", "edge_provenance")
-FEATURE_KEYS = ("feature_flag", "feature_provenance")
-# What each record vouches for: their CRC-32s are sealed into it, so a file whose features or edges another tool
-# rewrote (vfmkd's in-place tool keeps our record while writing its teacher's P4) is not "done" any more.
-EDGE_SEALED = ("edge_64x64", "edge_32x32", "edge_256x256")
-FEATURE_SEALED = ("P4_S16", "P5_S32", "IMAGE_EMB_S16")
+EDGE_KEYS = outputs.EDGE_FLAGS
+FEATURE_KEYS = outputs.FEATURE_FLAGS
+# What each record vouches for (``outputs``): their CRC-32s are sealed into it, so a file whose features or edges
+# another tool rewrote (vfmkd's in-place tool keeps our record while writing its teacher's P4) is not "done" any more.
 
 
 def seal(crcs: Mapping[str, int], keys: tuple[str, ...]) -> dict[str, int]:
@@ -97,7 +95,7 @@ class EdgeProvenance:
         """Flag, version and provenance members, as written beside the edge maps (whose CRCs ``crcs`` gives)."""
         record = {"rule": self.rule, "version": self.version, "kernel_size": self.kernel_size, "tool": TOOL}
         if crcs is not None:
-            record["crc32"] = seal(crcs, EDGE_SEALED)
+            record["crc32"] = seal(crcs, outputs.EDGE_MAPS)
         return {
             "edge_flag": np.array(1, dtype=np.uint8),
             "edge_version": np.array(self.version),
@@ -167,7 +165,7 @@ class FeatureProvenance:
     def record(self, mode: str, crcs: Mapping[str, int] | None = None, **extra: Any) -> np.ndarray:
         """The ``feature_provenance`` member: this teacher, the tool and the mode that wrote the file, the CRCs
         of the features it vouches for (plus, for an adopted legacy file, the evidence it was adopted on)."""
-        sealed = {"crc32": seal(crcs, FEATURE_SEALED)} if crcs is not None else {}
+        sealed = {"crc32": seal(crcs, outputs.feature_names())} if crcs is not None else {}
         record = {**self.as_dict(), "tool": TOOL, "mode": mode, **sealed, **extra}
         return np.array(json.dumps(record, sort_keys=True))
 
@@ -193,6 +191,9 @@ class FeatureProvenance:
             return State.LEGACY
         if not self.same_teacher(FeatureProvenance.from_dict(record)) or not unchanged(record, flags):
             return State.STALE
+        sealed = record.get("crc32")
+        if isinstance(sealed, Mapping) and not all(k in sealed for k in outputs.required_names()):
+            return State.STALE  # written before an output was added to the table: a run adds it
         return State.DONE
 
     def describe(self) -> str:

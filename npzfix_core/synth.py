@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from npzfix_core import outputs
+
 # What the repair tools meet in the wild. "flagged": done by the original edge tool (B_v1 flag, true Method-B
 # kernel-3 edges, no provenance); "feature_flagged": done by the original feature tool (legacy flag).
 STATES = ("fresh", "no_edges", "with_256", "flagged", "stale", "feature_flagged", "corrupt", "no_json")
@@ -217,12 +219,9 @@ def _real_keys(
 
 
 def _npz_arrays(rng: np.random.Generator, state: str, fhw: int, doc: dict | None) -> dict[str, np.ndarray]:
-    p4 = rng.standard_normal((1, 256, fhw, fhw), dtype=np.float32)
-    a: dict[str, np.ndarray] = {
-        "IMAGE_EMB_S16": p4.copy(),  # the pair never disagrees in a real cache
-        "P4_S16": p4,
-        "P5_S32": rng.standard_normal((1, 256, fhw // 2, fhw // 2), dtype=np.float32),
-    }
+    drawn = {k.name: rng.standard_normal(k.shape(fhw * 16), dtype=np.float32) for k in outputs.computed()}
+    # a mirror never disagrees with its source in a real cache (IMAGE_EMB_S16 = P4_S16)
+    a: dict[str, np.ndarray] = {k.name: drawn[k.source].copy() if k.mirror_of else drawn[k.name] for k in outputs.features()}
     if state != "no_edges":
         a["edge_64x64"] = (rng.random((64, 64)) > 0.9).astype(np.uint8)
         a["edge_32x32"] = (rng.random((32, 32)) > 0.9).astype(np.uint8)

@@ -109,11 +109,15 @@ class Teacher:
     precision: str
     provenance: FeatureProvenance
 
-    def encode(self, batch):
-        """Normalised float batch (B, 3, R, R) on the device -> (P4, P5) float32 on the device."""
+    def encode(self, batch) -> dict:
+        """Normalised float batch (B, 3, R, R) on the device -> {key: float32 (B, C, R/stride, R/stride)} on the
+        device, one entry per computed row of ``outputs.FEATURES``."""
         import torch
 
+        from npzfix_core import outputs
+
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        keys = outputs.computed()
         with torch.inference_mode():
             if dtype is None:
                 out = self.encoder(batch)
@@ -121,13 +125,15 @@ class Teacher:
                 with torch.autocast(self.device.type, dtype=dtype):
                     out = self.encoder(batch)
             fpn = out["backbone_fpn"]
-            if len(fpn) < 4:
+            if len(fpn) <= max(k.level for k in keys):
                 raise AssertionError(f"encoder returned {len(fpn)} FPN levels; P5 needs 4 (scalp must be 0)")
-            p4, p5 = fpn[2].float(), fpn[3].float()  # autocast returns P5 in bf16: cast explicitly
-        s = self.resolution // 16
-        if tuple(p4.shape[1:]) != (256, s, s) or tuple(p5.shape[1:]) != (256, s // 2, s // 2):
-            raise AssertionError(f"unexpected P4/P5 shapes {tuple(p4.shape)} {tuple(p5.shape)} at {self.resolution}")
-        return p4, p5
+            # autocast returns the lowest level in bf16: cast explicitly
+            got = {k.name: fpn[k.level].float() for k in keys}
+        for k in keys:
+            if tuple(got[k.name].shape[1:]) != k.shape(self.resolution)[1:]:
+                shapes = " ".join(f"{n} {tuple(v.shape)}" for n, v in got.items())
+                raise AssertionError(f"unexpected feature shapes {shapes} at {self.resolution}")
+        return got
 
 
 def provenance(spec: TeacherSpec) -> FeatureProvenance:

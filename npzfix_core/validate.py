@@ -14,7 +14,7 @@ from typing import Collection, Iterable
 
 import numpy as np
 
-from npzfix_core import discovery, store
+from npzfix_core import discovery, outputs, store
 from npzfix_core.provenance import (
     EDGE_KEYS,
     FEATURE_KEYS,
@@ -182,7 +182,7 @@ def check_features(
             problems.append("changed")
         if teacher is not None and not problems and (verify is None or p in verify):
             queued.append((p, discovery.find_image(p, image_dir)))
-            held[p] = {k: a[k] for k in by_value.FEATURE_ARRAYS if k in a}
+            held[p] = {k: a[k] for k in outputs.feature_names() if k in a}
             remedy[p] = fix
     if queued:
         verdicts, res.verification = by_value.timed_verify(queued, teacher, tolerance, held)

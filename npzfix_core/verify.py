@@ -33,8 +33,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-P4, P5, EMB = "P4_S16", "P5_S32", "IMAGE_EMB_S16"
-FEATURE_ARRAYS = (P4, P5, EMB)
+from npzfix_core import outputs
+
 MATCH, MISMATCH, UNVERIFIABLE, BROKEN = "match", "mismatch", "not_verifiable", "broken"
 
 
@@ -83,21 +83,26 @@ def compare(key: str, stored: np.ndarray, fresh: np.ndarray) -> KeyMatch:
 
 
 def expected_sizes(resolution: int) -> dict[str, int]:
-    s = resolution // 16
-    return {P4: 256 * s * s, P5: 256 * (s // 2) * (s // 2), EMB: 256 * s * s}
+    return {k.name: int(np.prod(k.shape(resolution))) for k in outputs.features()}
 
 
 def structure_problems(arrays: Mapping[str, np.ndarray], resolution: int | None = None) -> list[str]:
-    """What makes stored features unusable whatever their values: absent, not float, not finite, constant,
-    not (.,256,H,W) / (.,256,H/2,W/2), not the size the teacher gives at ``resolution``, IMAGE_EMB_S16 != P4."""
-    p4, p5 = arrays.get(P4), arrays.get(P5)
-    if p4 is None or p5 is None:
-        return [f"missing {P4 if p4 is None else P5}"]
+    """What makes stored features unusable whatever their values: absent, not float, not finite, constant, not
+    (.,C,H,W) at the row's stride (all rows of one input size), not the size the teacher gives at ``resolution``,
+    a mirror (IMAGE_EMB_S16) that is not its source (P4)."""
+    keys = outputs.computed()
+    absent = [k.name for k in keys if arrays.get(k.name) is None]
+    if absent:
+        return [f"missing {absent[0]}"]
+    got = {k.name: arrays[k.name] for k in keys}
+    if any(v.dtype.kind != "f" for v in got.values()):
+        return [f"features are {'/'.join(str(v.dtype) for v in got.values())}, want float"]
     out = []
-    if p4.dtype.kind != "f" or p5.dtype.kind != "f":
-        return [f"features are {p4.dtype}/{p5.dtype}, want float"]
-    if p4.ndim < 3 or p5.ndim < 3 or p4.shape[-3] != 256 or p4.shape[-2:] != tuple(2 * v for v in p5.shape[-2:]):
-        out.append(f"shapes P4 {p4.shape} / P5 {p5.shape} are not (.,256,H,W) / (.,256,H/2,W/2)")
+    sides = {(v.shape[-2] * k.stride, v.shape[-1] * k.stride) if v.ndim >= 3 else None for k, v in zip(keys, got.values())}
+    if len(sides) != 1 or None in sides or any(v.shape[-3] != k.channels for k, v in zip(keys, got.values())):
+        shapes = " / ".join(f"{k.name} {got[k.name].shape}" for k in keys)
+        want = " / ".join(f"(.,{k.channels},R/{k.stride},R/{k.stride})" for k in keys)
+        out.append(f"shapes {shapes} are not {want}")
     if resolution:
         for key, want in expected_sizes(resolution).items():
             if key in arrays and arrays[key].size != want:
@@ -105,27 +110,29 @@ def structure_problems(arrays: Mapping[str, np.ndarray], resolution: int | None 
                     f"{key} holds {arrays[key].size} values, the teacher at {resolution} gives {want}: "
                     "written at another resolution?"
                 )
-    for key in (P4, P5):
-        v = arrays[key]
+    for key, v in got.items():
         if not np.isfinite(v).all():
             out.append(f"{key} holds NaN or Inf")
         elif v.size and v.max() == v.min():
             out.append(f"{key} is constant ({v.reshape(-1)[0]:g})")
-    if EMB in arrays and not np.array_equal(arrays[EMB].astype(np.float32), p4.astype(np.float32)):
-        out.append(f"{EMB} disagrees with {P4}")
+    for k in outputs.features():
+        if k.mirror_of and k.name in arrays:
+            if not np.array_equal(arrays[k.name].astype(np.float32), got[k.mirror_of].astype(np.float32)):
+                out.append(f"{k.name} disagrees with {k.mirror_of}")
     return out
 
 
-def encode_images(teacher, images: list[np.ndarray], batch_size: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(P4, P5) per decoded image, as a run computes them: the same preprocessing on the teacher's device, the
-    same ``Teacher.encode`` (resolution, precision), in batches."""
+def encode_images(teacher, images: list[np.ndarray], batch_size: int = 8) -> list[dict[str, np.ndarray]]:
+    """The teacher's arrays per decoded image ({key: (1, C, H, W)}), as a run computes them: the same
+    preprocessing on the teacher's device, the same ``Teacher.encode`` (resolution, precision), in batches."""
     from npzfix_core.images import preprocess
 
     out = []
     for i in range(0, len(images), batch_size):
-        p4, p5 = teacher.encode(preprocess(images[i : i + batch_size], teacher.resolution, teacher.device))
-        p4, p5 = p4.cpu().numpy(), p5.cpu().numpy()
-        out += [(p4[j : j + 1], p5[j : j + 1]) for j in range(len(p4))]
+        got = teacher.encode(preprocess(images[i : i + batch_size], teacher.resolution, teacher.device))
+        got = {k: v.cpu().numpy() for k, v in got.items()}
+        n = len(next(iter(got.values())))
+        out += [{k: v[j : j + 1] for k, v in got.items()} for j in range(n)]
     return out
 
 
@@ -164,7 +171,7 @@ def verify(
     for npz, image in files:
         order.append(npz)
         try:
-            a = dict(arrays[npz]) if arrays and npz in arrays else store.read_arrays(npz, FEATURE_ARRAYS)
+            a = dict(arrays[npz]) if arrays and npz in arrays else store.read_arrays(npz, outputs.feature_names())
         except Exception as exc:
             verdicts[npz] = _broken(npz, exc)
             continue
@@ -186,8 +193,8 @@ def verify(
             fresh = None
             for npz, _, _ in todo:
                 verdicts[npz] = Verdict(npz, UNVERIFIABLE, f"encoder failed: {type(exc).__name__}: {exc}")
-        for (npz, a, _), (p4, p5) in zip(todo, fresh or []):
-            matches = tuple(compare(k, a[k], p4 if k != P5 else p5) for k in FEATURE_ARRAYS if k in a)
+        for (npz, a, _), got in zip(todo, fresh or []):
+            matches = tuple(compare(k.name, a[k.name], got[k.source]) for k in outputs.features() if k.name in a)
             bad = [m for m in matches if not tolerance.accepts(m)]
             reason = (
                 f"features differ from the teacher's: {'; '.join(m.describe() for m in bad)} (want {tolerance.describe()})"
@@ -242,7 +249,7 @@ def drift_summary(samples: list[dict], candidates: int) -> dict:
     """Old vs new features of the sampled redone files: per key min/median cosine and max error, the files
     whose old features were unrelated to the new, and what had written them."""
     out: dict = {"candidates": candidates, "sampled": len(samples), "unrelated": [], "from": {}}
-    for key in (P4, P5):
+    for key in outputs.computed_names():
         ms = [m for s in samples for m in s["matches"] if m.key == key]
         if ms:
             cos = [m.cosine for m in ms]

@@ -7,6 +7,7 @@ import os
 
 from dagster import MetadataValue
 
+from npzfix_core import outputs
 from npzfix_core.discovery import DirSnapshot
 from npzfix_core.report import WOULD_UPDATE, RunReport, drift_line
 from npzfix_dagster.contracts import Md
@@ -65,7 +66,7 @@ def report_metadata(
         md["drift"] = MetadataValue.json(report.drift)
         if report.drift.get("sampled"):
             md["drift_summary"] = MetadataValue.text(drift_line(report.drift))
-        for key in ("P4_S16", "P5_S32"):
+        for key in outputs.computed_names():
             if key in report.drift:
                 md[f"drift_min_cosine_{key}"] = report.drift[key]["min_cosine"]
     if seen_dir is not None:  # what the daily re-check compares with, without reading the files again

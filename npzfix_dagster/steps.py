@@ -186,12 +186,12 @@ def outputs(
         **outcome.facts,
     }
     extra = {"tolerance": step.request.tolerance.describe()} if isinstance(step, FeatureStep) else None
-    from npzfix_core import provenance, store
+    from npzfix_core import outputs, store
 
     owned = (
-        (*provenance.FEATURE_SEALED, *provenance.FEATURE_KEYS)
+        (*outputs.feature_names(), *outputs.FEATURE_FLAGS)
         if isinstance(step, FeatureStep)
-        else (*provenance.EDGE_SEALED, *provenance.EDGE_KEYS)
+        else (*outputs.EDGE_MAPS, *outputs.EDGE_FLAGS)
     )
     version = store.content_version(outcome.paths, owned)
     return md, [checks.no_failed_files(report), checks.sample_valid(outcome.sample, extra)], version

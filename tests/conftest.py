@@ -170,7 +170,7 @@ def set_features_as_written(npz: str, arrays: dict) -> None:
     them (or, for wrong values, a record that lies: only recomputing can tell)."""
     import json
 
-    from npzfix_core import provenance, store
+    from npzfix_core import outputs, provenance, store
 
     old = store.read_flags(npz, ["feature_provenance"]).get("feature_provenance")
     if old is None:
@@ -179,7 +179,7 @@ def set_features_as_written(npz: str, arrays: dict) -> None:
     record = json.loads(str(old))
 
     def reseal(crcs):
-        record["crc32"] = provenance.seal(crcs, provenance.FEATURE_SEALED)
+        record["crc32"] = provenance.seal(crcs, outputs.feature_names())
         return {"feature_provenance": np.array(json.dumps(record, sort_keys=True))}
 
     store.update(npz, arrays, remove={"feature_provenance"}, seal=reseal)
@@ -210,7 +210,8 @@ def plant_wrong_features(npzs: list[str], res: int, legacy: bool = False) -> dic
     from npzfix_core.verify import encode_images
 
     def enc(spec, img):
-        return encode_images(build(spec), [img])[0]
+        got = encode_images(build(spec), [img])[0]
+        return got["P4_S16"], got["P5_S32"]
 
     rng = np.random.default_rng(0)
     planted = {}
