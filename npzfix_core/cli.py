@@ -136,7 +136,7 @@ def cmd_check(args) -> int:
     n = args.sample or (16 if args.kind == "edges" else 8)
     paths = validate.sample(discovery.npz_in_dir(args.npz_dir), n, args.seed)
     if args.kind == "edges":
-        res = validate.check_edges(paths, args.kernel_size, args.json_dir, n, _settings().max_pixels)
+        res = validate.check_edges(paths, args.kernel_size, args.json_dir, n, _settings().max_pixels, args.rule)
     else:
         res = _check_features(args, paths)
     for pr in res.problems:

@@ -1,4 +1,4 @@
-"""Edges mode: rebuild Method-B edge maps for every NPZ of a directory."""
+"""Edges mode: rebuild the edge maps of a rule (``edge_rules``; Method B by default) for every NPZ of a directory."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import time
 from dataclasses import asdict
 from typing import Callable, Iterator
 
-from npzfix_core import discovery, store
+from npzfix_core import discovery, edge_rules, store
 from npzfix_core.errors import interruption
-from npzfix_core.provenance import EDGE_KEYS, EdgeProvenance
+from npzfix_core.outputs import EDGE_SIZES, edge_key
+from npzfix_core.provenance import EDGE_KEYS
 from npzfix_core.report import (
     FAILED,
     MISSING,
@@ -32,7 +33,7 @@ log = logging.getLogger("npzfix")
 
 def process_one(npz: str, json_path: str | None, req: EdgeRequest) -> Outcome:
     """One file, start to end; every problem becomes an Outcome, never an exception."""
-    from npzfix_core.edges import method_b, parse_sa1b  # OpenCV: imported in the worker that needs it
+    from npzfix_core.edges import parse_sa1b  # OpenCV: imported in the worker that needs it
 
     t0 = time.perf_counter()
 
@@ -40,23 +41,23 @@ def process_one(npz: str, json_path: str | None, req: EdgeRequest) -> Outcome:
         return Outcome(npz, status, reason, time.perf_counter() - t0)
 
     try:
-        prov = EdgeProvenance(req.kernel_size)
+        prov = req.provenance()
         if req.skip_if_processed and prov.is_done(store.read_flags(npz, EDGE_KEYS)):
             return out(SKIPPED_DONE)
         if json_path is None:
             return out(MISSING, "no JSON found for this NPZ")
         with open(json_path, "rb") as f:
             doc = json.loads(f.read())
-        maps = method_b(parse_sa1b(doc, req.settings.max_pixels), req.kernel_size)
+        maps = edge_rules.get(req.rule).maps(parse_sa1b(doc, req.settings.max_pixels), req.kernel_size, EDGE_SIZES)
         if req.dry_run:
             store.inspect(npz)  # a dry run still reports files that could not be written
             return out(WOULD_UPDATE)
-        arrays = {"edge_64x64": maps[64], "edge_32x32": maps[32], "edge_256x256": maps[256]}
+        arrays = {edge_key(size): maps[size] for size in EDGE_SIZES}
         # without a flag, the flag and provenance of an earlier run would vouch for edges they did not see
         store.update(
             npz,
             arrays,
-            only_if_present={"edge_256x256"},
+            only_if_present={edge_key(EDGE_SIZES[0])},  # edge_256x256: where the file has it, as the original
             remove=set(EDGE_KEYS),
             seal=prov.arrays if req.set_flag else None,
             durable=req.durable,
@@ -131,7 +132,7 @@ def run_edges(req: EdgeRequest, progress: bool = True) -> RunReport:
     """Rebuild edges for every feature NPZ of ``req.npz_dir``; returns the report, never raises per file."""
     req = req.resolved()  # validated; worker_processes=0 made a number (the report says how many ran)
     report = RunReport(
-        "edges", provenance=EdgeProvenance(req.kernel_size).as_dict(), request=asdict(req), dry_run=req.dry_run
+        "edges", provenance=req.provenance().as_dict(), request=asdict(req), dry_run=req.dry_run
     )
     items = discovery.edge_items(
         req.npz_dir,

@@ -31,7 +31,7 @@ from npzfix_core.errors import InputError
 from npzfix_core.rle import ImageRuns, decode_image_runs
 from npzfix_core.settings import DEFAULT_MAX_PIXELS, ENV
 
-EDGE_SIZES = (256, 64, 32)
+from npzfix_core.outputs import EDGE_SIZES  # noqa: E402  (one definition of the sizes written)
 
 
 @dataclass(frozen=True)

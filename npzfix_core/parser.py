@@ -76,6 +76,19 @@ def _tolerance_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _edge_rule_flags(p: argparse.ArgumentParser, kernel_help: str) -> None:
+    from npzfix_core import edge_rules
+
+    p.add_argument("--kernel-size", type=_positive, default=None, help=kernel_help)
+    p.add_argument(
+        "--edge-rule",
+        dest="rule",
+        choices=sorted(edge_rules.RULES),
+        default=edge_rules.DEFAULT,
+        help="the edge rule (recorded in provenance; npzfix_core/edge_rules.py)",
+    )
+
+
 def build_parser(
     commands: Mapping[str, Callable[[argparse.Namespace], int]], add_commands: Callable[[Any], None] | None = None
 ) -> argparse.ArgumentParser:
@@ -90,7 +103,7 @@ def build_parser(
     e = sub.add_parser("edges", help="rebuild Method-B edge maps (update_edge_maps_from_npz.py)")
     e.add_argument("--npz-dir", required=True, help="the NPZ directory (its whole tree unless --no-recursive)")
     e.add_argument("--json-dir", help="where <stem>.json live (default: the NPZ dir, then its parent)")
-    e.add_argument("--kernel-size", type=_positive, default=3, help="Method B's morphological gradient kernel")
+    _edge_rule_flags(e, "the morphological gradient kernel (default: the rule's, 3 for Method B)")
     e.add_argument("--max-files", type=_non_negative, help=MAX_FILES_HELP)
     e.add_argument(
         "--skip-if-processed",
@@ -200,7 +213,7 @@ def build_parser(
     c.add_argument("--npz-dir", required=True)
     c.add_argument("--sample", type=_positive, help="files to check (default 16 edges, 8 features; all when >= the count)")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--kernel-size", type=_positive, default=3, help="edges: the kernel the files should carry")
+    _edge_rule_flags(c, "edges: the kernel the files should carry (default: the rule's)")
     c.add_argument("--json-dir", help="edges: where <stem>.json live (sampled files are recomputed exactly)")
     _teacher_flags(c)
     _tolerance_flags(c)

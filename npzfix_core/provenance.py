@@ -16,12 +16,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from npzfix_core import __version__, outputs
+from npzfix_core import __version__, edge_rules, outputs
 
 TOOL = f"npzfix {__version__}"
-EDGE_VERSION = "B_v1"
-EDGE_RULE = "method_b"
-LEGACY_KERNEL = 3  # the original edge tool's default
+EDGE_RULE = edge_rules.DEFAULT
+EDGE_VERSION = edge_rules.get(EDGE_RULE).version
 EDGE_KEYS = outputs.EDGE_FLAGS
 FEATURE_KEYS = outputs.FEATURE_FLAGS
 # What each record vouches for (``outputs``): their CRC-32s are sealed into it, so a file whose features or edges
@@ -91,6 +90,12 @@ class EdgeProvenance:
     rule: str = EDGE_RULE
     version: str = EDGE_VERSION
 
+    @classmethod
+    def of(cls, rule: str, kernel_size: int | None = None) -> EdgeProvenance:
+        """What a run of ``rule`` (``edge_rules``) at ``kernel_size`` (None: the rule's default) writes."""
+        r = edge_rules.get(rule)
+        return cls(r.default_kernel if kernel_size is None else kernel_size, r.name, r.version)
+
     def arrays(self, crcs: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
         """Flag, version and provenance members, as written beside the edge maps (whose CRCs ``crcs`` gives)."""
         record = {"rule": self.rule, "version": self.version, "kernel_size": self.kernel_size, "tool": TOOL}
@@ -107,23 +112,26 @@ class EdgeProvenance:
 
     @classmethod
     def stored(cls, flags: Mapping[str, np.ndarray]) -> EdgeProvenance | None:
-        """What a flagged file says wrote its edges (a legacy B_v1 flag: kernel 3); None when not flagged."""
-        if not flag_set(flags, "edge_flag") or str(flags.get("edge_version", "")) != EDGE_VERSION:
+        """What a flagged file says wrote its edges (an original tool's flag: the rule and kernel ``edge_rules``
+        says it counts as, B_v1 -> Method B kernel 3); None when not flagged or unreadable."""
+        if not flag_set(flags, "edge_flag"):
             return None
+        version = str(flags.get("edge_version", ""))
         record = stored_record(flags, "edge_provenance")
         if record is None:
-            return cls(LEGACY_KERNEL)
-        kernel = record.get("kernel_size")
-        if record.get("rule") != EDGE_RULE or not isinstance(kernel, int):
-            return None
-        return cls(kernel, EDGE_RULE, str(record.get("version", EDGE_VERSION)))
+            legacy = edge_rules.legacy_of(version)
+            return cls(legacy[1], legacy[0].name, version) if legacy else None
+        if str(record.get("version", version)) != version:
+            return None  # the version member and the record disagree: another writer was here
+        return cls.from_dict({"version": version, **record})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> EdgeProvenance | None:
-        """From recorded metadata (``as_dict``); None when it does not name a rule and kernel."""
-        if not isinstance(d, Mapping) or not isinstance(d.get("kernel_size"), int) or d.get("rule") != EDGE_RULE:
+        """From a record or recorded metadata (``as_dict``); None when it does not name a rule and kernel."""
+        if not isinstance(d, Mapping) or not isinstance(d.get("kernel_size"), int) or not isinstance(d.get("rule"), str):
             return None
-        return cls(d["kernel_size"], EDGE_RULE, str(d.get("version", EDGE_VERSION)))
+        rule = edge_rules.RULES.get(d["rule"])
+        return cls(d["kernel_size"], d["rule"], str(d.get("version", rule.version if rule else "")))
 
     def state(self, flags: Mapping[str, np.ndarray]) -> State:
         """A legacy ``B_v1`` flag reads as kernel 3 (design §6): DONE for kernel 3, STALE for another, or when
@@ -139,6 +147,10 @@ class EdgeProvenance:
 
     def describe(self) -> str:
         return f"{self.rule} {self.version} kernel {self.kernel_size}"
+
+    def title(self) -> str:
+        rule = edge_rules.RULES.get(self.rule)
+        return f"{rule.title if rule else self.rule} with kernel {self.kernel_size}"
 
 
 TEACHER_FIELDS = ("teacher", "config", "weights", "precision", "resolution", "scalp")

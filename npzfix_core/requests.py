@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
-from npzfix_core import adoption
+from npzfix_core import adoption, edge_rules
 from npzfix_core.devices import usable_cpus
 from npzfix_core.settings import Settings
 from npzfix_core.teacher import TeacherSpec
@@ -36,7 +36,8 @@ def default_decode_threads() -> int:
 class EdgeRequest:
     npz_dir: str
     json_dir: str | None = None
-    kernel_size: int = 3
+    kernel_size: int | None = None  # None: the rule's default kernel (3 for Method B, the original's)
+    rule: str = edge_rules.DEFAULT  # an entry of ``edge_rules.RULES``
     max_files: int | None = None  # None or 0: no limit
     skip_if_processed: bool = True  # the original tool's default (--no-skip-if-processed)
     set_flag: bool = True  # the original tool's default (--no-set-edge-flag)
@@ -51,7 +52,18 @@ class EdgeRequest:
     retry_killed: bool = False  # try files that killed a worker process in an earlier run
     settings: Settings = field(default_factory=Settings)  # from the environment, read by the caller
 
+    def __post_init__(self) -> None:
+        if self.kernel_size is None and self.rule in edge_rules.RULES:
+            object.__setattr__(self, "kernel_size", edge_rules.get(self.rule).default_kernel)
+
+    def provenance(self):
+        """What this run's files will say wrote their edges (rule, version, kernel)."""
+        from npzfix_core.provenance import EdgeProvenance
+
+        return EdgeProvenance.of(self.rule, self.kernel_size)
+
     def validate(self) -> None:
+        edge_rules.get(self.rule)  # UnknownRule (a ValueError) names the rules there are
         if self.kernel_size < 1:
             raise ValueError("--kernel-size must be >= 1")
         if self.worker_processes < 0:

@@ -14,7 +14,7 @@ from typing import Collection, Iterable
 
 import numpy as np
 
-from npzfix_core import discovery, outputs, store
+from npzfix_core import discovery, edge_rules, outputs, store
 from npzfix_core.provenance import (
     EDGE_KEYS,
     FEATURE_KEYS,
@@ -81,26 +81,31 @@ def sample(paths: list[str], n: int, seed: int = 0) -> list[str]:
 
 def check_edges(
     paths: Iterable[str],
-    kernel_size: int,
+    kernel_size: int | None,
     json_dir: str | None = None,
     recompute: int = 8,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    rule: str = edge_rules.DEFAULT,
 ) -> CheckResult:
-    """Keys, shapes, dtypes, 0/1 values, flag and provenance; the first ``recompute`` files are recomputed exactly."""
-    from npzfix_core.edges import method_b, parse_sa1b  # OpenCV: only when edges are checked
+    """Keys, shapes, dtypes, 0/1 values, flag and provenance; the first ``recompute`` files are recomputed exactly
+    by ``rule`` (``edge_rules``) at ``kernel_size`` (None: the rule's default)."""
+    from npzfix_core.edges import parse_sa1b  # OpenCV: only when edges are checked
 
+    want_prov = EdgeProvenance.of(rule, kernel_size)
+    kernel_size, compute = want_prov.kernel_size, edge_rules.get(rule)
     res = CheckResult()
     for i, p in enumerate(paths):
         if (a := _read(p, res)) is None:
             continue
-        done = EdgeProvenance(kernel_size).is_done(a)
+        done = want_prov.is_done(a)
         fix = REDO_EDGES if done else RERUN  # a run skips a file flagged done: say how to make it look again
         if done and "edge_provenance" not in a:
             res.legacy_flagged += 1
         bad = False
-        for key, side in (("edge_64x64", 64), ("edge_32x32", 32), ("edge_256x256", 256)):
+        for side in outputs.EDGE_SIZES:
+            key = outputs.edge_key(side)
             if key not in a:
-                if key != "edge_256x256":
+                if side != outputs.EDGE_SIZES[0]:  # edge_256x256 is optional, as the original writes it
                     res.fail(p, f"missing {key}", fix)
                     bad = True
                 continue
@@ -109,11 +114,11 @@ def check_edges(
                 want = f"uint8 0/1 ({side},{side})"
                 res.fail(p, f"{key} is {v.dtype}{v.shape} with max {v.max(initial=0)}, want {want}", fix)
                 bad = True
-        if not done and EdgeProvenance.stored(a) == EdgeProvenance(kernel_size):
+        if not done and EdgeProvenance.stored(a) == want_prov:
             res.fail(p, f"edge maps changed since npzfix wrote them ({CHANGED})", RERUN)
             bad = True
         elif not done:
-            res.fail(p, f"edge flag/version/provenance do not say Method B with kernel {kernel_size}", RERUN)
+            res.fail(p, f"edge flag/version/provenance do not say {want_prov.title()}", RERUN)
             bad = True
         if bad or i >= recompute:
             continue
@@ -122,14 +127,14 @@ def check_edges(
             continue
         try:
             with open(j, "rb") as f:
-                want = method_b(parse_sa1b(json.loads(f.read()), max_pixels), kernel_size)
+                want = compute.maps(parse_sa1b(json.loads(f.read()), max_pixels), kernel_size, outputs.EDGE_SIZES)
         except Exception as exc:  # the check reports a bad source; it never crashes the step
             res.fail(p, f"cannot recompute its edges: {outcome_for(p, exc, j).reason}", FIX_JSON)
             continue
-        for size in (64, 32, 256):
-            key = f"edge_{size}x{size}"
+        for size in outputs.EDGE_SIZES:
+            key = outputs.edge_key(size)
             if key in a and not np.array_equal(a[key], want[size]):
-                res.fail(p, f"flagged as done but {key} differs from Method B of {os.path.basename(j)}", REDO_EDGES)
+                res.fail(p, f"flagged as done but {key} differs from {compute.title} of {os.path.basename(j)}", REDO_EDGES)
     return res
 
 

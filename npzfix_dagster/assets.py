@@ -11,6 +11,7 @@ from typing import Callable
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
+from npzfix_core import edge_rules
 from npzfix_core.requests import BULK, TRAIN_TEST
 from npzfix_dagster import checks, steps
 from npzfix_dagster.contracts import EDGES, SA1B_FEATURES, TRAIN_TEST_FEATURES
@@ -145,10 +146,10 @@ def edges_B_v1(
     return execution.materialize(context, steps.EdgeStep(req), place, discovery.snapshot(directory))
 
 
-def versioned(teacher: Sam2Teacher, kernel_size: int) -> list:
+def versioned(teacher: Sam2Teacher, kernel_size: int, rule: str = edge_rules.DEFAULT) -> list:
     """The three assets with code versions from what defines their output (the configured teacher, the edge
     rule and kernel): after a change, the UI shows each partition as stale, "code version changed"."""
-    fv, ev = features_code_version(teacher), edges_code_version(kernel_size)
+    fv, ev = features_code_version(teacher), edges_code_version(rule, kernel_size)
     return [
         sa1b_features_fixed.map_asset_specs(lambda spec: spec.replace_attributes(code_version=fv)),
         train_test_features_fixed.map_asset_specs(lambda spec: spec.replace_attributes(code_version=fv)),

@@ -88,10 +88,10 @@ def sample_valid(result: CheckResult, extra: dict | None = None) -> AssetCheckRe
 
 
 def edges_sample(
-    paths: list[str], kernel_size: int, json_dir: str | None, max_pixels: int = DEFAULT_MAX_PIXELS
+    paths: list[str], kernel_size: int, json_dir: str | None, max_pixels: int = DEFAULT_MAX_PIXELS, rule: str = "method_b"
 ) -> CheckResult:
     """SAMPLE random files checked, and recomputed exactly from their JSON."""
-    return check_edges(sample(paths, SAMPLE), kernel_size, json_dir, max_pixels=max_pixels)
+    return check_edges(sample(paths, SAMPLE), kernel_size, json_dir, max_pixels=max_pixels, rule=rule)
 
 
 # What a value check recomputes first: what this run left unverified (legacy files it skipped), what it vouched

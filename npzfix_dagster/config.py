@@ -17,7 +17,8 @@ from pydantic import Field
 from npzfix_core.requests import BULK, SAMPLES, TRAIN_TEST, EdgeRequest, FeatureRequest, default_decode_threads
 from npzfix_core.settings import Settings
 from npzfix_core.verify import Tolerance
-from npzfix_dagster.resources import FeaturePipeline, Sam2Teacher, default_edge_kernel, default_edge_workers
+from npzfix_dagster.env import default_edge_kernel, default_edge_rule, default_edge_workers
+from npzfix_dagster.resources import FeaturePipeline, Sam2Teacher
 
 # Defaults chosen for scheduled runs: a partition is processed in name order (stable across re-runs, and no stat
 # per file as the original's mtime order needs), and the edge kernel / worker processes come from the code
@@ -27,6 +28,7 @@ DAGSTER_DEFAULTS = {
     EdgeRequest: {
         "order": "name: stable across re-runs of a partition, no stat per file",
         "kernel_size": "NPZFIX_EDGE_KERNEL",
+        "rule": "NPZFIX_EDGE_RULE",
         "worker_processes": "NPZFIX_EDGE_WORKERS",
     }
 }
@@ -66,8 +68,11 @@ class FeaturesConfig(Config):
 class EdgesConfig(Config):
     """Mirrors ``npzfix edges`` flags."""
 
+    rule: Optional[str] = Field(
+        None, description="the edge rule (npzfix_core/edge_rules.py); None: $NPZFIX_EDGE_RULE, else method_b"
+    )
     kernel_size: Optional[int] = Field(
-        None, description="None: $NPZFIX_EDGE_KERNEL, else 3 (part of the asset's code version)"
+        None, description="None: $NPZFIX_EDGE_KERNEL, else the rule's default (3); part of the asset's code version"
     )
     max_files: Optional[int] = None
     skip_if_processed: bool = True
@@ -106,9 +111,14 @@ def _from_config(cls, config: Config, given: dict) -> dict:
     return out
 
 
+def edge_rule(config: EdgesConfig) -> str:
+    """The rule a run uses (and its check and code version expect): run config, else the environment's."""
+    return config.rule or default_edge_rule()
+
+
 def edge_kernel(config: EdgesConfig) -> int:
-    """The kernel a run uses (and its check and code version expect): run config, else the environment's."""
-    return config.kernel_size if config.kernel_size is not None else default_edge_kernel()
+    """The kernel a run uses: run config, else the environment's, else the rule's default."""
+    return config.kernel_size if config.kernel_size is not None else default_edge_kernel(edge_rule(config))
 
 
 def edge_request(config: EdgesConfig, npz_dir: str, json_dir: Optional[str]) -> EdgeRequest:
@@ -117,6 +127,7 @@ def edge_request(config: EdgesConfig, npz_dir: str, json_dir: Optional[str]) -> 
         "npz_dir": npz_dir,
         "json_dir": json_dir,
         "recursive": False,  # a partition is exactly the NPZ files directly in its directory
+        "rule": edge_rule(config),
         "kernel_size": edge_kernel(config),
         "worker_processes": workers if workers is not None else default_edge_workers(),
         "settings": Settings.from_env(os.environ),

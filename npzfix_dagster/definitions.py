@@ -21,9 +21,9 @@ from npzfix_dagster.jobs import (
     train_test_job,
     train_test_shards_job,
 )
-from npzfix_dagster.resources import (
-    default_edge_kernel,
+from npzfix_dagster.env import (
     check_environment,
+    default_edge_provenance,
     execution_from_env,
     max_concurrent_steps,
     pipeline_from_env,
@@ -40,11 +40,12 @@ check_environment()  # a bad NPZFIX_* value stops the load here, named, before a
 MAX_CONCURRENT_STEPS = max_concurrent_steps()
 
 teacher = teacher_from_env()
+edges = default_edge_provenance()
 defs = Definitions(
     assets=[
         sa1b_npz_files,
         train_test_npz_files,
-        *versioned(teacher, default_edge_kernel()),
+        *versioned(teacher, edges.kernel_size, edges.rule),
         sa1b_training_shards,
         train_test_training_shards,
     ],

@@ -40,7 +40,7 @@ class Execution(ConfigurableResource):
     )
 
     def _slurm(self):
-        from npzfix_dagster.resources import dagster_home
+        from npzfix_dagster.home import dagster_home
         from npzfix_dagster.slurm import SlurmSettings
 
         work = self.slurm_dir or os.path.join(dagster_home(), "npzfix_slurm")

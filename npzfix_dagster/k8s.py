@@ -6,7 +6,7 @@ tags the k8s_job_executor applies them to that step's pod. Nothing here needs da
 
 import json
 
-from npzfix_dagster.resources import EDGE_WORKERS_ENV
+from npzfix_dagster.env import EDGE_WORKERS_ENV
 
 # A feature run holds one GPU, and CPU and memory for the JPEG decode threads that feed it (15 of a
 # 16-core share); edges need no GPU.

@@ -17,7 +17,8 @@ from npzfix_core.provenance import EdgeProvenance, FeatureProvenance
 from npzfix_dagster.contracts import EDGES, FEATURE_ASSETS, SA1B_FEATURES, TRAIN_TEST_FEATURES, Md
 from npzfix_dagster.jobs import sa1b_job, train_test_job
 from npzfix_dagster.partitions import PartitionKeyError, sa1b_dir, sa1b_dirs, split_extracted_dir, train_test_splits
-from npzfix_dagster.resources import DatasetRoots, Sam2Teacher, default_edge_kernel
+from npzfix_dagster.env import default_edge_provenance
+from npzfix_dagster.resources import DatasetRoots, Sam2Teacher
 
 SAMPLE_FILES = 2  # flag reads per partition: catches files changed behind Dagster's back, at O(1) cost
 CHUNK = 500  # storage ids per query
@@ -95,13 +96,12 @@ def decide(
     return Verdict(key, None)
 
 
-def recheck(context, partitions_def, job_assets, directory_of, teacher: Sam2Teacher, edge_kernel: int | None):
-    """``edge_kernel``: the kernel the job's edges are written with now (None: the job has no edges)."""
+def recheck(context, partitions_def, job_assets, directory_of, teacher: Sam2Teacher, edge_prov: EdgeProvenance | None):
+    """``edge_prov``: the rule and kernel the job's edges are written with now (None: the job has no edges)."""
     t0 = time.monotonic()
     keys = context.instance.get_dynamic_partitions(partitions_def.name)
     latest = {a: latest_metadata(context.instance, a) for a in job_assets}
     teacher_prov = teacher.provenance()
-    edge_prov = EdgeProvenance(edge_kernel) if edge_kernel is not None else None
     runs, gone, refused = [], 0, 0
     for key in keys:
         try:
@@ -138,7 +138,7 @@ def sa1b_daily_recheck(context: ScheduleEvaluationContext, roots: DatasetRoots, 
         (SA1B_FEATURES, EDGES),
         lambda k: sa1b_dir(roots.sa1b_root, k),
         teacher,
-        edge_kernel=default_edge_kernel(),  # what the job's edges_B_v1 config defaults to now
+        edge_prov=default_edge_provenance(),  # what the job's edges_B_v1 config defaults to now
     )
 
 
@@ -152,5 +152,5 @@ def train_test_daily_recheck(context: ScheduleEvaluationContext, roots: DatasetR
         (TRAIN_TEST_FEATURES,),
         lambda k: split_extracted_dir(roots.train_test_root, k),
         teacher,
-        edge_kernel=None,
+        edge_prov=None,
     )

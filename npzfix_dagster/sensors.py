@@ -13,6 +13,7 @@ import time
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from npzfix_dagster.contracts import DirEntry, SensorCursor
+from npzfix_dagster.env import list_budget_s
 from npzfix_dagster.jobs import sa1b_job, train_test_job
 from npzfix_dagster.partitions import keys_for, sa1b_dirs, train_test_splits
 from npzfix_dagster.resources import DatasetRoots
@@ -21,17 +22,6 @@ from npzfix_dagster.sources import observation
 MAX_RUNS_PER_TICK = 50
 # Listing budget of one tick (Dagster cancels an evaluation after 60 s). A fresh SA-1B root (1,000 directories
 # of 11,000 files) may not be listed in one tick on a slow file system: what is left is listed by the next.
-LIST_BUDGET_ENV = "NPZFIX_SENSOR_LIST_BUDGET_S"
-
-
-def list_budget_s() -> float:
-    """Read at each tick, not at import: the daemon keeps a code location loaded for days."""
-    from npzfix_dagster.resources import env_seconds
-
-    value = env_seconds(LIST_BUDGET_ENV)
-    return 30.0 if value is None else value
-
-
 def _scan(root: str, state: dict[str, DirEntry], budget_s: float | None = None) -> tuple[dict[str, DirEntry], int]:
     """The cursor's directory state brought up to date: only directories whose mtime moved are listed.
 

@@ -127,7 +127,7 @@ class EdgeStep:
         req = self.request
         report = vanished_fails(run_edges(req, progress=True))
         paths = discovery.npz_in_dir(req.npz_dir, req.glob)
-        sample = checks.edges_sample(paths, req.kernel_size, req.json_dir, req.settings.max_pixels)
+        sample = checks.edges_sample(paths, req.kernel_size, req.json_dir, req.settings.max_pixels, req.rule)
         return StepOutcome(report, sample, paths)
 
 

@@ -133,7 +133,8 @@ def test_failure_tables_put_the_file_name_first_and_the_directory_once():
 def test_pipeline_settings_are_a_resource_of_their_own_not_the_teachers(monkeypatch):
     """Batch size and decode threads change how fast features come, never which: not in the teacher, its
     provenance or the code version."""
-    from npzfix_dagster.resources import features_code_version, pipeline_from_env, teacher_from_env
+    from npzfix_dagster.env import pipeline_from_env, teacher_from_env
+    from npzfix_dagster.resources import features_code_version
 
     monkeypatch.setenv("NPZFIX_RANDOM_INIT_SEED", "0")
     before = features_code_version(teacher_from_env())

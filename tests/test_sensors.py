@@ -11,6 +11,7 @@ from npzfix_dagster.execution import Execution
 from npzfix_dagster.assets import edges_B_v1, sa1b_features_fixed
 from npzfix_dagster.jobs import sa1b_job
 from npzfix_dagster.resources import DatasetRoots, FeaturePipeline
+from npzfix_dagster import env
 from npzfix_dagster.sensors import sa1b_new_dirs_sensor
 
 
@@ -140,13 +141,13 @@ def test_a_first_listing_beyond_the_tick_budget_is_finished_by_later_ticks(tmp_p
     for i in range(3):
         shard(root, f"sa_00009{i}", n=1, states=("fresh",), seed=i)
     defs = _sensor_defs(root)
-    monkeypatch.setenv(sensors.LIST_BUDGET_ENV, "1e-9")  # spent at once: only what is already known is walked
+    monkeypatch.setenv(env.LIST_BUDGET_ENV, "1e-9")  # spent at once: only what is already known is walked
     with build_sensor_context(
         instance=instance, definitions=defs, resources={"roots": DatasetRoots(sa1b_root=root)}
     ) as ctx:
         first = sa1b_new_dirs_sensor(ctx)
     assert not first.run_requests and "listing budget spent" in first.skip_reason.skip_message
-    monkeypatch.setenv(sensors.LIST_BUDGET_ENV, "30")
+    monkeypatch.setenv(env.LIST_BUDGET_ENV, "30")
     with build_sensor_context(
         instance=instance, definitions=defs, cursor=first.cursor, resources={"roots": DatasetRoots(sa1b_root=root)}
     ) as ctx:

@@ -6,12 +6,13 @@ import sys
 
 import pytest
 
-from npzfix_dagster import resources
-from npzfix_dagster.resources import SettingError, check_environment
+from npzfix_dagster import env as resources
+from npzfix_dagster.env import SettingError, check_environment
 
 GARBAGE = {
     "NPZFIX_MAX_CONCURRENT_STEPS": ["-1", "0", "abc"],
     "NPZFIX_EDGE_KERNEL": ["0", "-3", "x"],
+    "NPZFIX_EDGE_RULE": ["method_c", "B_v1"],
     "NPZFIX_EDGE_WORKERS": ["-1", "two"],
     "NPZFIX_BATCH_SIZE": ["-1", "1.5"],
     "NPZFIX_DECODE_THREADS": ["-2"],
