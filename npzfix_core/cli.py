@@ -79,12 +79,6 @@ def _settings():
         raise UsageError(str(exc)) from exc
 
 
-def _device(args, settings) -> str:
-    from npzfix_core import devices
-
-    return devices.resolve(args.device, args.gpus, wait_s=settings.gpu_lease_wait_s, lease_dir=settings.gpu_lease_dir)
-
-
 def cmd_edges(args) -> int:
     from npzfix_core.edge_repair import run_edges
     from npzfix_core.requests import EdgeRequest
@@ -112,10 +106,7 @@ def cmd_features(args) -> int:
         raise UsageError("--npz-dirs goes with --samples")
     settings = _settings()
     try:
-        device = _device(args, settings) if not args.dry_run else "cpu"
-        if not args.dry_run:
-            print(f"npzfix features: device {device} (asked: {args.device})", file=sys.stderr)
-        req = FeatureRequest.from_args(args, modes[0], teacher_spec_from_args(args, device), settings)
+        req = FeatureRequest.from_args(args, modes[0], teacher_spec_from_args(args), settings)
         req.validate()
     except (TeacherError, devices.DeviceError, ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from exc
@@ -166,10 +157,9 @@ def _check_features(args, paths):
         tol = tolerance_from_args(args)
         if args.structure_only:
             print("npzfix check features: --structure-only: values are NOT verified", file=sys.stderr)
-            prov = provenance(teacher_spec_from_args(args, "cpu"))
+            prov = provenance(teacher_spec_from_args(args))
             return validate.check_features(paths, provenance=prov, needs_flag=not args.no_flag)
-        settings = _settings()
-        teacher = LazyTeacher(teacher_spec_from_args(args, _device(args, settings)))
+        teacher = LazyTeacher(teacher_spec_from_args(args), _settings())
         return validate.check_features(
             paths,
             teacher,

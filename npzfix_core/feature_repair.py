@@ -16,14 +16,14 @@ import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator, Union
+from typing import Iterable, Iterator, Union
 
 from npzfix_core import adoption, discovery, store
 from npzfix_core import feature_files as files
 from npzfix_core.errors import interruption
 from npzfix_core.report import FAILED, WOULD_UPDATE, Budget, Outcome, Progress, RunReport
 from npzfix_core.requests import BULK, TRAIN_TEST, FeatureRequest
-from npzfix_core.teacher import LazyTeacher, Teacher, TeacherSpec
+from npzfix_core.teacher import LazyTeacher, Teacher
 from npzfix_core.verify import drift_summary
 
 log = logging.getLogger("npzfix")
@@ -68,7 +68,7 @@ class Timings:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
 
-TeacherSource = Union[Teacher, LazyTeacher, Callable[[], Teacher], None]
+TeacherSource = Union[Teacher, LazyTeacher, None]
 
 
 class _Pipeline:
@@ -301,12 +301,11 @@ class _Pipeline:
 def run_features(req: FeatureRequest, teacher: TeacherSource = None, progress: bool = True) -> RunReport:
     """Recompute features for every item of the request's layout; per-file problems land in the report.
 
-    ``teacher``: a built ``Teacher``; a ``LazyTeacher`` (shared with the checks that follow); a factory called
-    only once some file needs a model (Dagster's resource resolves and leases the device there); or None to
-    build one from ``req.teacher`` likewise.
+    ``teacher``: a built ``Teacher``; a ``LazyTeacher`` (shared with the checks that follow); or None to build
+    one from ``req.teacher`` once some file needs a model (``teacher.build``: the device resolved and leased).
     """
     req.validate()
-    lazy = as_lazy(teacher, req.teacher)
+    lazy = as_lazy(teacher, req)
     prov = lazy.provenance
     report = RunReport(
         f"features ({req.mode})",
@@ -345,12 +344,12 @@ def _known_total(req: FeatureRequest) -> int | None:
     return None
 
 
-def as_lazy(teacher: TeacherSource, spec: TeacherSpec) -> LazyTeacher:
+def as_lazy(teacher: TeacherSource, req: FeatureRequest) -> LazyTeacher:
     if isinstance(teacher, LazyTeacher):
         return teacher
     if isinstance(teacher, Teacher):
         return LazyTeacher(teacher)
-    return LazyTeacher(spec, factory=teacher)
+    return LazyTeacher(req.teacher, req.settings)
 
 
 def _sweeping(items: Iterable[discovery.WorkItem]) -> Iterator[discovery.WorkItem]:

@@ -171,12 +171,12 @@ class FeatureRequest:
 ORIGINAL_WEIGHTS = os.path.join("weights", "sam2.1_hiera_base_plus.pt")
 
 
-def teacher_spec_from_args(args: Any, device: str) -> TeacherSpec:
-    """The teacher named by the shared teacher flags (``features`` and ``check features``), validated; with
-    neither ``--weights`` nor ``--random-init``, the originals' default checkpoint."""
+def teacher_spec_from_args(args: Any) -> TeacherSpec:
+    """The teacher named by the shared teacher flags (``features`` and ``check features``), device and GPUs as
+    asked, validated; with neither ``--weights`` nor ``--random-init``, the originals' default checkpoint."""
     if args.weights is None and args.random_init_seed is None:
         args = replace_namespace(args, weights=ORIGINAL_WEIGHTS)
-    spec = TeacherSpec.from_attrs(args, device)
+    spec = TeacherSpec.from_attrs(args)
     spec.validate()
     return spec
 

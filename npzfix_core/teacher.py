@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from npzfix_core.provenance import FeatureProvenance
+from npzfix_core.settings import Settings
 
 log = logging.getLogger("npzfix")
 
@@ -61,20 +62,22 @@ class TeacherSpec:
     weights: str | None = None
     config: str | None = None
     random_init_seed: int | None = None
-    device: str = "cpu"
+    device: str = "cpu"  # as asked: cpu | cuda | cuda:N | auto, resolved (and leased) when the model is built
     precision: str = "fp32"
     resolution: int | None = None  # None: the model's own (SAM2_INPUT)
+    gpus: str | None = None  # the allowed GPUs ("1,2,4,5,6,7"); None: every visible one
 
     @property
     def input_size(self) -> int:
         return self.resolution or SAM2_INPUT
 
     @classmethod
-    def from_attrs(cls, source: object, device: str) -> TeacherSpec:
+    def from_attrs(cls, source: object) -> TeacherSpec:
         """From anything holding the teacher's fields under their names: parsed CLI flags, the Dagster
         resource. One place, so a new teacher field reaches both front doors."""
-        names = ("weights", "config", "random_init_seed", "precision", "resolution")
-        return cls(**{n: getattr(source, n) for n in names}, device=device)
+        from dataclasses import fields
+
+        return cls(**{f.name: getattr(source, f.name) for f in fields(cls)})
 
     def resolved_config(self) -> str:
         if self.config:
@@ -97,6 +100,12 @@ class TeacherSpec:
             raise TeacherError(f"--precision must be one of {PRECISIONS}")
         if self.resolution is not None and (self.resolution < 64 or self.resolution % 32):
             raise TeacherError("--resolution must be a multiple of 32, at least 64")
+        from npzfix_core import devices  # DeviceError: the device or GPU list cannot be used as written
+
+        devices.check_device(self.device)
+        allow = devices.allowed_gpus(self.gpus)
+        if allow is not None and self.device.startswith("cuda:") and int(self.device[5:]) not in allow:
+            raise devices.DeviceError(f"{self.device} is not in the allowed GPUs {allow} (NPZFIX_GPUS / --gpus)")
 
 
 @dataclass
@@ -177,16 +186,23 @@ def _load_strictly(model, path: str, config: str) -> None:
     model.load_state_dict(stored)
 
 
-def build(spec: TeacherSpec) -> Teacher:
-    """Build the encoder: seeded random init, or a checkpoint loaded strictly with ``weights_only=True``."""
+def build(spec: TeacherSpec, settings: Settings | None = None) -> Teacher:
+    """The one way a teacher is made (CLI, Dagster step, Slurm job, checks): the device resolved as the spec asks
+    (``auto``: a free allowed GPU, else the CPU) and leased for this process (``settings``: how long to wait for
+    a lease, where leases live), then the encoder built: seeded random init, or a checkpoint loaded strictly with
+    ``weights_only=True``."""
     spec.validate()
     import sam2  # noqa: F401  (initialises Hydra with sam2's config module; must come first)
     import torch
     from sam2.build_sam import build_sam2
 
-    from npzfix_core.devices import to_torch_device
+    from npzfix_core import devices
 
-    device = to_torch_device(spec.device)
+    settings = settings or Settings()
+    resolved = devices.resolve(spec.device, spec.gpus, wait_s=settings.gpu_lease_wait_s, lease_dir=settings.gpu_lease_dir)
+    if resolved != spec.device:
+        log.info("teacher device %s (asked: %s)", resolved, spec.device)
+    device = devices.to_torch_device(resolved)
     config = spec.resolved_config()
     prov = provenance(spec)
     if spec.random_init_seed is not None:
@@ -212,17 +228,17 @@ def build(spec: TeacherSpec) -> Teacher:
 
 
 class LazyTeacher:
-    """One teacher for a run and its checks: provenance known at once (no torch), the model built the first
-    time something needs it, by ``factory`` (Dagster's resource: resolves and leases a device) or from the
-    spec. The built model must say the same provenance as the spec: files are stamped with one, computed
-    with the other, and a disagreement would label features with the wrong teacher."""
+    """One teacher for a run and its checks: provenance known at once (no torch), the model built (device
+    resolved and leased, ``build``) the first time something needs it, so a run with nothing to do holds no GPU.
+    ``factory`` replaces ``build`` (tests). The built model must say the same provenance as the spec: files are
+    stamped with one, computed with the other, and a disagreement would label features with the wrong teacher."""
 
-    def __init__(self, source: "Teacher | TeacherSpec", factory=None):
+    def __init__(self, source: "Teacher | TeacherSpec", settings: Settings | None = None, factory=None):
         if isinstance(source, Teacher):
             self._teacher, self.provenance, self._spec = source, source.provenance, None
         else:
             self._teacher, self.provenance, self._spec = None, provenance(source), source
-        self._factory = factory
+        self._settings, self._factory = settings, factory
 
     @property
     def built(self) -> bool:
@@ -230,7 +246,7 @@ class LazyTeacher:
 
     def get(self) -> Teacher:
         if self._teacher is None:
-            t = self._factory() if self._factory is not None else build(self._spec)
+            t = self._factory() if self._factory is not None else build(self._spec, self._settings)
             if not t.provenance.same_teacher(self.provenance):
                 raise TeacherError(
                     f"the teacher built ({t.provenance.describe()}) is not the one requested "

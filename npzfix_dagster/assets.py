@@ -62,8 +62,6 @@ def _features(
         raise Failure(description=f"bad run config: {exc}; no file was touched") from exc
     step = steps.FeatureStep(
         req,
-        teacher.device,
-        teacher.gpus,
         config.verify_sample,
         image_dir=os.path.dirname(directory) if mode == TRAIN_TEST else None,
         seed=zlib.crc32(context.run.run_id.encode()),  # another random sample each run: coverage grows

@@ -69,7 +69,7 @@ def fix_from_sample_list(
         req.validate()
     except (ValueError, FileNotFoundError) as exc:
         raise Failure(description=str(exc)) from exc
-    step = steps.FeatureStep(req, teacher.device, teacher.gpus)
+    step = steps.FeatureStep(req)
     md, failed = execution.run_op(context, step, config.report, config.samples)
     if failed:
         raise Failure(description=f"{failed} file(s) failed; all others were processed", metadata=md)

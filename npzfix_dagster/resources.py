@@ -57,11 +57,12 @@ class Sam2Teacher(ConfigurableResource):
     resolution: Optional[int] = None
     random_init_seed: Optional[int] = None
 
-    def spec(self, device: str = "cpu"):
-        """The teacher as the core describes it; the device is resolved (and leased) where the step runs."""
+    def spec(self):
+        """The teacher as the core describes it, device and GPUs as configured (resolved and leased where the
+        step runs, by ``npzfix_core.teacher.build``)."""
         from npzfix_core.teacher import TeacherSpec
 
-        return TeacherSpec.from_attrs(self, device)
+        return TeacherSpec.from_attrs(self)
 
     def provenance(self):
         """What identifies the features this teacher writes (FeatureProvenance); no model, no torch."""

@@ -55,12 +55,18 @@ class StepOutcome:
 
 @dataclass(frozen=True)
 class FeatureStep:
-    request: FeatureRequest
-    device: str  # the teacher resource's device and allowed GPUs, resolved (and leased) where the step runs
-    gpus: Optional[str]
+    request: FeatureRequest  # its teacher holds the device and GPUs as asked: resolved and leased where it runs
     verify_sample: int = 2
     image_dir: Optional[str] = None
     seed: int = 0
+
+    @property
+    def device(self) -> str:
+        return self.request.teacher.device
+
+    @property
+    def gpus(self) -> Optional[str]:
+        return self.request.teacher.gpus
 
     @property
     def gpu(self) -> bool:
@@ -72,12 +78,11 @@ class FeatureStep:
         ``NPZFIX_GPUS=1,2,4`` names host GPUs; inside a job the GPU Slurm gave is ``cuda:0``, and holding it to
         the host's list would refuse it (or, under ``auto``, silently use the CPU)."""
         req = replace(self.request, decode_threads=max(1, cpus - 1)) if cpus else self.request
-        return replace(self, gpus=None, request=req)
+        return replace(self, request=replace(req, teacher=replace(req.teacher, gpus=None)))
 
     def run(self) -> StepOutcome:
-        from npzfix_core import devices
         from npzfix_core.feature_repair import run_features
-        from npzfix_core.teacher import LazyTeacher, TeacherError, build
+        from npzfix_core.teacher import LazyTeacher, TeacherError
 
         req = self.request
         settings = req.settings
@@ -89,14 +94,8 @@ class FeatureStep:
             where = "resource teacher / NPZFIX_SAM2_WEIGHTS, NPZFIX_RANDOM_INIT_SEED"
             raise Failure(description=f"teacher: {exc} ({where})")
 
-        def factory():
-            device = devices.resolve(
-                self.device, self.gpus, wait_s=settings.gpu_lease_wait_s, lease_dir=settings.gpu_lease_dir
-            )
-            return build(replace(req.teacher, device=device))
-
         # one teacher for the run and its check: built (and the GPU leased) only if a file or the check needs it
-        lazy = LazyTeacher(req.teacher, factory=factory)
+        lazy = LazyTeacher(req.teacher, settings)
         report = vanished_fails(run_features(req, teacher=lazy, progress=True))
         if req.mode == SAMPLES:
             return StepOutcome(report)

@@ -65,12 +65,12 @@ def test_a_cli_run_and_a_dagster_run_build_the_same_request(tmp_path):
 
     teacher = Sam2Teacher(random_init_seed=0, resolution=128, device="cpu")
     pipeline = FeaturePipeline(batch_size=2, decode_threads=3)
-    flags = ["--random-init", "0", "--resolution", "128", "--batch-size", "2", "--workers", "3"]
+    flags = ["--random-init", "0", "--resolution", "128", "--device", "cpu", "--batch-size", "2", "--workers", "3"]
     flags += ["--legacy", "verify", "--min-cosine", "0.99", "--max-files", "7"]
     args = ap.parse_args(["features", "--root", d, *flags])
     from npzfix_core.requests import teacher_spec_from_args
 
-    cli = FeatureRequest.from_args(args, "bulk", teacher_spec_from_args(args, "cpu"), env)
+    cli = FeatureRequest.from_args(args, "bulk", teacher_spec_from_args(args), env)
     config = FeaturesConfig(legacy="verify", min_cosine=0.99, max_files=7)
     dagster = feature_request(config, teacher, pipeline, "bulk", d)
     assert dataclasses.replace(dagster, recursive=True) == cli  # a partition is its own directory only

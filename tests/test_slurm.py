@@ -44,9 +44,11 @@ def test_metadata_travels_through_pipes_as_a_local_run_writes_it():
 
 def test_inside_an_allocation_the_allocation_is_the_gpu_allowlist_and_sizes_the_step(tmp_path):
     from npzfix_core.requests import EdgeRequest, FeatureRequest
+    from npzfix_core.teacher import TeacherSpec
     from npzfix_dagster.steps import EdgeStep, FeatureStep
 
-    step = FeatureStep(FeatureRequest("bulk", root=str(tmp_path), decode_threads=15), "auto", gpus="1,2,4")
+    spec = TeacherSpec(device="auto", gpus="1,2,4")
+    step = FeatureStep(FeatureRequest("bulk", spec, root=str(tmp_path), decode_threads=15))
     inside = step.in_allocation(8)
     assert inside.gpus is None and inside.request.decode_threads == 7 and inside.device == "auto"
     assert step.in_allocation(0).request.decode_threads == 15 and step.in_allocation(1).request.decode_threads == 1
