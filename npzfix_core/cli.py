@@ -120,14 +120,14 @@ def cmd_features(args) -> int:
 def cmd_check(args) -> int:
     """Sampled content check of a directory, as the Dagster asset checks do (exit 1 on any problem): edges are
     recomputed exactly; features are recomputed with the teacher and compared within a tolerance."""
-    from npzfix_core import discovery, validate
+    from npzfix_core import discovery, checks
 
     if not os.path.isdir(args.npz_dir):
         raise UsageError(f"--npz-dir {args.npz_dir} is not a directory")
     n = args.sample or (16 if args.kind == "edges" else 8)
-    paths = validate.sample(discovery.npz_in_dir(args.npz_dir), n, args.seed)
+    paths = checks.sample(discovery.npz_in_dir(args.npz_dir), n, args.seed)
     if args.kind == "edges":
-        res = validate.check_edges(paths, args.kernel_size, args.json_dir, n, _settings().max_pixels, args.rule)
+        res = checks.check_edges(paths, args.kernel_size, args.json_dir, n, _settings().max_pixels, args.rule)
     else:
         res = _check_features(args, paths)
     for pr in res.problems:
@@ -147,7 +147,7 @@ def cmd_check(args) -> int:
 
 
 def _check_features(args, paths):
-    from npzfix_core import devices, validate
+    from npzfix_core import devices, checks
     from npzfix_core.requests import teacher_spec_from_args, tolerance_from_args
     from npzfix_core.teacher import LazyTeacher, TeacherError, provenance
 
@@ -158,9 +158,9 @@ def _check_features(args, paths):
         if args.structure_only:
             print("npzfix check features: --structure-only: values are NOT verified", file=sys.stderr)
             prov = provenance(teacher_spec_from_args(args))
-            return validate.check_features(paths, provenance=prov, needs_flag=not args.no_flag)
+            return checks.check_features(paths, provenance=prov, needs_flag=not args.no_flag)
         teacher = LazyTeacher(teacher_spec_from_args(args), _settings())
-        return validate.check_features(
+        return checks.check_features(
             paths,
             teacher,
             needs_flag=not args.no_flag,

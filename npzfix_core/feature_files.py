@@ -105,10 +105,10 @@ class Loaded:
     busy: float = 0.0
     old: dict | None = None  # drift sample: the features the file held, and what wrote them
     adopt: tuple[int, int, int] | None = None  # a legacy file fit to be stamped as it is: its identity
-    job: "Job | None" = None
+    job: "FileTask | None" = None
 
 
-def load(item: discovery.WorkItem, resolution: int, device, stage: str, job: "Job") -> Loaded:
+def load(item: discovery.WorkItem, resolution: int, device, stage: str, job: "FileTask") -> Loaded:
     """Check the NPZ, decode the image, then (stage) stop, preprocess here (CPU), or pin for the device.
 
     An adoption candidate is examined instead (structure, still legacy) and decoded only if it must be redone.
@@ -157,7 +157,7 @@ def old_features(npz: str) -> dict:
 
 
 @dataclass(frozen=True)
-class Job:
+class FileTask:
     """What is to be done with one admitted file, beside its item."""
 
     prov: FeatureProvenance
@@ -196,7 +196,7 @@ def drift_of(old: dict, new: dict) -> list:
     return out
 
 
-def adopt_one(item: discovery.WorkItem, job: Job, seen, req: FeatureRequest) -> tuple[Outcome, float, None]:
+def adopt_one(item: discovery.WorkItem, job: FileTask, seen, req: FeatureRequest) -> tuple[Outcome, float, None]:
     start = time.perf_counter()
     try:
         adoption.adopt(item.npz, job.prov, req.mode, job.adopt, seen, req.durable, req.settings.lock_timeout_s)

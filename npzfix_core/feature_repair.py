@@ -71,7 +71,7 @@ class Timings:
 TeacherSource = Union[Teacher, LazyTeacher, None]
 
 
-class _Pipeline:
+class FeatureRun:
     """discover -> admit -> decode -> encode -> write, each stage bounded so memory stays flat.
 
     Decoding the next batch and writing the last happen while the encoder runs; the teacher is built only when
@@ -86,11 +86,11 @@ class _Pipeline:
         self.budget = Budget(req.max_files)
         self.timings = Timings()
         self.admitted = self.finished = 0
-        self.pending: collections.deque[Future] = collections.deque()  # decode futures -> (files.Loaded, files.Job)
+        self.pending: collections.deque[Future] = collections.deque()  # decode futures -> (files.Loaded, files.FileTask)
         self.writes: collections.deque[Future] = collections.deque()  # write futures -> Outcome
         self.batch_size = req.batch_size
         self.prefetch = 2 * (req.batch_size or 8) + req.decode_threads  # two batches ahead, one image per decode thread
-        self.backlog: collections.deque[tuple[discovery.WorkItem, files.Job]] = collections.deque()  # decided legacy
+        self.backlog: collections.deque[tuple[discovery.WorkItem, files.FileTask]] = collections.deque()  # decided legacy
         self.held_dir: str | None = None  # legacy files of the directory being scanned, until it is left
         self.held: list[discovery.WorkItem] = []
         self.drift_candidates = self.drift_taken = 0
@@ -144,7 +144,7 @@ class _Pipeline:
                     self.budget.stop(self.report)
                     return
 
-    def next_item(self, items: Iterator[discovery.WorkItem]) -> tuple[discovery.WorkItem, files.Job | None] | None:
+    def next_item(self, items: Iterator[discovery.WorkItem]) -> tuple[discovery.WorkItem, files.FileTask | None] | None:
         """The next decided legacy file, else the next scanned one; leaving a directory decides its legacy files."""
         if self.backlog:
             return self.backlog.popleft()
@@ -183,7 +183,7 @@ class _Pipeline:
             self.pending.append(self.decode_pool.submit(files.load, *load))
         return True
 
-    def job(self, why: str) -> files.Job:
+    def job(self, why: str) -> files.FileTask:
         """Drift samples: among files redone for another teacher or a legacy flag, the 1st, 2nd, 3rd, 5th, 9th,
         17th, ... (spread over the run without knowing its length), at most ``drift_sample``."""
         drift = False
@@ -192,7 +192,7 @@ class _Pipeline:
             self.drift_candidates += 1
             drift = (i < 3 or i & (i - 1) == 0) and self.drift_taken < self.req.drift_sample
             self.drift_taken += drift
-        return files.Job(self.prov, why, drift)
+        return files.FileTask(self.prov, why, drift)
 
     def decide_legacy(self) -> None:
         directory, items = self.held_dir, self.held
@@ -205,7 +205,7 @@ class _Pipeline:
         log.info("legacy files in %s: %d %s (%s)", directory, len(items), d.record["decision"], d.record["why"])
         for outcome in d.left:
             self.record(outcome)
-        adopt = files.Job(self.prov, files.LEGACY, adopt=d.record.get("evidence"))
+        adopt = files.FileTask(self.prov, files.LEGACY, adopt=d.record.get("evidence"))
         self.backlog.extend((it, adopt) for it in d.adopt)
         self.backlog.extend((it, self.job(files.LEGACY)) for it in d.redo)
 
@@ -317,7 +317,7 @@ def run_features(req: FeatureRequest, teacher: TeacherSource = None, progress: b
         report.warnings.append("randomly initialised teacher: not real SAM2 features (demo/test only)")
     bar = Progress(_known_total(req), f"features {req.mode}", enabled=progress)
     items = items_for(req) if req.dry_run else _sweeping(items_for(req))
-    pipeline = _Pipeline(req, lazy, report, bar)
+    pipeline = FeatureRun(req, lazy, report, bar)
     try:
         pipeline.run(items)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP where the caller made them Interrupted

@@ -1,6 +1,6 @@
 """The three caches, one partition per dataset directory. The files are the asset: nothing is pickled.
 
-Each body turns config and resources into one step (a core request, ``npzfix_dagster.steps``) and hands it to
+Each body turns config and resources into one step (a core request, ``npzfix_dagster.execution.steps``) and hands it to
 the ``execution`` resource, which runs it here or as a Slurm job; the step's outcome becomes metadata and
 check results the same way either way. All computation lives in ``npzfix_core``.
 """
@@ -13,7 +13,8 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
 from npzfix_core import edge_rules
 from npzfix_core.requests import BULK, TRAIN_TEST
-from npzfix_dagster import checks, steps
+from npzfix_dagster import asset_checks
+from npzfix_dagster.execution import steps
 from npzfix_dagster.contracts import EDGES, SA1B_FEATURES, TRAIN_TEST_FEATURES
 from npzfix_dagster.execution import Execution
 from npzfix_dagster.config import EdgesConfig, FeaturesConfig, edge_request, feature_request
@@ -43,86 +44,78 @@ def _partition_dir(root: str, key: str, to_dir: Callable[[str, str], str]) -> st
     return path
 
 
-def _features(
-    context: AssetExecutionContext,
-    config: FeaturesConfig,
-    roots: DatasetRoots,
-    teacher: Sam2Teacher,
-    pipeline: FeaturePipeline,
-    execution: Execution,
-    mode: str,
-    directory: str,
-) -> MaterializeResult:
-    from npzfix_core import discovery
+def features_asset(name: str, mode: str, partitions_def, source, root: str, to_dir, group: str, doc: str):
+    """One feature cache asset (SA-1B shards or train/test splits): the same body, only where its partitions
+    live and how a key becomes a directory differ."""
 
-    try:
-        req = feature_request(config, teacher, pipeline, mode, directory)
-        req.validate()
-    except (ValueError, FileNotFoundError) as exc:
-        raise Failure(description=f"bad run config: {exc}; no file was touched") from exc
-    step = steps.FeatureStep(
-        req,
-        config.verify_sample,
-        image_dir=os.path.dirname(directory) if mode == TRAIN_TEST else None,
-        seed=zlib.crc32(context.run.run_id.encode()),  # another random sample each run: coverage grows
+    @asset(
+        name=name,
+        partitions_def=partitions_def,
+        deps=[source],
+        check_specs=asset_checks.specs(name, partitions_def),
+        pool="gpu",
+        op_tags=GPU_TAGS,
+        group_name=group,
+        kinds={"numpy", "pytorch"},
+        description=doc,
     )
-    place = steps.Place.of(context, roots.previews())
-    return execution.materialize(context, step, place, discovery.snapshot(directory))
+    def _asset(
+        context: AssetExecutionContext,
+        config: FeaturesConfig,
+        roots: DatasetRoots,
+        teacher: Sam2Teacher,
+        pipeline: FeaturePipeline,
+        execution: Execution,
+    ) -> MaterializeResult:
+        from npzfix_core import discovery
+
+        directory = _partition_dir(roots.require(root), context.partition_key, to_dir)
+        try:
+            req = feature_request(config, teacher, pipeline, mode, directory)
+            req.validate()
+        except (ValueError, FileNotFoundError) as exc:
+            raise Failure(description=f"bad run config: {exc}; no file was touched") from exc
+        step = steps.FeatureStep(
+            req,
+            config.verify_sample,
+            image_dir=os.path.dirname(directory) if mode == TRAIN_TEST else None,
+            seed=zlib.crc32(context.run.run_id.encode()),  # another random sample each run: coverage grows
+        )
+        place = steps.Place.of(context, roots.previews())
+        return execution.materialize(context, step, place, discovery.snapshot(directory))
+
+    return _asset
 
 
-@asset(
-    name=SA1B_FEATURES,
-    partitions_def=sa1b_dirs,
-    deps=[sa1b_npz_files],
-    check_specs=checks.specs(SA1B_FEATURES, sa1b_dirs),
-    pool="gpu",
-    op_tags=GPU_TAGS,
-    group_name="sa1b",
-    kinds={"numpy", "pytorch"},
+sa1b_features_fixed = features_asset(
+    SA1B_FEATURES,
+    BULK,
+    sa1b_dirs,
+    sa1b_npz_files,
+    "sa1b_root",
+    sa1b_dir,
+    "sa1b",
+    "Every SA-1B NPZ in this directory carries P4_S16/P5_S32 from the configured SAM2 teacher, with feature_flag=1 "
+    "and the teacher's provenance.",
 )
-def sa1b_features_fixed(
-    context: AssetExecutionContext,
-    config: FeaturesConfig,
-    roots: DatasetRoots,
-    teacher: Sam2Teacher,
-    pipeline: FeaturePipeline,
-    execution: Execution,
-) -> MaterializeResult:
-    """Every SA-1B NPZ in this directory carries P4_S16/P5_S32 from the configured SAM2 teacher, with
-    feature_flag=1 and the teacher's provenance."""
-    directory = _partition_dir(roots.require("sa1b_root"), context.partition_key, sa1b_dir)
-    return _features(context, config, roots, teacher, pipeline, execution, BULK, directory)
-
-
-@asset(
-    name=TRAIN_TEST_FEATURES,
-    partitions_def=train_test_splits,
-    deps=[train_test_npz_files],
-    check_specs=checks.specs(TRAIN_TEST_FEATURES, train_test_splits),
-    pool="gpu",
-    op_tags=GPU_TAGS,
-    group_name="train_test",
-    kinds={"numpy", "pytorch"},
+train_test_features_fixed = features_asset(
+    TRAIN_TEST_FEATURES,
+    TRAIN_TEST,
+    train_test_splits,
+    train_test_npz_files,
+    "train_test_root",
+    split_extracted_dir,
+    "train_test",
+    "Every NPZ in <split>/extracted carries P4_S16/P5_S32 from the configured SAM2 teacher, computed from the "
+    "image in <split>/, with feature_flag=1.",
 )
-def train_test_features_fixed(
-    context: AssetExecutionContext,
-    config: FeaturesConfig,
-    roots: DatasetRoots,
-    teacher: Sam2Teacher,
-    pipeline: FeaturePipeline,
-    execution: Execution,
-) -> MaterializeResult:
-    """Every NPZ in <split>/extracted carries P4_S16/P5_S32 from the configured SAM2 teacher, computed from
-    the image in <split>/, with feature_flag=1."""
-    directory = _partition_dir(roots.require("train_test_root"), context.partition_key, split_extracted_dir)
-    return _features(context, config, roots, teacher, pipeline, execution, TRAIN_TEST, directory)
 
 
 @asset(
     name=EDGES,
     partitions_def=sa1b_dirs,
     deps=[sa1b_npz_files],
-    check_specs=checks.specs(EDGES, sa1b_dirs),
+    check_specs=asset_checks.specs(EDGES, sa1b_dirs),
     op_tags=CPU_TAGS,
     group_name="sa1b",
     kinds={"numpy", "opencv"},

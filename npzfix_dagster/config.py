@@ -44,6 +44,15 @@ FROM_RESOURCES = {
     },
 }
 RENAMED = {"set_flag": "set_edge_flag"}
+# The sample-list job is the original in-place tool: it writes no flag, so what only matters for flagged files is
+# not run config there (the request's default stands); and its bound keeps the original's name.
+SAMPLE_LIST_UNUSED = {
+    "force": "no flag is read: every listed file is recomputed anyway",
+    "legacy": "no flag is read: no file counts as the original tool's",
+    "legacy_sample": "as legacy",
+    "drift_sample": "no flag is read: no file is known to be another teacher's",
+}
+SAMPLE_LIST_RENAMED = {"max_files": "max_images"}
 
 
 class FeaturesConfig(Config):
@@ -98,7 +107,8 @@ class SampleListConfig(Config):
     max_images: Optional[int] = None
     store_dtype: str = "keep"
     dry_run: bool = False
-    report: Optional[str] = None
+    durable: bool = True
+    report: Optional[str] = Field(None, description="also write the run's report here (PATH.json, PATH.csv)")
 
 
 def _from_config(cls, config: Config, given: dict) -> dict:
@@ -135,7 +145,7 @@ def edge_request(config: EdgesConfig, npz_dir: str, json_dir: Optional[str]) -> 
     return EdgeRequest(**_from_config(EdgeRequest, config, given))
 
 
-def _pipeline(teacher: Sam2Teacher, pipeline: FeaturePipeline) -> dict:
+def _teacher_and_feed(teacher: Sam2Teacher, pipeline: FeaturePipeline) -> dict:
     return {
         "teacher": teacher.spec(),
         "batch_size": pipeline.batch_size,
@@ -149,7 +159,7 @@ def feature_request(
 ) -> FeatureRequest:
     """A partition's request: only the NPZ files directly in its directory."""
     given = {
-        **_pipeline(teacher, pipeline),
+        **_teacher_and_feed(teacher, pipeline),
         "mode": mode,
         "root": directory if mode == BULK else None,
         "recursive": False,
@@ -162,5 +172,5 @@ def feature_request(
 def sample_list_request(
     config: SampleListConfig, teacher: Sam2Teacher, pipeline: FeaturePipeline
 ) -> FeatureRequest:
-    given = {**_pipeline(teacher, pipeline), "mode": SAMPLES, "npz_dirs": tuple(config.npz_dirs), "max_files": config.max_images}
+    given = {**_teacher_and_feed(teacher, pipeline), "mode": SAMPLES, "npz_dirs": tuple(config.npz_dirs), "max_files": config.max_images}
     return FeatureRequest(**_from_config(FeatureRequest, config, given))

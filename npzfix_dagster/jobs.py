@@ -12,7 +12,7 @@ from dagster import (
     op,
 )
 
-from npzfix_dagster import steps
+from npzfix_dagster.execution import steps
 from npzfix_dagster.config import SampleListConfig, sample_list_request
 from npzfix_dagster.contracts import EDGES, SA1B_FEATURES, SA1B_SHARDS, TRAIN_TEST_FEATURES, TRAIN_TEST_SHARDS
 from npzfix_dagster.execution import Execution

@@ -1,108 +1,65 @@
-"""The asset checks: no_failed_files and sample_valid catch tampered, wrong-valued and unverifiable files."""
+"""``npzfix check`` and ``npzfix_core.checks``: a check finds what is wrong by value and names the remedy,
+and never passes a file it could not verify (features) or recompute exactly (edges)."""
 
 import os
 
 import numpy as np
-from dagster import materialize
-from dagster_support import RES, check_results, evals, md_of, partition, resources, shard
+import pytest
+from conftest import SMALL_SPEC, SMALL_TEACHER_FLAGS, image_of, run_cli, set_features_as_written
 
-from npzfix_core import store
+from npzfix_core import store, synth, checks
 from npzfix_core.provenance import EDGE_KEYS, EdgeProvenance
-from npzfix_dagster.assets import edges_B_v1, sa1b_features_fixed
-from npzfix_dagster.resources import Sam2Teacher
+from npzfix_core.teacher import LazyTeacher
+from test_verify import _fixed
 
 
-def test_checks_catch_a_tampered_file(tmp_path, instance):
-    root = str(tmp_path / "sa1b")
-    res = shard(root, "sa_000002", n=3, states=("fresh",) * 3)
-    instance.add_dynamic_partitions("sa1b_dirs", ["sa_000002/extracted"])
-    kw = dict(partition_key="sa_000002/extracted", instance=instance, resources=resources(tmp_path, sa1b=root))
-    assert check_results(materialize([edges_B_v1], **kw)) == {"no_failed_files": True, "sample_valid": True}
-    edge = store.read_arrays(res.npz[2], ["edge_64x64"])["edge_64x64"]
-    edge[10, 10] ^= 1
-    store.update(res.npz[2], {"edge_64x64": edge})  # changed under npzfix's record: its seal no longer matches
-    result = materialize([edges_B_v1], **kw)
-    assert md_of(result, "edges_B_v1")["updated"].value == 1  # so the run redid it
-    assert check_results(result) == {"no_failed_files": True, "sample_valid": True}
-    edge = store.read_arrays(res.npz[2], ["edge_64x64"])["edge_64x64"]
-    edge[10, 10] ^= 1  # a record that lies (sealed over wrong edges): only recomputing can tell
-    store.update(res.npz[2], {"edge_64x64": edge}, remove=set(EDGE_KEYS), seal=EdgeProvenance(3).arrays)
-    result = materialize([edges_B_v1], **kw)  # skip-if-processed: nothing recomputed, the check still looks
-    assert md_of(result, "edges_B_v1")["skipped_done"].value == 3
-    assert check_results(result) == {"no_failed_files": True, "sample_valid": False}
+def test_check_command_finds_a_tampered_edge_map(tmp_path):
+    res = synth.generate(
+        tmp_path / "s", synth.SynthSpec(n=3, seed=9, sizes=((90, 120),), masks=6, states=("fresh",), feature_hw=4)
+    )
+    ext = os.path.dirname(res.npz[0])
+    run_cli("check", "edges", "--npz-dir", ext, check_rc=1)  # nothing repaired yet: flags missing
+    run_cli("edges", "--npz-dir", ext, check_rc=0)
+    p = run_cli("check", "edges", "--npz-dir", ext, check_rc=0)
+    assert "3 file(s) checked, 0 problem(s)" in p.stdout
+    edge = store.read_arrays(res.npz[1], ["edge_32x32"])["edge_32x32"]
+    edge[0, 0] ^= 1
+    store.update(res.npz[1], {"edge_32x32": edge})
+    p = run_cli("check", "edges", "--npz-dir", ext, check_rc=1)
+    assert "edge maps changed since npzfix wrote them" in p.stdout  # its seal says so before any recompute
+    store.update(res.npz[1], {}, remove=set(EDGE_KEYS), seal=EdgeProvenance(3).arrays)  # a record that lies
+    p = run_cli("check", "edges", "--npz-dir", ext, check_rc=1)
+    assert "edge_32x32 differs from Method B" in p.stdout
+    assert run_cli("check", "edges", "--npz-dir", ext, "--kernel-size", "5").returncode == 1
 
 
-def test_a_legacy_flagged_file_with_a_malformed_json_fails_the_check_not_the_step(tmp_path, instance):
-    root, res, key, r = partition(tmp_path, instance, "sa_000040", n=2, states=("fresh", "fresh"))
-    assert materialize([edges_B_v1], partition_key=key, instance=instance, resources=r).success
-    bad = res.npz[0]
-    arrays = store.read_arrays(bad)
-    arrays.pop("edge_provenance")  # as the original tool left it: flag + B_v1, no provenance
-    np.savez(bad, **arrays)
-    with open(os.path.join(res.root, os.path.basename(bad).replace("_features.npz", ".json")), "w") as f:
-        f.write("{broken")
-    result = materialize([edges_B_v1], partition_key=key, instance=instance, resources=r)  # skip_if_processed
-    assert result.success and md_of(result, "edges_B_v1")["skipped_done"].value == 2
-    ev = evals(result)
-    assert ev["no_failed_files"].passed and not ev["sample_valid"].passed
-    details = ev["sample_valid"].metadata["details"].value
-    assert os.path.basename(bad) in details and "malformed JSON" in details
+def test_float16_caches_and_other_layouts_are_compared_by_value(tmp_path, teacher):
+    res = _fixed(tmp_path, teacher, n=2)
+    a = store.read_arrays(res.npz[0])
+    half = a["P4_S16"][0].astype(np.float16)  # as --store-dtype float16 writes them, into another layout
+    set_features_as_written(res.npz[0], {"P4_S16": half, "IMAGE_EMB_S16": half})
+    got = checks.check_features(res.npz, LazyTeacher(teacher))
+    assert got.passed and got.verification.verified == 2, got.problems
+    assert got.verification.min_cosine["P4_S16"] > 0.99999
 
 
-def test_sample_valid_recomputes_and_catches_the_five_kinds_of_wrong_features(tmp_path, instance):
-    from conftest import plant_wrong_features
-
-    root, res, key, r = partition(tmp_path, instance, "sa_000060", n=7, states=("fresh",))
-    result = materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r)
-    ev = evals(result)["sample_valid"]
-    assert ev.passed and ev.metadata["verified_by_value"].value == 2  # default: two files recomputed
-    assert ev.metadata["min_cosine_P4_S16"].value == 1.0 and ev.metadata["verify_seconds"].value > 0
-    planted = plant_wrong_features(res.npz[:5] + [res.npz[-1]], RES)  # they keep flag + provenance: they lie
-    cfg = {"ops": {"sa1b_features_fixed": {"config": {"verify_sample": 7}}}}
-    result = materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r, run_config=cfg)
-    assert md_of(result, "sa1b_features_fixed")["skipped_done"].value == 7  # the run trusts the flags...
-    ev = evals(result)["sample_valid"]
-    assert not ev.passed and ev.severity.value == "ERROR"  # ...the check does not
-    details = ev.metadata["details"].value
-    for npz, kind in planted.items():
-        assert os.path.basename(npz) in details, kind
-    assert ev.metadata["min_cosine_P4_S16"].value < 0.9
-    assert evals(result)["no_failed_files"].passed
-
-
-def test_legacy_noise_is_caught_then_verified_and_redone_and_drift_is_recorded(tmp_path, instance):
-    states = ("fresh", "fresh", "feature_flagged", "fresh")
-    root, res, key, r = partition(tmp_path, instance, "sa_000061", n=4, states=states)
-    noise = res.npz[2]  # synth: the original tool's flag over N(0,1) features
-    result = materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r)
-    assert md_of(result, "sa1b_features_fixed")["skipped_legacy"].value == 1
-    ev = evals(result)["sample_valid"]  # a skipped legacy file is recomputed first
-    assert not ev.passed and os.path.basename(noise) in ev.metadata["details"].value
-    assert "legacy: verify" in ev.metadata["details"].value  # the remedy
-    cfg = {"ops": {"sa1b_features_fixed": {"config": {"legacy": "verify"}}}}
-    result = materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r, run_config=cfg)
-    md = md_of(result, "sa1b_features_fixed")
-    assert md["updated"].value == 1 and "redone" in md["legacy"].value and os.path.basename(noise) in md["legacy"].value
-    assert md["drift_min_cosine_P4_S16"].value < 0.5 and "held something unrelated" in md["drift_summary"].value
-    assert evals(result)["sample_valid"].passed
-    # nothing to do: the teacher is built for the check alone, which still recomputes its sample
-    result = materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r)
-    assert md_of(result, "sa1b_features_fixed")["skipped_done"].value == 4
-    ev = evals(result)["sample_valid"]
-    assert ev.passed and ev.metadata["verified_by_value"].value == 2
-    # a teacher change: every file redone, and the drift says how far the new checkpoint moved them
-    other = {**r, "teacher": Sam2Teacher(random_init_seed=1, resolution=RES, device="cpu")}
-    md = md_of(materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=other), "sa1b_features_fixed")
-    assert md["updated"].value == 4 and md["drift"].value["candidates"] == 4 and md["drift"].value["sampled"] == 3  # the 1st, 2nd, 3rd
-    assert list(md["drift"].value["from"]) == [f"configs/sam2.1/sam2.1_hiera_t.yaml random-init:0 fp32 @{RES}"]
-
-
-def test_images_gone_make_sample_valid_warn_not_pass(tmp_path, instance):
-    root, res, key, r = partition(tmp_path, instance, "sa_000062", n=2, states=("fresh", "fresh"))
-    assert evals(materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r))[
-        "sample_valid"
-    ].passed
-    for p in res.npz:
-        os.remove(os.path.join(res.root, os.path.basename(p).replace("_features.npz", ".jpg")))
-    ev = evals(materialize([sa1b_features_fixed], partition_key=key, instance=instance, resources=r))["sample_valid"]
-    assert not ev.passed and ev.severity.value == "WARN" and "not verifiable" in ev.metadata["details"].value
+def test_bad_samples_are_named_problems_and_the_teacher_is_built_only_when_needed(tmp_path, teacher):
+    res = _fixed(tmp_path, teacher, n=4)
+    bad_zip, no_image, wrong_shape, good = res.npz
+    open(bad_zip, "wb").write(b"not a zip")
+    os.remove(image_of(no_image))
+    a = store.read_arrays(wrong_shape, ["P4_S16"])["P4_S16"]
+    store.update(wrong_shape, {"P4_S16": a[:, :128], "IMAGE_EMB_S16": a[:, :128]})
+    never = LazyTeacher(SMALL_SPEC, factory=lambda: pytest.fail("no file needed the teacher"))
+    got = checks.check_features([bad_zip, no_image, wrong_shape], never)
+    by = {p["path"]: p["problem"] for p in got.problems}
+    assert "not a readable NPZ" in by[bad_zip] or "unreadable" in by[bad_zip]
+    assert by[no_image].startswith("not verifiable: no image found") and got.unverifiable == 1
+    assert "not (.,256,H,W)" in by[wrong_shape] or "holds" in by[wrong_shape]
+    assert not got.passed
+    got = checks.check_features([good], LazyTeacher(teacher))
+    assert got.passed and got.verification.verified == 1
+    p = run_cli("check", "features", "--npz-dir", os.path.dirname(good), "--device", "cpu", check_rc=2)
+    assert "--weights or --random-init" in p.stderr
+    p = run_cli("check", "features", "--npz-dir", os.path.dirname(good), *SMALL_TEACHER_FLAGS, "--structure-only")
+    assert p.returncode == 1 and "values are NOT verified" in p.stderr and "verified by value" not in p.stdout

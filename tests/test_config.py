@@ -13,8 +13,11 @@ from npzfix_dagster.config import (
     DAGSTER_DEFAULTS,
     FROM_RESOURCES,
     RENAMED,
+    SAMPLE_LIST_RENAMED,
+    SAMPLE_LIST_UNUSED,
     EdgesConfig,
     FeaturesConfig,
+    SampleListConfig,
     edge_request,
     feature_request,
 )
@@ -39,6 +42,44 @@ def test_dagster_config_mirrors_the_request(request_type, config_type):
         assert name in config_fields, f"{request_type.__name__}.{f.name} has no run config field"
         if f.name not in differ:
             assert config_fields[name].default == _default(f), f.name
+
+
+def test_the_sample_list_config_mirrors_the_request(tmp_path):
+    """The sample-list job's run config is held to FeatureRequest too: every field is run config (same default),
+    set by resources, or not used by a sample list, with the reason (SAMPLE_LIST_UNUSED)."""
+    config_fields = SampleListConfig.model_fields
+    for f in dataclasses.fields(FeatureRequest):
+        name = SAMPLE_LIST_RENAMED.get(f.name, f.name)
+        if f.name in FROM_RESOURCES[FeatureRequest] and f.name not in ("samples", "npz_dirs"):
+            assert name not in config_fields, f.name
+        elif f.name in SAMPLE_LIST_UNUSED:
+            assert name not in config_fields, f"{f.name} is run config after all: drop it from SAMPLE_LIST_UNUSED"
+        else:
+            assert name in config_fields, f"FeatureRequest.{f.name} has no sample-list run config field"
+            if f.name not in ("samples",):
+                assert config_fields[name].default == _default(f) or (name, config_fields[name].default) == (
+                    "npz_dirs",
+                    [],
+                ), f.name
+    from npzfix_dagster.config import sample_list_request
+
+    config = SampleListConfig(samples="list.txt", npz_dirs=[str(tmp_path)], max_images=5, durable=False)
+    req = sample_list_request(config, Sam2Teacher(random_init_seed=0, device="cpu"), FeaturePipeline())
+    assert (req.mode, req.samples, req.npz_dirs, req.max_files, req.durable) == (
+        "samples",
+        "list.txt",
+        (str(tmp_path),),
+        5,
+        False,
+    )
+    args = build_parser().parse_args(
+        ["features", "--samples", "list.txt", "--npz-dirs", str(tmp_path), "--max-images", "5", "--no-fsync"]
+        + ["--random-init", "0", "--device", "cpu", "--workers", str(req.decode_threads)]
+    )
+    from npzfix_core.requests import teacher_spec_from_args
+
+    cli = FeatureRequest.from_args(args, "samples", teacher_spec_from_args(args), Settings.from_env(os.environ))
+    assert cli == req  # both front doors build the same sample-list request
 
 
 def test_a_cli_run_and_a_dagster_run_build_the_same_request(tmp_path):

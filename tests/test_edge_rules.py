@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from npzfix_core import discovery, edge_repair, edge_rules, store, synth, validate
+from npzfix_core import discovery, edge_repair, edge_rules, store, synth, checks
 from npzfix_core.edges import method_b, parse_sa1b
 from npzfix_core.provenance import EdgeProvenance, State
 from npzfix_core.report import UPDATED
@@ -56,8 +56,8 @@ def test_adding_a_rule_is_one_entry(tmp_path, monkeypatch):
         assert EdgeProvenance.of(THICK.name, 2).state(flags) is State.STALE  # another kernel too
 
     done = [it.npz for it in discovery.edge_items(req.npz_dir, None, "name", None) if it.source is not None]
-    assert validate.check_edges(done, None, rule=THICK.name).passed
-    other = validate.check_edges(done, 3)
+    assert checks.check_edges(done, None, rule=THICK.name).passed
+    other = checks.check_edges(done, 3)
     assert not other.passed and "do not say Method B with kernel 3" in other.problems[0]["problem"]
 
     from npzfix_dagster.resources import edges_code_version

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import SMALL_RES, SMALL_SPEC, reference_model_of
 
-from npzfix_core import outputs, store, synth, validate
+from npzfix_core import outputs, store, synth, checks
 from npzfix_core.feature_repair import FeatureRequest, run_features
 from npzfix_core.teacher import LazyTeacher
 
@@ -46,7 +46,7 @@ def test_adding_an_output_is_one_row(tmp_path, monkeypatch, teacher):
         assert got[P3.name].shape == (1, 256, SMALL_RES // 8, SMALL_RES // 8) and got[P3.name].dtype == np.float32
         from npzfix_core.images import load_rgb, preprocess
 
-        x = preprocess([load_rgb(validate.discovery.find_image(npz))], SMALL_RES, torch.device("cpu"))
+        x = preprocess([load_rgb(checks.discovery.find_image(npz))], SMALL_RES, torch.device("cpu"))
         with torch.no_grad():
             want = model.image_encoder(x)["backbone_fpn"][1].numpy()
         assert np.abs(got[P3.name] - want).max() <= 1e-5  # the teacher's level 1, no other
@@ -54,12 +54,12 @@ def test_adding_an_output_is_one_row(tmp_path, monkeypatch, teacher):
         assert P3.name in sealed  # provenance vouches for it like for P4/P5
 
     assert run_features(req, teacher=teacher, progress=False).counts["skipped_done"] == 3
-    check = validate.check_features(res.npz, LazyTeacher(teacher), needs_flag=True)
+    check = checks.check_features(res.npz, LazyTeacher(teacher), needs_flag=True)
     assert check.passed and check.verification.verified == 3, check.problems
     assert set(check.verification.min_cosine) == {"P4_S16", "P5_S32", "IMAGE_EMB_S16", P3.name}
 
     store.update(res.npz[0], {P3.name: np.zeros((1, 256, 4, 4), np.float32)})  # wrong size: structure catches it
-    bad = validate.check_features(res.npz[:1], None, needs_flag=True)
+    bad = checks.check_features(res.npz[:1], None, needs_flag=True)
     assert any(P3.name in p["problem"] for p in bad.problems), bad.problems
 
 

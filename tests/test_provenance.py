@@ -49,7 +49,7 @@ def test_one_state_rule_for_edges_as_for_features(tmp_path):
     """Runners, checks and the schedule share ``state()``: a kernel change makes edges STALE (pending), as a
     teacher change makes features STALE; legacy features are not pending (left to --legacy)."""
     from npzfix_core.provenance import State
-    from npzfix_core.validate import count_pending
+    from npzfix_core.checks import count_pending
 
     k3, k5 = EdgeProvenance(3), EdgeProvenance(5)
     assert k5.state(k5.arrays()) is State.DONE and k3.state(k5.arrays()) is State.STALE

@@ -135,8 +135,6 @@ def test_sensor_backlog_drains_without_relisting_and_split_sensor_keys(tmp_path,
 
 def test_a_first_listing_beyond_the_tick_budget_is_finished_by_later_ticks(tmp_path, instance, monkeypatch):
     """A fresh SA-1B root may not be listed within one tick: what is left waits in the cursor, nothing is lost."""
-    from npzfix_dagster import sensors
-
     root = str(tmp_path / "sa1b")
     for i in range(3):
         shard(root, f"sa_00009{i}", n=1, states=("fresh",), seed=i)

@@ -17,7 +17,7 @@ from npzfix_core import store, synth
 from npzfix_core.edges import method_b_reference, parse_sa1b
 from npzfix_core.provenance import State
 from npzfix_core.teacher import TeacherSpec, provenance
-from npzfix_dagster import slurm
+from npzfix_dagster.execution import slurm
 from npzfix_tools import local_slurm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def test_metadata_travels_through_pipes_as_a_local_run_writes_it():
 def test_inside_an_allocation_the_allocation_is_the_gpu_allowlist_and_sizes_the_step(tmp_path):
     from npzfix_core.requests import EdgeRequest, FeatureRequest
     from npzfix_core.teacher import TeacherSpec
-    from npzfix_dagster.steps import EdgeStep, FeatureStep
+    from npzfix_dagster.execution.steps import EdgeStep, FeatureStep
 
     spec = TeacherSpec(device="auto", gpus="1,2,4")
     step = FeatureStep(FeatureRequest("bulk", spec, root=str(tmp_path), decode_threads=15))
@@ -266,7 +266,7 @@ def test_a_rerun_submits_again_and_skips_what_is_done_and_the_sample_list_op_run
     from dagster_support import TEACHER, md_of, partition
 
     from npzfix_core.requests import EdgeRequest
-    from npzfix_dagster import steps
+    from npzfix_dagster.execution import steps
     from npzfix_dagster.assets import edges_B_v1, sa1b_features_fixed
     from npzfix_dagster.execution import Execution
     from npzfix_dagster.jobs import sample_list_job
@@ -373,7 +373,7 @@ def test_preempted_and_failed_node_jobs_are_retried_by_dagster(tmp_path, instanc
     from dagster import asset, materialize
 
     from npzfix_core.requests import EdgeRequest
-    from npzfix_dagster import steps
+    from npzfix_dagster.execution import steps
     from npzfix_dagster.execution import Execution
 
     submitted = []

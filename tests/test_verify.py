@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import SMALL_RES, SMALL_SPEC, SMALL_TEACHER_FLAGS, image_of, plant_wrong_features, run_cli
 
-from npzfix_core import synth, validate, verify
+from npzfix_core import synth, checks, verify
 from npzfix_core.feature_repair import FeatureRequest, run_features
 from npzfix_core.teacher import LazyTeacher, TeacherSpec
 
@@ -82,7 +82,7 @@ def test_the_teachers_own_files_pass_in_fp32_and_bf16_across_batch_sizes(tmp_pat
     bf16 = TeacherSpec(random_init_seed=0, resolution=SMALL_RES, device="cpu", precision="bf16")
     rep = run_features(FeatureRequest("bulk", bf16, root=res.root, batch_size=3), progress=False)
     assert rep.counts["updated"] == 7  # another teacher (precision): redone
-    res_bf16 = validate.check_features(res.npz, LazyTeacher(bf16))  # the check encodes in batches of 8
+    res_bf16 = checks.check_features(res.npz, LazyTeacher(bf16))  # the check encodes in batches of 8
     assert res_bf16.passed and res_bf16.verification.verified == 7, res_bf16.problems
     assert 0.999 < res_bf16.verification.min_cosine["P4_S16"] <= 1.0
     # bf16 files against the fp32 teacher, by value only (provenance aside): within the tolerance, not equal

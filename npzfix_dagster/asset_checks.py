@@ -1,4 +1,5 @@
-"""The asset checks: their specs (recorded per partition) and their evaluation through ``npzfix_core.validate``.
+"""The asset checks: their specs (recorded per partition) and their results, from what ``npzfix_core.sampling``
+found in a step's sample.
 
 They run inside each materialization (a re-check is a cheap re-materialization: done files are skipped),
 so every evaluation belongs to the partition and run that produced the files it looks at.
@@ -10,14 +11,10 @@ import warnings
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue, PreviewWarning
 
-from npzfix_core.report import ADOPTED, FAILED, MISSING, SKIPPED_DONE, SKIPPED_LEGACY, UPDATED, RunReport
-from npzfix_core.settings import DEFAULT_MAX_PIXELS
-from npzfix_core.teacher import LazyTeacher
-from npzfix_core.validate import CheckResult, check_edges, check_features, sample
-from npzfix_core.verify import Tolerance
+from npzfix_core.report import FAILED, MISSING, RunReport
+from npzfix_core.checks import CheckResult
 from npzfix_dagster.metadata import files_table
 
-SAMPLE = 8  # files per partition whose content is checked (edges: recomputed exactly)
 NO_FAILED_FILES = "no_failed_files"
 SAMPLE_VALID = "sample_valid"
 
@@ -84,52 +81,4 @@ def sample_valid(result: CheckResult, extra: dict | None = None) -> AssetCheckRe
         passed=result.passed,
         severity=AssetCheckSeverity.WARN if only_unverifiable else AssetCheckSeverity.ERROR,
         metadata=md,
-    )
-
-
-def edges_sample(
-    paths: list[str], kernel_size: int, json_dir: str | None, max_pixels: int = DEFAULT_MAX_PIXELS, rule: str = "method_b"
-) -> CheckResult:
-    """SAMPLE random files checked, and recomputed exactly from their JSON."""
-    return check_edges(sample(paths, SAMPLE), kernel_size, json_dir, max_pixels=max_pixels, rule=rule)
-
-
-# What a value check recomputes first: what this run left unverified (legacy files it skipped), what it vouched
-# for without computing (adopted), what it computed, then what earlier runs did.
-VERIFY_ORDER = (SKIPPED_LEGACY, ADOPTED, UPDATED, SKIPPED_DONE)
-
-
-def verify_picks(report: RunReport, n: int) -> list[str]:
-    """``n`` files of the run, taken in turn from each kind of outcome (VERIFY_ORDER) while any is left."""
-    queues = [list(report.examples.get(status, ())) for status in VERIFY_ORDER]
-    picks: list[str] = []
-    while len(picks) < n and any(queues):
-        for q in queues:
-            if q and len(picks) < n:
-                picks.append(q.pop(0))
-    return picks
-
-
-def features_sample(
-    paths: list[str],
-    teacher: LazyTeacher,
-    report: RunReport,
-    verify_sample: int,
-    tolerance: Tolerance,
-    image_dir: str | None = None,
-    seed: int = 0,
-) -> CheckResult:
-    """Structure, flags and provenance of SAMPLE random files; ``verify_sample`` of the run's files (see
-    ``verify_picks``) recomputed with the run's teacher and compared within ``tolerance``."""
-    picks = verify_picks(report, verify_sample)
-    rest = [p for p in sample(paths, max(SAMPLE, verify_sample), seed) if p not in set(picks)]
-    picks += rest[: verify_sample - len(picks)]  # a run that saw fewer kinds of files: random ones fill up
-    checked = sorted(set(rest[:SAMPLE]) | set(picks))
-    return check_features(
-        checked,
-        teacher,
-        needs_flag=True,
-        verify=set(picks),
-        tolerance=tolerance,
-        image_dir=image_dir,
     )

@@ -3,7 +3,7 @@
 The step process writes the step (pickled) and a batch script into a work directory that compute nodes see,
 opens a Pipes session whose context and message channel are files there, submits with ``sbatch``, and
 follows the job with ``scontrol`` (``sacct`` once the controller has forgotten it) until it ends. The job
-(``npzfix_dagster.slurm_job``) runs the same step and reports logs, the materialization and its checks back
+(``npzfix_dagster.execution.slurm_job``) runs the same step and reports logs, the materialization and its checks back
 through Pipes. Terminating the run cancels the job; a job that does not complete fails the step with its id,
 state and the tail of its log.
 """
@@ -288,7 +288,7 @@ def quiet_pipes() -> Iterator[None]:
 
 
 @dataclass
-class Job:
+class SlurmJob:
     """A job that COMPLETED: its id and log, and the Pipes session that holds what it reported."""
 
     id: str
@@ -302,7 +302,7 @@ class Job:
         )
 
 
-def run(context, payload: dict, name: str, cpus: int, gpu: bool, s: SlurmSettings) -> Job:
+def run(context, payload: dict, name: str, cpus: int, gpu: bool, s: SlurmSettings) -> SlurmJob:
     """Run ``payload`` (``slurm_job``'s input) as one Slurm job through a Pipes session, once the job
     COMPLETED; raises ``Failure`` (job id, state, log tail) otherwise."""
     attempt = f"{payload['place'].asset}.{payload['place'].partition or 'run'}.{int(time.time() * 1000)}"
@@ -312,7 +312,7 @@ def run(context, payload: dict, name: str, cpus: int, gpu: bool, s: SlurmSetting
         pickle.dump(payload, f)
     script, log = os.path.join(work, "job.sh"), os.path.join(work, "slurm-%j.log")
     with open(script, "w") as f:
-        f.write(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m npzfix_dagster.slurm_job {shlex.quote(work)}\n")
+        f.write(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m npzfix_dagster.execution.slurm_job {shlex.quote(work)}\n")
     os.chmod(script, 0o755)
     injector = PipesFileContextInjector(os.path.join(work, "context.json"))
     reader = PipesFileMessageReader(os.path.join(work, "messages.jsonl"))
@@ -343,7 +343,7 @@ def run(context, payload: dict, name: str, cpus: int, gpu: bool, s: SlurmSetting
             if isinstance(exc, Hopeless):
                 raise cannot_start(job_id, exc, asked, s) from None
             raise
-    job = Job(job_id, log, session)
+    job = SlurmJob(job_id, log, session)
     state = rec.get("JobState", "UNKNOWN")
     if state in RETRYABLE:
         from dagster import RetryRequested

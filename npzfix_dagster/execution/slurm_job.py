@@ -1,4 +1,4 @@
-"""What a Slurm job of a step runs: ``python -m npzfix_dagster.slurm_job WORKDIR``.
+"""What a Slurm job of a step runs: ``python -m npzfix_dagster.execution.slurm_job WORKDIR``.
 
 Loads the step its Dagster step wrote, sizes it to the allocation (``SLURM_CPUS_PER_TASK``; the GPU is the
 one in ``CUDA_VISIBLE_DEVICES``, which the device policy leases by that name), runs it, and reports through
@@ -17,7 +17,7 @@ import time
 
 from dagster_pipes import open_dagster_pipes
 
-from npzfix_dagster import slurm, steps
+from npzfix_dagster.execution import results, slurm
 
 
 class _ToPipes(logging.Handler):
@@ -70,7 +70,7 @@ def main(work: str) -> int:
             md = {**metadata.report_metadata(report, step.request.samples, path), **outcome.facts}
             pipes.report_custom_message({"metadata": slurm.to_pipes(md), "failed": report.failed})
             return 0
-        md, checks, version = steps.outputs(place, step, payload["seen_dir"], outcome)
+        md, checks, version = results.materialization(place, step, payload["seen_dir"], outcome)
         pipes.report_asset_materialization(metadata=slurm.to_pipes(md), data_version=version)
         for c in checks:
             pipes.report_asset_check(

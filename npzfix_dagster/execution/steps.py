@@ -1,9 +1,9 @@
-"""One Dagster step's work as plain data, and what the UI shows of it: the same code in the step's own process
-(``NPZFIX_EXECUTION=local``) and in a Slurm job (``slurm``).
+"""One Dagster step's work as plain data: the same code in the step's own process (``NPZFIX_EXECUTION=local``)
+and in a Slurm job (``slurm``).
 
 An asset body builds a step (the core request plus what its check needs) and hands it to the ``execution``
-resource, which runs ``step.run()`` here or in a job; ``outputs`` turns the outcome into metadata and check
-results, here or in the job (then reported through Dagster Pipes). Steps pickle: they travel whole.
+resource, which runs ``step.run()`` here or in a job; ``results.materialization`` turns the outcome into metadata and
+check results, here or in the job (then reported through Dagster Pipes). Steps pickle: they travel whole.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Optional, Union
 
-from npzfix_core.discovery import DirSnapshot
 from npzfix_core.report import RunReport
 from npzfix_core.requests import SAMPLES, EdgeRequest, FeatureRequest
-from npzfix_core.validate import CheckResult
+from npzfix_core.checks import CheckResult
 
 DEFAULT_JOB_CPUS = 8  # per Slurm job when nothing says: a GPU wants ~8 decode threads at SA-1B sizes
 
@@ -99,11 +98,10 @@ class FeatureStep:
         report = vanished_fails(run_features(req, teacher=lazy, progress=True))
         if req.mode == SAMPLES:
             return StepOutcome(report)
-        from npzfix_core import discovery
-        from npzfix_dagster import checks
+        from npzfix_core import discovery, sampling
 
         paths = discovery.npz_in_dir(directory_of(self))
-        sample = checks.features_sample(
+        sample = sampling.features_sample(
             paths, lazy, report, self.verify_sample, req.tolerance, self.image_dir, self.seed
         )
         return StepOutcome(report, sample, paths)
@@ -119,14 +117,13 @@ class EdgeStep:
         return replace(self, request=replace(self.request, worker_processes=cpus)) if cpus else self
 
     def run(self) -> StepOutcome:
-        from npzfix_core import discovery
+        from npzfix_core import discovery, sampling
         from npzfix_core.edge_repair import run_edges
-        from npzfix_dagster import checks
 
         req = self.request
         report = vanished_fails(run_edges(req, progress=True))
         paths = discovery.npz_in_dir(req.npz_dir, req.glob)
-        sample = checks.edges_sample(paths, req.kernel_size, req.json_dir, req.settings.max_pixels, req.rule)
+        sample = sampling.edges_sample(paths, req.kernel_size, req.json_dir, req.settings.max_pixels, req.rule)
         return StepOutcome(report, sample, paths)
 
 
@@ -159,38 +156,3 @@ def job_cpus(step: Step, configured: int) -> int:
     if isinstance(step, EdgeStep):
         return step.request.worker_processes or DEFAULT_JOB_CPUS
     return DEFAULT_JOB_CPUS
-
-
-def outputs(
-    place: Place, step: Step, seen_dir: Optional[DirSnapshot], outcome: StepOutcome
-) -> tuple[dict, list, str]:
-    """Metadata, check results and data version of a partition step, from its outcome: report file, preview, the
-    checks over the directory as the run left it, and a digest of its files (a repair changes it: the training
-    shards downstream show stale). The same for every asset, wherever the step ran."""
-    from npzfix_core import discovery, preview
-    from npzfix_dagster import checks, metadata
-
-    report = outcome.report
-    directory = directory_of(step)
-    json_path, _ = report.write(place.base() + ".report")
-    if seen_dir is not None:
-        after = discovery.snapshot(directory)
-        # what the daily re-check compares with: the directory as the run left it, unless names changed while it
-        # ran (then the start, so that the change is seen)
-        seen_dir = after if after.signature == seen_dir.signature else seen_dir
-    png = preview.render(outcome.paths, place.base() + ".preview.png")
-    md = {
-        **metadata.report_metadata(report, directory, json_path, seen_dir),
-        **metadata.preview_metadata(png),
-        **outcome.facts,
-    }
-    extra = {"tolerance": step.request.tolerance.describe()} if isinstance(step, FeatureStep) else None
-    from npzfix_core import outputs, store
-
-    owned = (
-        (*outputs.feature_names(), *outputs.FEATURE_FLAGS)
-        if isinstance(step, FeatureStep)
-        else (*outputs.EDGE_MAPS, *outputs.EDGE_FLAGS)
-    )
-    version = store.content_version(outcome.paths, owned)
-    return md, [checks.no_failed_files(report), checks.sample_valid(outcome.sample, extra)], version

@@ -16,7 +16,7 @@ from dagster import ConfigurableResource, DataVersion, Failure, MaterializeResul
 from pydantic import Field
 
 from npzfix_core.discovery import DirSnapshot
-from npzfix_dagster import steps
+from npzfix_dagster.execution import results, steps
 
 LOCAL, SLURM = "local", "slurm"
 NOTHING_REPORTED = (
@@ -41,7 +41,7 @@ class Execution(ConfigurableResource):
 
     def _slurm(self):
         from npzfix_dagster.home import dagster_home
-        from npzfix_dagster.slurm import SlurmSettings
+        from npzfix_dagster.execution.slurm import SlurmSettings
 
         work = self.slurm_dir or os.path.join(dagster_home(), "npzfix_slurm")
         return SlurmSettings(
@@ -60,20 +60,20 @@ class Execution(ConfigurableResource):
         if self.mode == LOCAL:
             outcome = step.run()
             context.log.info(outcome.report.summary())
-            md, checks, version = steps.outputs(place, step, seen_dir, outcome)
+            md, checks, version = results.materialization(place, step, seen_dir, outcome)
             return MaterializeResult(metadata=md, check_results=checks, data_version=DataVersion(version))
         from dagster import AssetCheckResult
 
-        from npzfix_dagster import slurm
+        from npzfix_dagster.execution import slurm
 
         s = self._slurm()
         payload = {"step": step, "place": place, "seen_dir": seen_dir}
         job = slurm.run(context, payload, place.job_name(), steps.job_cpus(step, s.cpus), step.gpu, s)
-        results = job.session.get_results(implicit_materializations=False, metadata={"slurm_job_id": job.id})
-        mats = [r for r in results if isinstance(r, MaterializeResult)]
+        reported = job.session.get_results(implicit_materializations=False, metadata={"slurm_job_id": job.id})
+        mats = [r for r in reported if isinstance(r, MaterializeResult)]
         if not mats:
             raise job.failure(NOTHING_REPORTED)
-        checks = [r for r in results if isinstance(r, AssetCheckResult)]
+        checks = [r for r in reported if isinstance(r, AssetCheckResult)]
         return MaterializeResult(metadata=mats[0].metadata, check_results=checks, data_version=mats[0].data_version)
 
     def run_op(self, context, step: steps.FeatureStep, report_path: Optional[str], samples: str) -> tuple[dict, int]:
@@ -86,7 +86,7 @@ class Execution(ConfigurableResource):
             context.log.info(report.summary())
             path = report.write(report_path)[0] if report_path else None
             return metadata.report_metadata(report, samples, path), report.failed
-        from npzfix_dagster import slurm
+        from npzfix_dagster.execution import slurm
 
         s = self._slurm()
         place = steps.Place.of(context, s.work_dir)
