@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=1024)
     ap.add_argument("--seconds", type=float, default=10.0, help="per bare-encoder measurement")
     ap.add_argument(
-        "--smoke", action="store_true", help="allow a CPU: checks the script runs (tests/test_benchmarks.py)"
+        "--smoke", action="store_true", help="allow a CPU: checks the script runs (tests/e2e/test_benchmarks.py)"
     )
     a = ap.parse_args()
 

@@ -1,6 +1,6 @@
 """Run config of the assets and jobs, and the one constructor of each core request from config + resources.
 
-The fields mirror ``npzfix_core.requests`` (names and defaults; ``tests/test_config.py`` holds them to it).
+The fields mirror ``npzfix_core.requests`` (names and defaults; ``tests/dagster/test_config.py`` holds them to it).
 Where Dagster's default differs from the CLI's on purpose, ``DAGSTER_DEFAULTS`` says so; where a field comes
 from a resource or the partition rather than run config, ``FROM_RESOURCES`` says so.
 """

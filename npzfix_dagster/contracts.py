@@ -1,6 +1,6 @@
 """Names and records shared by a writer and a reader that run at different times (often different releases):
 asset names, the metadata keys the schedule reads back, the sensor cursor. One definition each, so that a
-rename is a change here, and a stored record of the previous release still reads (``tests/test_contracts.py``).
+rename is a change here, and a stored record of the previous release still reads (``tests/dagster/test_contracts.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Regenerate docs/cli.md from the parser: ``.venv/bin/python scripts/cli_reference.py > docs/cli.md``.
 
-The last column (the original tool's flag) comes from ``ORIGINAL`` below; ``tests/test_docs.py`` checks that every
+The last column (the original tool's flag) comes from ``ORIGINAL`` below; ``tests/e2e/test_docs.py`` checks that every
 flag of the parser is in the file.
 """
 
@@ -11,7 +11,7 @@ from npzfix_tools.cli import add_partitions
 
 HEAD = """# Command line: every flag
 
-`npzfix COMMAND --help` says the same; `tests/test_docs.py` fails if a flag of the parser is missing here
+`npzfix COMMAND --help` says the same; `tests/e2e/test_docs.py` fails if a flag of the parser is missing here
 (regenerate: `.venv/bin/python scripts/cli_reference.py > docs/cli.md`). The last column names the flag of the
 original tool it replaces (`ClClForGitHub/vfmkd`, `tools/core/fix/` and `tools/core/data/`); the README's table of
 the originals says where npzfix differs on purpose. Exit status: 0 nothing failed, 1 some files failed or the
