@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict
 from typing import Callable, Iterator
 
-from npzfix_core import discovery, edge_rules, store
+from npzfix_core import discovery, edge_rules, layouts, store
 from npzfix_core.errors import interruption
 from npzfix_core.outputs import EDGE_SIZES, edge_key
 from npzfix_core.provenance import EDGE_KEYS
@@ -21,10 +21,10 @@ from npzfix_core.report import (
     WOULD_UPDATE,
     Budget,
     Outcome,
-    Progress,
     RunReport,
     outcome_for,
 )
+from npzfix_core.progress import Progress
 from npzfix_core.requests import EdgeRequest
 from npzfix_core.workers import KillerRegistry, WorkerPool
 
@@ -134,7 +134,7 @@ def run_edges(req: EdgeRequest, progress: bool = True) -> RunReport:
     report = RunReport(
         "edges", provenance=req.provenance().as_dict(), request=asdict(req), dry_run=req.dry_run
     )
-    items = discovery.edge_items(
+    items = layouts.edge_items(
         req.npz_dir,
         req.json_dir,
         req.order,

@@ -89,51 +89,8 @@ def _edge_rule_flags(p: argparse.ArgumentParser, kernel_help: str) -> None:
     )
 
 
-def build_parser(
-    commands: Mapping[str, Callable[[argparse.Namespace], int]], add_commands: Callable[[Any], None] | None = None
-) -> argparse.ArgumentParser:
-    """The ``npzfix`` parser, each command run by ``commands[name]``; ``add_commands(subparsers)`` adds the
-    commands of another layer (``partitions``)."""
-    from npzfix_core import __version__
-
-    ap = argparse.ArgumentParser(prog="npzfix", description="Keep SAM2 feature / edge NPZ caches correct.")
-    ap.add_argument("--version", action="version", version=f"npzfix {__version__}")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-
-    e = sub.add_parser("edges", help="rebuild Method-B edge maps (update_edge_maps_from_npz.py)")
-    e.add_argument("--npz-dir", required=True, help="the NPZ directory (its whole tree unless --no-recursive)")
-    e.add_argument("--json-dir", help="where <stem>.json live (default: the NPZ dir, then its parent)")
-    _edge_rule_flags(e, "the morphological gradient kernel (default: the rule's, 3 for Method B)")
-    e.add_argument("--max-files", type=_non_negative, help=MAX_FILES_HELP)
-    e.add_argument(
-        "--skip-if-processed",
-        dest="skip_if_processed",
-        action="store_true",
-        default=True,
-        help="skip files flagged by this rule with this kernel size (the default; stale versions are redone)",
-    )
-    e.add_argument(
-        "--no-skip-if-processed", dest="skip_if_processed", action="store_false", help="redo flagged files too"
-    )
-    e.add_argument(
-        "--set-edge-flag",
-        dest="set_flag",
-        action="store_true",
-        default=True,
-        help="write edge_flag=1, edge_version=B_v1 and provenance (the default)",
-    )
-    e.add_argument(
-        "--no-set-edge-flag",
-        "--no-edge-flag",
-        dest="set_flag",
-        action="store_false",
-        help="write edge maps only; an earlier flag and provenance are removed (they would vouch for other edges)",
-    )
-    e.add_argument(
-        "--retry-killed",
-        action="store_true",
-        help="also try files that killed a worker process in an earlier run (skipped by default)",
-    )
+def _edge_selection_flags(e: argparse.ArgumentParser) -> None:
+    """Which files an edges run takes, in which order: the original tool's flags."""
     e.add_argument(
         "--sort-by",
         "--order",
@@ -153,6 +110,44 @@ def build_parser(
         help="only the NPZs directly in --npz-dir (default: its whole tree, as the original's rglob)",
     )
     e.add_argument("--glob", help="only NPZ file names matching this pattern")
+
+
+def _add_edges(sub, run: Callable[[argparse.Namespace], int]) -> None:
+    e = sub.add_parser("edges", help="rebuild edge maps, Method B unless --edge-rule (update_edge_maps_from_npz.py)")
+    e.add_argument("--npz-dir", required=True, help="the NPZ directory (its whole tree unless --no-recursive)")
+    e.add_argument("--json-dir", help="where <stem>.json live (default: the NPZ dir, then its parent)")
+    _edge_rule_flags(e, "the morphological gradient kernel (default: the rule's, 3 for Method B)")
+    e.add_argument("--max-files", type=_non_negative, help=MAX_FILES_HELP)
+    e.add_argument(
+        "--skip-if-processed",
+        dest="skip_if_processed",
+        action="store_true",
+        default=True,
+        help="skip files flagged by this rule with this kernel size (the default; stale versions are redone)",
+    )
+    e.add_argument(
+        "--no-skip-if-processed", dest="skip_if_processed", action="store_false", help="redo flagged files too"
+    )
+    e.add_argument(
+        "--set-edge-flag",
+        dest="set_flag",
+        action="store_true",
+        default=True,
+        help="write edge_flag=1, edge_version (B_v1 for Method B) and provenance (the default)",
+    )
+    e.add_argument(
+        "--no-set-edge-flag",
+        "--no-edge-flag",
+        dest="set_flag",
+        action="store_false",
+        help="write edge maps only; an earlier flag and provenance are removed (they would vouch for other edges)",
+    )
+    e.add_argument(
+        "--retry-killed",
+        action="store_true",
+        help="also try files that killed a worker process in an earlier run (skipped by default)",
+    )
+    _edge_selection_flags(e)
     e.add_argument(
         "--worker-processes",
         "--workers",
@@ -162,8 +157,10 @@ def build_parser(
         help="worker processes (0: one per usable CPU, container limits kept); --workers is the old name",
     )
     _common(e)
-    e.set_defaults(fn=commands["edges"])
+    e.set_defaults(fn=run)
 
+
+def _add_features(sub, run: Callable[[argparse.Namespace], int]) -> None:
     f = sub.add_parser(
         "features", help="recompute SAM2 P4/P5 (bulk_fix / fix_npz_features_inplace / fix_train_test_npz)"
     )
@@ -206,8 +203,10 @@ def build_parser(
     )
     _tolerance_flags(f)
     _common(f)
-    f.set_defaults(fn=commands["features"])
+    f.set_defaults(fn=run)
 
+
+def _add_check(sub, run: Callable[[argparse.Namespace], int]) -> None:
     c = sub.add_parser("check", help="check a sample of a directory's files (keys, shapes, values, flags, provenance)")
     c.add_argument("kind", choices=("edges", "features"))
     c.add_argument("--npz-dir", required=True)
@@ -222,8 +221,10 @@ def build_parser(
     c.add_argument(
         "--structure-only", action="store_true", help="features: skip the recompute (keys, shapes, flags only)"
     )
-    c.set_defaults(fn=commands["check"], log=None, verbose=False)
+    c.set_defaults(fn=run, log=None, verbose=False)
 
+
+def _add_shards(sub, run: Callable[[argparse.Namespace], int]) -> None:
     sh = sub.add_parser(
         "shards", help="tar shards for training (create_sa1b_tar_shards.py), rebuilt only where a member changed"
     )
@@ -236,8 +237,10 @@ def build_parser(
     sh.add_argument("--out", "--output-dir", dest="out", required=True, help="shard directory (manifest.parquet)")
     sh.add_argument("--shard-size", type=_positive, default=1000, help="pairs per shard (1000, as the original)")
     sh.add_argument("--dry-run", action="store_true", help="say which shards would be rebuilt and why; write nothing")
-    sh.set_defaults(fn=commands["shards"], log=None, report=None, verbose=False)
+    sh.set_defaults(fn=run, log=None, report=None, verbose=False)
 
+
+def _add_synth(sub, run: Callable[[argparse.Namespace], int]) -> None:
     s = sub.add_parser("synth", help="generate a seeded SA-1B-like dataset (JPEG, JSON, NPZ)")
     s.add_argument("--out", required=True)
     s.add_argument("--n", type=_positive, default=20)
@@ -250,8 +253,27 @@ def build_parser(
     s.add_argument(
         "--compressed", action="store_true", help="every file deflated with box prompts (default: 1 in 4, as in real caches)"
     )
-    s.set_defaults(fn=commands["synth"])
+    s.set_defaults(fn=run)
 
+
+def build_parser(
+    commands: Mapping[str, Callable[[argparse.Namespace], int]], add_commands: Callable[[Any], None] | None = None
+) -> argparse.ArgumentParser:
+    """The ``npzfix`` parser, each command run by ``commands[name]``; ``add_commands(subparsers)`` adds the
+    commands of another layer (``partitions``)."""
+    from npzfix_core import __version__
+
+    ap = argparse.ArgumentParser(prog="npzfix", description="Keep SAM2 feature / edge NPZ caches correct.")
+    ap.add_argument("--version", action="version", version=f"npzfix {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name, add in (
+        ("edges", _add_edges),
+        ("features", _add_features),
+        ("check", _add_check),
+        ("shards", _add_shards),
+        ("synth", _add_synth),
+    ):
+        add(sub, commands[name])
     if add_commands is not None:
         add_commands(sub)
     return ap

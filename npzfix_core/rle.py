@@ -129,6 +129,18 @@ def decode_runs(segmentations: list, height: int, width: int) -> list[MaskRuns]:
 
 def decode_image_runs(segmentations: list, height: int, width: int) -> ImageRuns:
     """Runs of ones of all segmentations at once, without a Python loop over masks after parsing."""
+    strings = _counts_strings(segmentations, height, width)
+    empty = np.zeros(0, np.int64)
+    if not strings:
+        return ImageRuns(empty, empty, empty)
+    string_end = np.cumsum(np.fromiter(map(len, strings), np.int64, len(strings))) - 1
+    small = height * width < 1 << 29  # numbers of an image of under 2**29 pixels fit 6 characters and int32
+    x, ends = _numbers(np.frombuffer(b"".join(strings), np.uint8) - np.uint8(48), string_end, small)
+    return _runs(x, ends, string_end, len(strings), height, width)
+
+
+def _counts_strings(segmentations: list, height: int, width: int) -> list[bytes]:
+    """Each segmentation's compressed counts string, its size checked against the image's."""
     strings: list[bytes] = []
     for i, seg in enumerate(segmentations):
         try:
@@ -140,24 +152,20 @@ def decode_image_runs(segmentations: list, height: int, width: int) -> ImageRuns
         if not counts:
             raise RleError(f"annotation {i}: empty RLE counts")
         strings.append(counts)
-    empty = np.zeros(0, np.int64)
-    if not strings:
-        return ImageRuns(empty, empty, empty)
+    return strings
 
-    lens = np.fromiter(map(len, strings), np.int64, len(strings))
-    string_end = np.cumsum(lens) - 1
 
-    def annotation_at(char_pos: int) -> int:
-        return int(np.searchsorted(string_end, char_pos))
+def _annotation_at(string_end: np.ndarray, char_pos: int) -> int:
+    return int(np.searchsorted(string_end, char_pos))
 
-    # Numbers of an image of under 2**29 pixels fit 6 characters and int32.
-    small = height * width < 1 << 29
+
+def _numbers(c: np.ndarray, string_end: np.ndarray, small: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The signed numbers of every counts string (``c``: characters - '0', one array for all strings), and the
+    index of each one's last character."""
     it = np.int32 if small else np.int64
-    c = np.frombuffer(b"".join(strings), np.uint8) - np.uint8(48)  # below '0' wraps past 63
-    if (c > 63).any():
-        raise RleError(
-            f"annotation {annotation_at(int(np.argmax(c > 63)))}: RLE counts hold characters outside the COCO alphabet"
-        )
+    if (c > 63).any():  # below '0' wraps past 63
+        at = _annotation_at(string_end, int(np.argmax(c > 63)))
+        raise RleError(f"annotation {at}: RLE counts hold characters outside the COCO alphabet")
     last = c < 32  # a number's last character has no continuation bit (0x20)
     if not last[string_end].all():
         raise RleError(f"annotation {int(np.argmin(last[string_end]))}: RLE counts string ends inside a number")
@@ -165,7 +173,7 @@ def decode_image_runs(segmentations: list, height: int, width: int) -> ImageRuns
     length = np.diff(ends, prepend=-1)
     longest = int(length.max())
     if longest > (6 if small else 12):
-        raise RleError(f"annotation {annotation_at(int(ends[np.argmax(length)]))}: RLE count too large")
+        raise RleError(f"annotation {_annotation_at(string_end, int(ends[np.argmax(length)]))}: RLE count too large")
     # 5 bits per character, least significant first: fold from each number's last character back.
     c_end = c[ends]
     x = (c_end & 0x1F).astype(it)
@@ -173,7 +181,11 @@ def decode_image_runs(segmentations: list, height: int, width: int) -> ImageRuns
         sel = np.flatnonzero(length > j)
         x[sel] = (x[sel] << 5) | (c[ends[sel] - j] & 0x1F)
     x -= np.where((c_end & 0x10) != 0, np.left_shift(it(1), (5 * length).astype(it)), it(0))  # sign bit
+    return x, ends
 
+
+def _runs(x: np.ndarray, ends: np.ndarray, string_end: np.ndarray, n_strings: int, height: int, width: int) -> ImageRuns:
+    """Delta-decoded run lengths -> runs of ones (start, length, owning mask), every string's total checked."""
     # Each number's string and index m within it: delta coding restarts per mask.
     num_end = np.searchsorted(ends, string_end)  # index of each string's last number
     per_string = np.diff(num_end, prepend=-1)
@@ -184,16 +196,14 @@ def decode_image_runs(segmentations: list, height: int, width: int) -> ImageRuns
     # COCO: counts[m] = x[m] + counts[m - 2] for m > 2, a running sum along each parity class of a string.
     # One strided running sum over all strings (S[i + 2] = x[i] + x[i - 2] + ...), less what precedes the
     # class's first element in its string: element first - 1 (odd m) or first (even m, whose chain starts at 2).
-    xp = x if n % 2 == 0 else np.r_[x, it(0)]
+    xp = x if n % 2 == 0 else np.r_[x, x.dtype.type(0)]
     S = np.zeros(len(xp) + 2, np.int64)
     S[2:] = xp.reshape(-1, 2).cumsum(axis=0, dtype=np.int64).reshape(-1)
     counts = S[2 : n + 2] - S[first_of + even + 1]
     counts[first] = x[first]
     if (counts < 0).any():
-        raise RleError(
-            f"annotation {annotation_at(int(ends[np.argmax(counts < 0)]))}: RLE counts decode to negative run lengths"
-        )
-
+        at = _annotation_at(string_end, int(ends[np.argmax(counts < 0)]))
+        raise RleError(f"annotation {at}: RLE counts decode to negative run lengths")
     # Positions: running sum of run lengths within each string.
     cs = np.cumsum(counts)
     before = np.r_[0, cs[num_end[:-1]]]
@@ -204,4 +214,4 @@ def decode_image_runs(segmentations: list, height: int, width: int) -> ImageRuns
     keep = np.flatnonzero(~even & (counts > 0))  # runs of ones (odd m), empty ones dropped
     length = counts[keep]
     owner = np.searchsorted(num_end, keep)
-    return ImageRuns(cs[keep] - length - before[owner], length, np.bincount(owner, minlength=len(strings)))
+    return ImageRuns(cs[keep] - length - before[owner], length, np.bincount(owner, minlength=n_strings))

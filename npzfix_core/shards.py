@@ -17,24 +17,19 @@ import tarfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from npzfix_core import discovery, store
 from npzfix_core.provenance import EDGE_KEYS, FEATURE_KEYS
+from npzfix_core.shard_manifest import MANIFEST, ManifestError, _write_manifest, read_manifest  # noqa: F401 (API)
 from npzfix_core.temps import TMP_MARKER
 
 log = logging.getLogger("npzfix")
 
-MANIFEST = "manifest.parquet"
 DEFAULT_SHARD_SIZE = 1000  # the user's tool's --shard-size default
 SHARD_NAME = "sa1b_shard_{:05d}.tar"
-COLUMNS = ("stem", "shard", "npz", "image", "npz_size", "npz_mtime_ns", "provenance", "image_size", "image_mtime_ns")
 # why a shard is rebuilt (members per reason in the report)
 NEW, NPZ_CHANGED, IMAGE_CHANGED, REMOVED, MISSING_SHARD = "new", "npz_changed", "image_changed", "removed", "missing"
-
-
-class ManifestError(ValueError):
-    """The manifest exists but cannot be read: nothing is rebuilt (guessing would move members between shards)."""
 
 
 @dataclass(frozen=True)
@@ -123,37 +118,6 @@ def _state(m: Member) -> dict[str, Any]:
     }
 
 
-def read_manifest(out: str) -> dict[str, dict[str, Any]]:
-    """stem -> its row (what its shard holds); {} when there is none yet."""
-    import pandas as pd
-
-    path = os.path.join(out, MANIFEST)
-    if not os.path.exists(path):
-        return {}
-    try:
-        frame = pd.read_parquet(path)
-        missing = [c for c in COLUMNS if c not in frame.columns]
-        if missing:
-            raise ValueError(f"columns {missing} missing")
-    except Exception as exc:  # pyarrow raises its own types for a damaged file
-        raise ManifestError(
-            f"{path} cannot be read ({type(exc).__name__}: {exc}); no shard was touched. Restore it, or move it "
-            "away to assign every member again and rebuild every shard"
-        ) from exc
-    return {row["stem"]: row for row in frame.to_dict("records")}
-
-
-def _write_manifest(out: str, rows: Iterable[dict[str, Any]]) -> None:
-    import pandas as pd
-
-    frame = pd.DataFrame(sorted(rows, key=lambda r: (r["shard"], r["stem"])), columns=list(COLUMNS))
-    tmp = os.path.join(out, f".{MANIFEST}{TMP_MARKER}{os.getpid()}")
-    frame.to_parquet(tmp, index=False)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(out, MANIFEST))
-
-
 def where(out: str, stem: str) -> dict[str, Any] | None:
     """Which shard holds ``stem`` (its manifest row, with the shard's file name); None when none does."""
     row = read_manifest(out).get(stem)
@@ -223,25 +187,11 @@ def sweep(out: str) -> None:
                 log.warning("removed a partial shard of an interrupted run: %s", e.path)
 
 
-def sync(
-    npz_dir: str, out: str, image_dir: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, dry_run: bool = False
-) -> ShardReport:
-    """Bring the shards under ``out`` up to date with ``npz_dir``; the report says what was rebuilt and why."""
-    if shard_size < 1:
-        raise ValueError("--shard-size must be >= 1")
-    if not os.path.isdir(npz_dir):
-        raise FileNotFoundError(f"NPZ directory {npz_dir} does not exist")
-    t0 = time.perf_counter()
-    report = ShardReport(out, shard_size, dry_run)
-    members, report.unpaired = pairs(npz_dir, image_dir)
-    known = read_manifest(out) if os.path.isdir(out) else {}
-    if not dry_run:
-        os.makedirs(out, exist_ok=True)
-        sweep(out)
-    shard_of = assign(members, known, shard_size)
-    by_shard: dict[int, list[Member]] = {}
-    for m in members:
-        by_shard.setdefault(shard_of[m.stem], []).append(m)
+def _reasons(
+    out: str, members: list[Member], known: dict, shard_of: dict[str, int], by_shard: dict[int, list[Member]]
+) -> dict[int, dict[str, int]]:
+    """shard -> {reason: members}, for every shard to rebuild: a member new, removed, or whose NPZ or image
+    changed since the manifest recorded it, or a shard file that is missing."""
     why: dict[int, dict[str, int]] = {}
 
     def mark(shard: int, reason: str) -> None:
@@ -269,6 +219,30 @@ def sync(
     for shard in by_shard:
         if not os.path.exists(os.path.join(out, SHARD_NAME.format(shard))) and shard not in why:
             mark(shard, MISSING_SHARD)
+    return why
+
+
+def sync(
+    npz_dir: str, out: str, image_dir: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, dry_run: bool = False
+) -> ShardReport:
+    """Bring the shards under ``out`` up to date with ``npz_dir``; the report says what was rebuilt and why."""
+    if shard_size < 1:
+        raise ValueError("--shard-size must be >= 1")
+    if not os.path.isdir(npz_dir):
+        raise FileNotFoundError(f"NPZ directory {npz_dir} does not exist")
+    t0 = time.perf_counter()
+    report = ShardReport(out, shard_size, dry_run)
+    members, report.unpaired = pairs(npz_dir, image_dir)
+    known = read_manifest(out) if os.path.isdir(out) else {}
+    if not dry_run:
+        os.makedirs(out, exist_ok=True)
+        sweep(out)
+    shard_of = assign(members, known, shard_size)
+    by_shard: dict[int, list[Member]] = {}
+    for m in members:
+        by_shard.setdefault(shard_of[m.stem], []).append(m)
+    why = _reasons(out, members, known, shard_of, by_shard)
+    present = {m.stem for m in members}
     rows = {stem: dict(row) for stem, row in known.items() if stem in present}
     report.members, report.shards = len(members), len(by_shard)
     for shard in sorted(why):

@@ -43,7 +43,7 @@ def latest_metadata(instance, asset: str) -> dict[str, dict]:
 
 
 @dataclass(frozen=True)
-class Decision:
+class RecheckReason:
     key: str
     reason: str | None  # None: nothing to do
 
@@ -61,7 +61,7 @@ def decide(
     latest: dict[str, dict | None],
     teacher_prov: FeatureProvenance | None,
     edge_prov: EdgeProvenance | None,
-) -> Decision:
+) -> RecheckReason:
     """Why this partition needs a run (or None), from its assets' latest metadata and O(1) file reads.
 
     ``latest`` maps each asset of the job to its latest materialization metadata (None: never);
@@ -72,17 +72,17 @@ def decide(
 
     for asset, md in sorted(latest.items()):
         if md is None:
-            return Decision(key, f"{asset} never materialized")
+            return RecheckReason(key, f"{asset} never materialized")
         if md.get(Md.STOPPED_EARLY):
-            return Decision(key, f"{asset}: last run stopped early ({md[Md.STOPPED_EARLY]})")
+            return RecheckReason(key, f"{asset}: last run stopped early ({md[Md.STOPPED_EARLY]})")
         if asset in FEATURE_ASSETS and teacher_prov is not None:
             if not teacher_prov.same_teacher(FeatureProvenance.from_dict(md.get(Md.PROVENANCE))):
-                return Decision(key, f"{asset}: teacher changed since the last run")
+                return RecheckReason(key, f"{asset}: teacher changed since the last run")
         if asset == EDGES and edge_prov is not None:
             before = EdgeProvenance.from_dict(md.get(Md.PROVENANCE))
             if before != edge_prov:
                 change = f"{before.describe() if before else 'unrecorded'} -> {edge_prov.describe()}"
-                return Decision(key, f"{asset}: edge rule or kernel changed since the last run ({change})")
+                return RecheckReason(key, f"{asset}: edge rule or kernel changed since the last run ({change})")
     # The NPZ names now: known without a listing when the directory is unchanged since one of the runs ended
     # (the later of two assets' runs usually; each run rewrites files, which moves the directory's mtime).
     mtime = str(os.stat(directory).st_mtime_ns)
@@ -90,10 +90,10 @@ def decide(
     sig = sig or discovery.snapshot(directory).signature  # one listing, only for a changed directory
     for asset, md in sorted(latest.items()):
         if sig != md.get(Md.NPZ_SIGNATURE):
-            return Decision(key, f"{asset}: NPZ files added or removed since the last run")
+            return RecheckReason(key, f"{asset}: NPZ files added or removed since the last run")
     if _pending_sample(directory, teacher_prov, edge_prov):
-        return Decision(key, "a sampled file is not done (unflagged, or written by another teacher or kernel)")
-    return Decision(key, None)
+        return RecheckReason(key, "a sampled file is not done (unflagged, or written by another teacher or kernel)")
+    return RecheckReason(key, None)
 
 
 def recheck(context, partitions_def, job_assets, directory_of, teacher: Sam2Teacher, edge_prov: EdgeProvenance | None):

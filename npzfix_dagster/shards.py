@@ -25,7 +25,7 @@ from npzfix_dagster.contracts import EDGES, SA1B_FEATURES, SA1B_SHARDS, TRAIN_TE
 from npzfix_dagster.partitions import PartitionKeyError, key_dir, sa1b_dir, sa1b_dirs, split_extracted_dir
 from npzfix_dagster.partitions import train_test_splits
 from npzfix_dagster.resources import DatasetRoots
-from npzfix_dagster.execution.slurm import quiet_pipes
+from npzfix_dagster.execution.pipes import quiet_pipes
 
 
 class ShardsConfig(Config):

@@ -126,6 +126,37 @@ def materialize(bindir: str, env: dict, instance, select: str, key: str, config:
         print(f"   check {check}")
 
 
+def _phases(bindir: str, env: dict, instance, shards: list[str], sa1b: str) -> None:
+    """Phase 1: every asset with its defaults; 2: the features with legacy: verify; 3: the training shards, one
+    file repaired again, only its shard rebuilt."""
+    runs = [("sa1b_features_fixed,edges_B_v1", k, None) for k in shards]
+    runs += [("train_test_features_fixed", k, None) for k in instance.get_dynamic_partitions("train_test_splits")]
+    print("phase 1: every asset with its defaults (legacy files are trusted, as the original tools did)")
+    for select, key, config in runs:
+        materialize(bindir, env, instance, select, key, config)
+    print(
+        "\nphase 2: the features again with legacy: verify (a sample of each directory's legacy files is "
+        "recomputed; all match: adopted, else the directory's legacy files are redone)"
+    )
+    verify = {"ops": {"sa1b_features_fixed": {"config": {"legacy": "verify"}}}}
+    for key in shards:
+        materialize(bindir, env, instance, "sa1b_features_fixed", key, verify)
+    print(
+        "\nphase 3: the training shards the student reads (vfmkd's sa1b_shard_NNNNN.tar, 2 pairs each here), built "
+        "from the repaired caches; then one file of sa_000000 is repaired again and only the shard holding it is "
+        "rebuilt"
+    )
+    small = {"ops": {"sa1b_training_shards": {"config": {"shard_size": 2}}}}
+    for key in shards:
+        materialize(bindir, env, instance, "sa1b_training_shards", key, small)
+    ext = os.path.join(sa1b, "sa_000000", "extracted")
+    one = sorted(n for n in os.listdir(ext) if n.endswith("_features.npz"))[2]
+    cmd = [os.path.join(bindir, "npzfix"), "edges", "--npz-dir", ext, "--glob", one, "--no-skip-if-processed"]
+    print("$ " + shlex.join(cmd), flush=True)
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    materialize(bindir, env, instance, "sa1b_training_shards", "sa_000000", small)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", default="demo_data")
@@ -161,32 +192,7 @@ def main() -> int:
     instance = DagsterInstance.get()
     observe(instance, sa1b, tt)
     shards = instance.get_dynamic_partitions("sa1b_dirs")
-    runs = [("sa1b_features_fixed,edges_B_v1", k, None) for k in shards]
-    runs += [("train_test_features_fixed", k, None) for k in instance.get_dynamic_partitions("train_test_splits")]
-    print("phase 1: every asset with its defaults (legacy files are trusted, as the original tools did)")
-    for select, key, config in runs:
-        materialize(bindir, env, instance, select, key, config)
-    print(
-        "\nphase 2: the features again with legacy: verify (a sample of each directory's legacy files is "
-        "recomputed; all match: adopted, else the directory's legacy files are redone)"
-    )
-    verify = {"ops": {"sa1b_features_fixed": {"config": {"legacy": "verify"}}}}
-    for key in shards:
-        materialize(bindir, env, instance, "sa1b_features_fixed", key, verify)
-    print(
-        "\nphase 3: the training shards the student reads (vfmkd's sa1b_shard_NNNNN.tar, 2 pairs each here), built "
-        "from the repaired caches; then one file of sa_000000 is repaired again and only the shard holding it is "
-        "rebuilt"
-    )
-    small = {"ops": {"sa1b_training_shards": {"config": {"shard_size": 2}}}}
-    for key in shards:
-        materialize(bindir, env, instance, "sa1b_training_shards", key, small)
-    ext = os.path.join(sa1b, "sa_000000", "extracted")
-    one = sorted(n for n in os.listdir(ext) if n.endswith("_features.npz"))[2]
-    cmd = [os.path.join(bindir, "npzfix"), "edges", "--npz-dir", ext, "--glob", one, "--no-skip-if-processed"]
-    print("$ " + shlex.join(cmd), flush=True)
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
-    materialize(bindir, env, instance, "sa1b_training_shards", "sa_000000", small)
+    _phases(bindir, env, instance, shards, sa1b)
     print(f"shards and their manifests: {os.path.join(data, 'shards')}")
     print(f"\nreports and preview images: {os.path.join(home, 'npzfix_previews')}")
     print(

@@ -114,15 +114,8 @@ def env(d: str) -> dict[str, str]:
     return {"SLURM_CONF": os.path.join(os.path.abspath(d), "slurm.conf")}
 
 
-def start(d: str, gpus: int = 4, cpus: int | None = None, timeout: float = 60.0) -> dict[str, str]:
-    """Start (or find running) the cluster in ``d`` (a node of ``gpus`` fake GPUs and ``cpus`` CPUs, default
-    this machine's); returns ``env(d)`` once the node is idle."""
-    why = missing()
-    if why:
-        raise SlurmUnavailable(why)
-    d = os.path.abspath(d)
-    if _alive(_pid(f"{d}/run/slurmctld.pid")):
-        return env(d)
+def _write_files(d: str, gpus: int, cpus: int) -> str:
+    """The cluster's directories, munge key, fake GPU devices, slurm.conf and gres.conf; returns the key's path."""
     for sub in ("munge", "state", "spool", "run", "log", "dev"):
         os.makedirs(os.path.join(d, sub), exist_ok=True)
     os.chmod(f"{d}/munge", 0o700)
@@ -132,7 +125,6 @@ def start(d: str, gpus: int = 4, cpus: int | None = None, timeout: float = 60.0)
             f.write(os.urandom(1024))
         os.chmod(key, 0o400)
     host = socket.gethostname().split(".")[0]
-    cpus = cpus or os.cpu_count() or 1
     for i in range(gpus):
         dev = f"{d}/dev/nvidia{i}"
         if not os.path.exists(dev):  # /dev/null's numbers; a container without CAP_MKNOD refuses
@@ -143,6 +135,19 @@ def start(d: str, gpus: int = 4, cpus: int | None = None, timeout: float = 60.0)
         f.write(_conf(d, host, cpus, gpus))
     with open(f"{d}/gres.conf", "w") as f:
         f.write(f"NodeName={host} Name=gpu File={d}/dev/nvidia[0-{gpus - 1}]\n")
+    return key
+
+
+def start(d: str, gpus: int = 4, cpus: int | None = None, timeout: float = 60.0) -> dict[str, str]:
+    """Start (or find running) the cluster in ``d`` (a node of ``gpus`` fake GPUs and ``cpus`` CPUs, default
+    this machine's); returns ``env(d)`` once the node is idle."""
+    why = missing()
+    if why:
+        raise SlurmUnavailable(why)
+    d = os.path.abspath(d)
+    if _alive(_pid(f"{d}/run/slurmctld.pid")):
+        return env(d)
+    key = _write_files(d, gpus, cpus or os.cpu_count() or 1)
     e = {**os.environ, **env(d)}
     p = subprocess.run(
         [

@@ -87,6 +87,7 @@ class Execution(ConfigurableResource):
             path = report.write(report_path)[0] if report_path else None
             return metadata.report_metadata(report, samples, path), report.failed
         from npzfix_dagster.execution import slurm
+        from npzfix_dagster.execution.pipes import from_pipes
 
         s = self._slurm()
         place = steps.Place.of(context, s.work_dir)
@@ -95,5 +96,5 @@ class Execution(ConfigurableResource):
         messages = [m for m in job.session.get_custom_messages() if isinstance(m, dict) and "metadata" in m]
         if not messages:
             raise job.failure(NOTHING_REPORTED)
-        md = {**slurm.from_pipes(messages[-1]["metadata"]), "slurm_job_id": MetadataValue.text(job.id)}
+        md = {**from_pipes(messages[-1]["metadata"]), "slurm_job_id": MetadataValue.text(job.id)}
         return md, int(messages[-1]["failed"])

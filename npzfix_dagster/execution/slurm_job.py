@@ -17,7 +17,8 @@ import time
 
 from dagster_pipes import open_dagster_pipes
 
-from npzfix_dagster.execution import results, slurm
+from npzfix_dagster.execution import results
+from npzfix_dagster.execution.pipes import to_pipes
 
 
 class _ToPipes(logging.Handler):
@@ -68,13 +69,13 @@ def main(work: str) -> int:
 
             path = report.write(payload["op_report"])[0] if payload.get("op_report") else None
             md = {**metadata.report_metadata(report, step.request.samples, path), **outcome.facts}
-            pipes.report_custom_message({"metadata": slurm.to_pipes(md), "failed": report.failed})
+            pipes.report_custom_message({"metadata": to_pipes(md), "failed": report.failed})
             return 0
         md, checks, version = results.materialization(place, step, payload["seen_dir"], outcome)
-        pipes.report_asset_materialization(metadata=slurm.to_pipes(md), data_version=version)
+        pipes.report_asset_materialization(metadata=to_pipes(md), data_version=version)
         for c in checks:
             pipes.report_asset_check(
-                check_name=c.check_name, passed=c.passed, severity=c.severity.value, metadata=slurm.to_pipes(c.metadata)
+                check_name=c.check_name, passed=c.passed, severity=c.severity.value, metadata=to_pipes(c.metadata)
             )
     return 0
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from npzfix_core import discovery, edge_repair, edge_rules, store, synth, checks
+from npzfix_core import checks, edge_repair, edge_rules, layouts, store, synth
 from npzfix_core.edges import method_b, parse_sa1b
 from npzfix_core.provenance import EdgeProvenance, State
 from npzfix_core.report import UPDATED
@@ -38,7 +38,7 @@ def test_adding_a_rule_is_one_entry(tmp_path, monkeypatch):
     res = synth.generate(tmp_path / "d", synth.SynthSpec(n=3, seed=1, sizes=((90, 120), (64, 64), (120, 80))))
     req = EdgeRequest(os.path.join(res.root, "extracted"), rule=THICK.name)
     assert req.kernel_size == 1  # the rule's own default
-    for item in discovery.edge_items(req.npz_dir, None, "name", None):
+    for item in layouts.edge_items(req.npz_dir, None, "name", None):
         if item.source is None:
             continue
         assert edge_repair.process_one(item.npz, item.source, req).status == UPDATED
@@ -55,7 +55,7 @@ def test_adding_a_rule_is_one_entry(tmp_path, monkeypatch):
         assert EdgeProvenance.of("method_b").state(flags) is State.STALE  # another rule: a default run redoes it
         assert EdgeProvenance.of(THICK.name, 2).state(flags) is State.STALE  # another kernel too
 
-    done = [it.npz for it in discovery.edge_items(req.npz_dir, None, "name", None) if it.source is not None]
+    done = [it.npz for it in layouts.edge_items(req.npz_dir, None, "name", None) if it.source is not None]
     assert checks.check_edges(done, None, rule=THICK.name).passed
     other = checks.check_edges(done, 3)
     assert not other.passed and "do not say Method B with kernel 3" in other.problems[0]["problem"]

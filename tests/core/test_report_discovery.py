@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from npzfix_core import discovery, store
+from npzfix_core import discovery, layouts, store
 from npzfix_core.report import FAILED, MISSING, SKIPPED_DONE, UPDATED, Outcome, RunReport
 
 
@@ -166,11 +166,12 @@ def test_progress_lines_give_done_rate_eta_and_thin_out(caplog, monkeypatch):
     """A long partition is never silent for more than 5 minutes, yet logs tens of lines, not one per 10 s."""
     import logging
 
+    from npzfix_core import progress
     from npzfix_core import report as report_mod
 
     now = [1000.0]
-    monkeypatch.setattr(report_mod.time, "time", lambda: now[0])
-    bar = report_mod.Progress(3600, "edges", enabled=True)  # not a terminal under pytest: log lines
+    monkeypatch.setattr(progress.time, "time", lambda: now[0])
+    bar = progress.Progress(3600, "edges", enabled=True)  # not a terminal under pytest: log lines
     rep = report_mod.RunReport("edges")
     with caplog.at_level(logging.INFO, logger="npzfix"):
         for _ in range(3600):  # one file a second for an hour
@@ -195,7 +196,7 @@ def test_sample_lists_take_any_path_bytes_and_repeat_nothing(tmp_path):
     (d / "b_features.npz").write_bytes(b"npz")
     listing = tmp_path / "list.txt"
     listing.write_bytes(latin + b"\n" + str(d / "b.jpg").encode() + b"\n" + latin + b"\n" + b"/no/such\xff.jpg\n")
-    items = list(discovery.sample_items(str(listing), []))
+    items = list(layouts.sample_items(str(listing), []))
     assert [os.fsencode(it.source or "") for it in items[:2]] == [latin, str(d / "b.jpg").encode()]
     assert items[0].npz and os.path.exists(items[0].npz) and items[0].problem is None
     assert len(items) == 3 and items[2].npz is None and "no NPZ found" in items[2].problem

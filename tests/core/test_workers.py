@@ -24,7 +24,8 @@ def _crash_on_second(path, *_):
 
 def test_a_dying_worker_process_fails_its_file_not_the_run(tmp_path):
     from npzfix_core.discovery import WorkItem
-    from npzfix_core.report import Progress, RunReport
+    from npzfix_core.progress import Progress
+    from npzfix_core.report import RunReport
     from npzfix_core.workers import KillerRegistry
 
     items = [WorkItem(str(tmp_path / f"s{i}_features.npz"), None, f"s{i}") for i in range(12)]

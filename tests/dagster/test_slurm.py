@@ -17,7 +17,7 @@ from npzfix_core import store, synth
 from npzfix_core.edges import method_b_reference, parse_sa1b
 from npzfix_core.provenance import State
 from npzfix_core.teacher import TeacherSpec, provenance
-from npzfix_dagster.execution import slurm
+from npzfix_dagster.execution import pipes, slurm
 from npzfix_tools import local_slurm
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,10 +36,10 @@ def test_metadata_travels_through_pipes_as_a_local_run_writes_it():
 
     md = {"n": 3, "x": 0.5, "p": MetadataValue.path("/d"), "m": MetadataValue.md("| a |")}
     md["j"] = MetadataValue.json({"a": 1})
-    sent = slurm.to_pipes(md)
+    sent = pipes.to_pipes(md)
     assert sent["p"] == {"raw_value": "/d", "type": "path"} and sent["n"] == 3
     assert json.loads(json.dumps(sent)) == sent  # what goes over the file channel
-    assert slurm.from_pipes(sent) == md
+    assert pipes.from_pipes(sent) == md
 
 
 def test_inside_an_allocation_the_allocation_is_the_gpu_allowlist_and_sizes_the_step(tmp_path):
