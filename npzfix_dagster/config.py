@@ -7,7 +7,6 @@ from a resource or the partition rather than run config, ``FROM_RESOURCES`` says
 
 from __future__ import annotations
 
-import os
 from dataclasses import fields
 from typing import List, Optional
 
@@ -15,9 +14,8 @@ from dagster import Config
 from pydantic import Field
 
 from npzfix_core.requests import BULK, SAMPLES, TRAIN_TEST, EdgeRequest, FeatureRequest, default_decode_threads
-from npzfix_core.settings import Settings
 from npzfix_core.verify import Tolerance
-from npzfix_dagster.env import default_edge_kernel, default_edge_rule, default_edge_workers
+from npzfix_dagster.env import default_edge_kernel, default_edge_rule, default_edge_workers, run_settings
 from npzfix_dagster.resources import FeaturePipeline, Sam2Teacher
 
 # Defaults chosen for scheduled runs: a partition is processed in name order (stable across re-runs, and no stat
@@ -140,7 +138,7 @@ def edge_request(config: EdgesConfig, npz_dir: str, json_dir: Optional[str]) -> 
         "rule": edge_rule(config),
         "kernel_size": edge_kernel(config),
         "worker_processes": workers if workers is not None else default_edge_workers(),
-        "settings": Settings.from_env(os.environ),
+        "settings": run_settings(),
     }
     return EdgeRequest(**_from_config(EdgeRequest, config, given))
 
@@ -150,7 +148,7 @@ def _teacher_and_feed(teacher: Sam2Teacher, pipeline: FeaturePipeline) -> dict:
         "teacher": teacher.spec(),
         "batch_size": pipeline.batch_size,
         "decode_threads": pipeline.decode_threads or default_decode_threads(),
-        "settings": Settings.from_env(os.environ),
+        "settings": run_settings(),
     }
 
 

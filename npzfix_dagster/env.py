@@ -8,6 +8,7 @@ import os
 
 from npzfix_core import edge_rules
 from npzfix_core.provenance import EdgeProvenance
+from npzfix_core.settings import Settings
 from npzfix_dagster.execution import LOCAL, SLURM, Execution
 from npzfix_dagster.resources import DatasetRoots, FeaturePipeline, Sam2Teacher
 
@@ -156,12 +157,16 @@ def max_concurrent_steps() -> int:
     return 2 if value is None else value
 
 
+def run_settings() -> Settings:
+    """The run-time settings (``npzfix_core.settings``: lock timeout, pixel limit, state and lease directories),
+    read when a run builds its request, so a changed value reaches the next run without a reload."""
+    return Settings.from_env(os.environ)
+
+
 def check_environment() -> None:
     """Every ``NPZFIX_*`` value a run would read, checked now (the code location's load): a bad one stops the
     load with its name and what it accepts, before any run could spin, wait forever or silently mean
     something else."""
-    from npzfix_core.settings import Settings
-
     roots_from_env()
     teacher_from_env()
     pipeline_from_env()
