@@ -119,3 +119,12 @@ def test_the_readme_is_the_way_in_and_its_links_hold():
     assert not broken, broken
     for name in ("cli", "configuration", "dagster", "operations", "deploy", "benchmarks", "architecture"):
         assert f"docs/{name}.md" in readme, name
+
+
+def test_every_package_is_shipped():
+    """A regular install (a Kubernetes image, a wheel) gets every package: pyproject lists them explicitly."""
+    import tomllib
+
+    listed = set(tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["tool"]["setuptools"]["packages"])
+    found = {m for m, p in _modules().items() if p.endswith("__init__.py")}
+    assert found == listed, found ^ listed
