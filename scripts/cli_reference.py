@@ -13,8 +13,8 @@ HEAD = """# Command line: every flag
 
 `npzfix COMMAND --help` says the same; `tests/e2e/test_docs.py` fails if a flag of the parser is missing here
 (regenerate: `.venv/bin/python scripts/cli_reference.py > docs/cli.md`). The last column names the flag of the
-original tool it replaces (`ClClForGitHub/vfmkd`, `tools/core/fix/` and `tools/core/data/`); the README's table of
-the originals says where npzfix differs on purpose. Exit status: 0 nothing failed, 1 some files failed or the
+original tool it replaces (`ClClForGitHub/vfmkd`, `tools/core/fix/` and `tools/core/data/`); the table of
+the originals in [operations.md](operations.md) says where npzfix differs on purpose. Exit status: 0 nothing failed, 1 some files failed or the
 directory vanished mid-run, 2 usage error, 128+N stopped by signal N (summary and report still written).
 """
 
