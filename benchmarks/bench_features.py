@@ -15,7 +15,21 @@ import os
 import tempfile
 import time
 
-import numpy as np
+
+def _bare_encoder(teacher, imgs: list[str], resolution: int, batch_size: int) -> float:
+    """Seconds for the encoder alone over the same batches, decoded and preprocessed beforehand."""
+    import torch
+
+    from npzfix_core.images import load_rgb, preprocess
+
+    batches = [
+        torch.stack([preprocess([load_rgb(p)], resolution, teacher.device)[0] for p in imgs[i : i + batch_size]])
+        for i in range(0, len(imgs), batch_size)
+    ]
+    t = time.perf_counter()
+    for b in batches:
+        teacher.encode(b)
+    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -27,7 +41,7 @@ def main() -> None:
     a = ap.parse_args()
 
     import torch
-    import cv2
+    from originals import feature_loop
 
     from npzfix_core import synth
     from npzfix_core.feature_repair import FeatureRequest, run_features
@@ -44,18 +58,7 @@ def main() -> None:
         # warm-up (allocator, kernels)
         teacher.encode(preprocess([load_rgb(imgs[0])], a.resolution, teacher.device))
 
-        t = time.perf_counter()
-        for img, npz in zip(imgs, res.npz):
-            rgb = cv2.cvtColor(cv2.imread(img), cv2.COLOR_BGR2RGB)  # the original's decode
-            x = preprocess([rgb], a.resolution, teacher.device)
-            feats = teacher.encode(x)
-            with np.load(npz, allow_pickle=True) as z:  # as the original loads
-                arrays = {k: z[k] for k in z.files}
-            arrays.update({k: v.numpy() for k, v in feats.items()}, feature_flag=np.array(1, np.uint8))
-            tmp = npz + ".tmp.npz"
-            np.savez(tmp, **arrays)
-            os.replace(tmp, npz)
-        t_orig = time.perf_counter() - t
+        t_orig = feature_loop(teacher, imgs, res.npz, a.resolution)
 
         t = time.perf_counter()
         rep = run_features(
@@ -66,16 +69,7 @@ def main() -> None:
         t_pipe = time.perf_counter() - t
         assert rep.counts["updated"] == a.images, rep.summary()
 
-        batches = [
-            torch.stack(
-                [preprocess([load_rgb(p)], a.resolution, teacher.device)[0] for p in imgs[i : i + a.batch_size]]
-            )
-            for i in range(0, len(imgs), a.batch_size)
-        ]
-        t = time.perf_counter()
-        for b in batches:
-            teacher.encode(b)
-        t_bare = time.perf_counter() - t
+        t_bare = _bare_encoder(teacher, imgs, a.resolution, a.batch_size)
 
     n = a.images
     print(

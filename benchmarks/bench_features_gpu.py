@@ -29,7 +29,43 @@ import os
 import tempfile
 import time
 
-import numpy as np
+
+def _bare(teacher, decoded: list, batches: list[int], seconds: float, precision: str) -> None:
+    """The encoder alone on device tensors, per batch size, for ``seconds`` each."""
+    import torch
+
+    from npzfix_core.images import preprocess
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for bs in batches:
+        x = preprocess(decoded[:bs], teacher.resolution, teacher.device)
+        teacher.encode(x)
+        sync()
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < seconds:
+            teacher.encode(x)
+            n += bs
+        sync()
+        print(f"bare encoder {precision} batch {bs:2d}: {n / (time.perf_counter() - t):7.1f} img/s")
+
+
+def _pipeline(spec, teacher, root: str, workers: int, precision: str) -> None:
+    """``run_features`` over the directory (forced), at batch 8 and 16."""
+    from npzfix_core.feature_repair import FeatureRequest, run_features
+
+    for bs in (8, 16):
+        t = time.perf_counter()
+        rep = run_features(
+            FeatureRequest("bulk", spec, root=root, batch_size=bs, decode_threads=workers, writers=4, force=True),
+            teacher=teacher,
+            progress=False,
+        )
+        dt = time.perf_counter() - t
+        tm = rep.timings
+        print(
+            f"pipeline {precision} batch {bs}: {rep.counts['updated'] / dt:7.1f} img/s "
+            f"(encoder busy {tm['encoder_s'] / dt:.0%}, waited on decode {tm['wait_decode_s']:.1f} s)"
+        )
 
 
 def main() -> None:
@@ -49,16 +85,14 @@ def main() -> None:
     a = ap.parse_args()
 
     import torch
-    import cv2
+    from originals import feature_loop
 
     from npzfix_core import synth
-    from npzfix_core.feature_repair import FeatureRequest, run_features
-    from npzfix_core.images import load_rgb, preprocess
+    from npzfix_core.images import load_rgb
     from npzfix_core.teacher import TeacherSpec, build
 
     if not torch.cuda.is_available() and not a.smoke:
         raise SystemExit("no CUDA device: this benchmark is for a GPU machine (see bench_features.py for the CPU)")
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     res_px, loop_n = a.resolution, min(32, a.images)
     with tempfile.TemporaryDirectory(dir=".") as d:
         res = synth.generate(
@@ -76,39 +110,10 @@ def main() -> None:
                 resolution=res_px,
             )
             teacher = build(spec)
-            for bs in (int(b) for b in a.batches.split(",")):
-                x = preprocess(decoded[:bs], res_px, teacher.device)
-                teacher.encode(x)
-                sync()
-                n, t = 0, time.perf_counter()
-                while time.perf_counter() - t < a.seconds:
-                    teacher.encode(x)
-                    n += bs
-                sync()
-                print(f"bare encoder {precision} batch {bs:2d}: {n / (time.perf_counter() - t):7.1f} img/s")
-            for bs in (8, 16):
-                t = time.perf_counter()
-                rep = run_features(
-                    FeatureRequest("bulk", spec, root=d, batch_size=bs, decode_threads=a.workers, writers=4, force=True),
-                    teacher=teacher,
-                    progress=False,
-                )
-                dt = time.perf_counter() - t
-                tm = rep.timings
-                print(
-                    f"pipeline {precision} batch {bs}: {rep.counts['updated'] / dt:7.1f} img/s "
-                    f"(encoder busy {tm['encoder_s'] / dt:.0%}, waited on decode {tm['wait_decode_s']:.1f} s)"
-                )
-            t = time.perf_counter()
-            for img, npz in zip(imgs[:loop_n], res.npz[:loop_n]):
-                rgb = cv2.cvtColor(cv2.imread(img), cv2.COLOR_BGR2RGB)  # the original's decode
-                feats = teacher.encode(preprocess([rgb], res_px, teacher.device))
-                with np.load(npz, allow_pickle=True) as z:  # as the original loads
-                    arrays = {k: z[k] for k in z.files}
-                arrays.update({k: v.cpu().numpy() for k, v in feats.items()}, feature_flag=np.array(1, np.uint8))
-                np.savez(npz + ".tmp.npz", **arrays)
-                os.replace(npz + ".tmp.npz", npz)
-            print(f"original loop {precision}: {loop_n / (time.perf_counter() - t):7.1f} img/s")
+            _bare(teacher, decoded, [int(b) for b in a.batches.split(",")], a.seconds, precision)
+            _pipeline(spec, teacher, d, a.workers, precision)
+            dt = feature_loop(teacher, imgs[:loop_n], res.npz[:loop_n], res_px)
+            print(f"original loop {precision}: {loop_n / dt:7.1f} img/s")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,12 @@ def _bench(a, tmp: str) -> int:
                 if mode == "slurm":
                     md = res.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
                     jobs.append(md["slurm_job_id"].value)
+    _report(a, times, jobs)
+    return 0
+
+
+def _report(a, times: dict, jobs: list[str]) -> None:
+    """Seconds per step, local vs Slurm, the overhead's share of an SA-1B partition, and Slurm's own wait."""
     print(f"{a.partitions} partitions x {a.files} images, teacher on {a.device}, input {a.resolution}: s per step")
     print(f"{'asset':<22}{'local':>10}{'slurm':>10}{'overhead':>10}{'ratio':>8}")
     for name in ("edges_B_v1", "sa1b_features_fixed"):
@@ -118,7 +124,6 @@ def _bench(a, tmp: str) -> int:
             waits.append(_epoch(rec["StartTime"]) - _epoch(rec["SubmitTime"]))
     if waits:
         print(f"submit -> start (Slurm's records, 1 s resolution): max {max(waits):.0f} s over {len(waits)} jobs")
-    return 0
 
 
 def _epoch(slurm_time: str) -> float:

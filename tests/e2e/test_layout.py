@@ -84,7 +84,12 @@ def test_two_layers_one_direction_and_no_import_circle():
 
 def test_modules_and_functions_stay_small_and_classes_have_one_name():
     too_long, classes = [], {}
-    for m, p in _modules().items():
+    scripts = {}
+    for folder in ("benchmarks", "scripts"):  # run by hand, held to the same sizes (their classes aside)
+        for n in sorted(os.listdir(os.path.join(REPO, folder))):
+            if n.endswith(".py"):
+                scripts[f"{folder}/{n}"] = os.path.join(REPO, folder, n)
+    for m, p in {**_modules(), **scripts}.items():
         src = open(p).read()
         if src.count("\n") > MAX_MODULE_LINES:
             too_long.append(f"{m}: {src.count(chr(10))} lines")
@@ -93,7 +98,7 @@ def test_modules_and_functions_stay_small_and_classes_have_one_name():
                 n = node.end_lineno - node.lineno + 1
                 if n > MAX_FUNCTION_LINES:
                     too_long.append(f"{m}.{node.name}: {n} lines")
-            elif isinstance(node, ast.ClassDef):
+            elif isinstance(node, ast.ClassDef) and m not in scripts:
                 classes.setdefault(node.name, []).append(m)
     assert not too_long, too_long
     assert not {k: v for k, v in classes.items() if len(v) > 1}, "two classes of one name"
