@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from tests.support import SMALL_RES, SMALL_SPEC, reference_model_of
+from tests.support import SMALL_RES, SMALL_SPEC, reference_model_of, set_features_as_written
 
 from npzfix_core import outputs, store, synth, checks
 from npzfix_core.feature_repair import FeatureRequest, run_features
@@ -57,6 +57,12 @@ def test_adding_an_output_is_one_row(tmp_path, monkeypatch, teacher):
     check = checks.check_features(res.npz, LazyTeacher(teacher), needs_flag=True)
     assert check.passed and check.verification.verified == 3, check.problems
     assert set(check.verification.min_cosine) == {"P4_S16", "P5_S32", "IMAGE_EMB_S16", P3.name}
+
+    # wrong values in the new member, under a record resealed over them: only the value check can tell, and does
+    noise = np.random.default_rng(0).standard_normal((1, 256, SMALL_RES // 8, SMALL_RES // 8)).astype(np.float32)
+    set_features_as_written(res.npz[1], {P3.name: noise})
+    wrong = checks.check_features(res.npz[1:2], LazyTeacher(teacher), needs_flag=True)
+    assert not wrong.passed and f"{P3.name} cosine" in wrong.problems[0]["problem"], wrong.problems
 
     store.update(res.npz[0], {P3.name: np.zeros((1, 256, 4, 4), np.float32)})  # wrong size: structure catches it
     bad = checks.check_features(res.npz[:1], None, needs_flag=True)
