@@ -92,7 +92,7 @@ def check_edges(
     from npzfix_core.edges import parse_sa1b  # OpenCV: only when edges are checked
 
     want_prov = EdgeProvenance.of(rule, kernel_size)
-    kernel_size, compute = want_prov.kernel_size, edge_rules.get(rule)
+    kernel_size, edge_rule = want_prov.kernel_size, edge_rules.get(rule)
     res = CheckResult()
     for i, p in enumerate(paths):
         if (a := _read(p, res)) is None:
@@ -127,14 +127,14 @@ def check_edges(
             continue
         try:
             with open(j, "rb") as f:
-                want = compute.maps(parse_sa1b(json.loads(f.read()), max_pixels), kernel_size, outputs.EDGE_SIZES)
+                want = edge_rule.maps(parse_sa1b(json.loads(f.read()), max_pixels), kernel_size, outputs.EDGE_SIZES)
         except Exception as exc:  # the check reports a bad source; it never crashes the step
             res.fail(p, f"cannot recompute its edges: {outcome_for(p, exc, j).reason}", FIX_JSON)
             continue
         for size in outputs.EDGE_SIZES:
             key = outputs.edge_key(size)
             if key in a and not np.array_equal(a[key], want[size]):
-                res.fail(p, f"flagged as done but {key} differs from {compute.title} of {os.path.basename(j)}", REDO_EDGES)
+                res.fail(p, f"flagged as done but {key} differs from {edge_rule.title} of {os.path.basename(j)}", REDO_EDGES)
     return res
 
 
